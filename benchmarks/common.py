@@ -1,0 +1,68 @@
+"""Helpers shared by the benchmark scripts: medians of repeated timings, machine info, JSON out."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def machine() -> dict[str, Any]:
+    """Where a figure was measured: CPU model and count, GPU if any, torch version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def median_rate(work: Callable[[], int], repeats: int) -> tuple[float, list[float]]:
+    """Run ``work`` (returns how many items it did) ``repeats`` times; items/s median and all."""
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        items = work()
+        rates.append(items / (time.perf_counter() - start))
+    return statistics.median(rates), rates
+
+
+def median_ms(
+    work: Callable[[], Any], repeats: int, warmup: int = 2, sync: Callable[[], None] = lambda: None
+) -> tuple[float, list[float]]:
+    """Milliseconds per call of ``work``: median over ``repeats`` calls after ``warmup``."""
+    for _ in range(warmup):
+        work()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        sync()
+        times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times), times
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": machine(), **data}, indent=2) + "\n")
+    print(f"wrote {path}")

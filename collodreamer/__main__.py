@@ -1,0 +1,5 @@
+import sys
+
+from collodreamer.cli import main
+
+sys.exit(main())

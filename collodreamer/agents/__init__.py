@@ -1,0 +1,32 @@
+"""Agents: one file each, one shared interface (:class:`Agent`)."""
+
+from __future__ import annotations
+
+import torch
+
+from collodreamer.agents.base import Agent, EnvSpec
+from collodreamer.agents.random_agent import RandomAgent
+from collodreamer.config import Config, ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> cuda when available, else cpu; any other name is used as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: '{name}' is not a torch device; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda was asked for but torch sees no CUDA device")
+    return device
+
+
+def make_agent(config: Config, spec: EnvSpec) -> Agent:
+    """The agent ``config.agent`` names, built for ``spec``."""
+    if config.agent == "random":
+        return RandomAgent(spec, config.seed)
+    raise ConfigError(f"agent: unknown agent '{config.agent}'")
+
+
+__all__ = ["Agent", "EnvSpec", "make_agent", "resolve_device"]

@@ -1,0 +1,27 @@
+"""Uniform random actions: the prefill policy, and the agent that exercises the loop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from collodreamer.agents.base import EnvSpec
+
+
+class RandomAgent:
+    def __init__(self, spec: EnvSpec, seed: int) -> None:
+        self.action_dim = spec.action_dim
+        self.rng = np.random.default_rng(seed)
+
+    def act(self, obs: np.ndarray, state: Any, training: bool) -> tuple[np.ndarray, Any]:
+        return self.rng.uniform(-1.0, 1.0, self.action_dim).astype(np.float32), state
+
+    def train_step(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]

@@ -1,0 +1,255 @@
+"""Typed configuration: every default in one place, YAML presets, ``key=value`` overrides.
+
+A config is a tree of dataclasses. Presets are YAML files (in ``configs/``) holding a partial tree;
+they layer in order, then ``section.key=value`` overrides apply on top. Any unknown key or value of
+the wrong type raises :class:`ConfigError` with a one-line message naming the key and the choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key, value or preset that cannot be used; the message is one line."""
+
+
+@dataclass
+class EnvConfig:
+    """The environment: a DeepMind Control task seen as pixels or as its state vector."""
+
+    task: str = "dmc:reacher_easy"  # "dmc:<domain>_<task>", see `collodreamer tasks`
+    obs: Literal["pixels", "state"] = "pixels"
+    action_repeat: int = 2  # env frames per agent step; rewards are summed over them
+    time_limit: int = 1000  # episode length in env frames
+    image_size: int = 64
+    camera: int = -1  # -1: Dreamer's choice (2 for quadruped, 0 otherwise)
+    fast_render: bool = True  # offsamples=0, shadowsize=256: ~4x faster software rendering
+
+
+@dataclass
+class ReplayConfig:
+    """The on-disk episode store and its sequence sampler."""
+
+    capacity: int = 1_000_000  # env frames kept in memory; oldest episodes leave first
+    batch_size: int = 50
+    batch_length: int = 50
+
+
+@dataclass
+class RunConfig:
+    """The training loop's schedule. Every count is in env frames (action repeat included)."""
+
+    steps: int = 1_000_000
+    prefill: int = 5000  # random-action env frames before the first gradient step
+    train_every: int = 1000  # env frames collected between training phases
+    train_steps: int = 100  # gradient steps per training phase
+    eval_start: int = 0  # first test at this many env frames, then every eval_every
+    eval_every: int = 10_000
+    eval_episodes: int = 5
+    checkpoint_every: int = 10_000  # checkpoints are written at the next episode end
+    log_every: int = 1000
+    video: bool = False  # save the first test episode of each evaluation as mp4
+    video_size: int = 128
+
+
+@dataclass
+class Config:
+    """The whole configuration of a run."""
+
+    agent: Literal["random"] = "random"
+    seed: int = 0
+    device: str = "auto"  # "auto" picks cuda when present, else cpu
+    env: EnvConfig = field(default_factory=EnvConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def preset_dir() -> Path:
+    """The folder of YAML presets shipped with the package (``configs/`` in the repository)."""
+    return Path(str(resources.files("collodreamer"))) / "configs"
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in preset_dir().glob("*.yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """Read a preset by name (from ``configs/``) or by path to a YAML file."""
+    path = Path(name)
+    if path.suffix not in (".yaml", ".yml") or not path.exists():
+        path = preset_dir() / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(f"unknown preset '{name}'; choices: {', '.join(available_presets())}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"preset {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset {path} must be a mapping of config keys")
+    return data
+
+
+def _check_value(key: str, value: Any, hint: Any) -> Any:
+    """Return ``value`` converted to the type ``hint`` or raise a one-line ConfigError."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(
+                f"{key}: {value!r} is not a valid choice; choices: {', '.join(map(str, choices))}"
+            )
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            if option is type(None) and value is None:
+                return None
+            if option is type(None):
+                continue
+            try:
+                return _check_value(key, value, option)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: {value!r} does not fit type {hint}")
+    if origin in (tuple, list):
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        items = [_check_value(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "6e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported config type {hint}")
+
+
+def _merge(node: Any, data: dict[str, Any], prefix: str = "") -> Any:
+    """Return a copy of dataclass ``node`` with the nested mapping ``data`` applied."""
+    hints = typing.get_type_hints(type(node))
+    names = [f.name for f in dataclasses.fields(node)]
+    changes = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{path}'; valid keys: {', '.join(names)}")
+        current = getattr(node, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: is a section; set its keys, e.g. {path}.{names[0]}=...")
+            changes[key] = _merge(current, value, f"{path}.")
+        else:
+            changes[key] = _check_value(path, value, hints[key])
+    return dataclasses.replace(node, **changes)
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Turn ``"model.deter=300"`` into ``{"model": {"deter": 300}}`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key=value, e.g. run.steps=10000")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    nested: dict[str, Any] = {}
+    node = nested
+    *parents, leaf = key.strip().split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return nested
+
+
+def make_config(
+    presets: list[str] | tuple[str, ...] = (),
+    overrides: list[str] | tuple[str, ...] = (),
+    base: Config | None = None,
+) -> Config:
+    """Layer presets, then overrides, on ``base`` (the defaults when None) and validate."""
+    config = base if base is not None else Config()
+    for name in presets:
+        config = _merge(config, load_preset(name))
+    for text in overrides:
+        config = _merge(config, parse_override(text))
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Checks that involve more than one key or a range; types are checked on assignment."""
+    positive = {
+        "env.action_repeat": config.env.action_repeat,
+        "env.time_limit": config.env.time_limit,
+        "env.image_size": config.env.image_size,
+        "replay.batch_size": config.replay.batch_size,
+        "replay.batch_length": config.replay.batch_length,
+        "replay.capacity": config.replay.capacity,
+        "run.train_every": config.run.train_every,
+        "run.eval_episodes": config.run.eval_episodes,
+        "run.log_every": config.run.log_every,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+    if config.env.obs == "pixels" and config.env.image_size != 64:
+        raise ConfigError(f"env.image_size: the CNN expects 64, got {config.env.image_size}")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The config as plain YAML/JSON-friendly data (tuples become lists)."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _plain(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_plain(v) for v in data]
+    return data
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config from :func:`to_dict` output, validating every key."""
+    config = _merge(Config(), data)
+    validate(config)
+    return config
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def load_config(path: Path) -> Config:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"cannot read config {path}: {str(error).splitlines()[0]}") from None
+    return from_dict(data or {})

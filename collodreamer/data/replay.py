@@ -1,0 +1,152 @@
+"""An episode store: compressed ``.npz`` files on disk, a bounded in-memory cache, and uniform
+sampling of fixed-length sequences.
+
+Episode layout (Dreamer's): step ``t`` holds ``obs[t]``, the ``action[t]`` that led to it (zeros at
+``t = 0``), the ``reward[t]`` received with it, ``is_first[t]`` (true only at ``t = 0``) and
+``is_terminal[t]``. Sequences are drawn uniformly over all stored steps and may run from the end of
+one episode into the start of the next; ``is_first`` marks where the model must reset.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+Episode = dict[str, np.ndarray]
+KEYS = ("obs", "action", "reward", "is_first", "is_terminal")
+_NAME = re.compile(r"^ep-(\d{6,})-(\d+)\.npz$")
+log = logging.getLogger("collodreamer")
+
+
+class ReplayError(RuntimeError):
+    """The store cannot serve the request (e.g. fewer steps stored than one sequence needs)."""
+
+
+def check_episode(episode: Episode) -> str | None:
+    """Why ``episode`` is malformed, or None when it is well formed."""
+    missing = [k for k in KEYS if k not in episode]
+    if missing:
+        return f"missing keys {missing}"
+    lengths = {k: len(episode[k]) for k in KEYS}
+    if len(set(lengths.values())) != 1:
+        return f"keys have different lengths {lengths}"
+    if lengths["obs"] < 2:
+        return "fewer than 2 steps"
+    if not episode["is_first"][0] or episode["is_first"][1:].any():
+        return "is_first must be true at step 0 only"
+    return None
+
+
+class EpisodeStore:
+    """Episodes written atomically to ``directory`` and kept in memory up to ``capacity`` env
+    frames (oldest leave memory first; files on disk are never deleted)."""
+
+    def __init__(self, directory: Path, capacity: int, frames_per_step: int, seed: int) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.capacity = capacity
+        self.frames_per_step = frames_per_step
+        self.rng = np.random.default_rng(seed)
+        self._episodes: list[Episode] = []
+        self._lengths: list[int] = []
+        self._next_index = 0
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self._episodes)
+
+    @property
+    def num_steps(self) -> int:
+        return sum(self._lengths)
+
+    def frames(self, episode: Episode) -> int:
+        """Env frames an episode took: its transitions times the action repeat."""
+        return (len(episode["reward"]) - 1) * self.frames_per_step
+
+    def load(self) -> int:
+        """Load the episodes already on disk (newest within capacity); return the env frames they
+        hold in total. A corrupt or truncated file is reported by name and skipped, not removed."""
+        files = []
+        for path in self.directory.iterdir():
+            match = _NAME.match(path.name)
+            if match:
+                files.append((int(match.group(1)), path))
+        files.sort()
+        total_frames = 0
+        for index, path in files:
+            self._next_index = max(self._next_index, index + 1)
+            try:
+                with np.load(path) as data:
+                    episode = {k: data[k] for k in data.files}
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
+                log.warning("skipping corrupt episode file %s: %s", path, error)
+                continue
+            problem = check_episode(episode)
+            if problem:
+                log.warning("skipping malformed episode file %s: %s", path, problem)
+                continue
+            total_frames += self.frames(episode)
+            self._insert(episode)
+        return total_frames
+
+    def add(self, episode: Episode) -> Path:
+        """Save ``episode`` to disk (temp file, then rename) and make it available for sampling."""
+        problem = check_episode(episode)
+        if problem:
+            raise ValueError(f"malformed episode: {problem}")
+        steps = len(episode["reward"])
+        path = self.directory / f"ep-{self._next_index:06d}-{steps}.npz"
+        temp = path.with_name(f".{path.name}.tmp")
+        with open(temp, "wb") as handle:
+            np.savez_compressed(handle, **episode)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+        self._next_index += 1
+        self._insert(episode)
+        return path
+
+    def _insert(self, episode: Episode) -> None:
+        self._episodes.append(episode)
+        self._lengths.append(len(episode["reward"]))
+        while len(self._episodes) > 1 and self.num_steps * self.frames_per_step > self.capacity:
+            self._episodes.pop(0)
+            self._lengths.pop(0)
+
+    def sample(self, batch_size: int, length: int) -> dict[str, np.ndarray]:
+        """``batch_size`` sequences of ``length`` consecutive steps, start uniform over all steps
+        from which ``length`` steps remain in the store. Arrays are shaped ``[batch, length, ...]``."""
+        total = self.num_steps
+        if total < length:
+            raise ReplayError(f"the store holds {total} steps, fewer than one sequence of {length}")
+        ends = np.cumsum(self._lengths)
+        starts = self.rng.integers(0, total - length + 1, size=batch_size)
+        sequences = [self._slice(int(s), length, ends) for s in starts]
+        return {k: np.stack([seq[k] for seq in sequences]) for k in KEYS}
+
+    def _slice(self, start: int, length: int, ends: np.ndarray) -> Episode:
+        index = int(np.searchsorted(ends, start, side="right"))
+        offset = start - (int(ends[index - 1]) if index > 0 else 0)
+        parts: list[Episode] = []
+        remaining = length
+        while remaining > 0:
+            episode = self._episodes[index]
+            take = min(remaining, len(episode["reward"]) - offset)
+            parts.append({k: episode[k][offset : offset + take] for k in KEYS})
+            remaining -= take
+            index, offset = index + 1, 0
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in KEYS}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]

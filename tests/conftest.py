@@ -1,0 +1,41 @@
+"""Shared fixtures. Tests run on real dm_control tasks, rendered headless."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("CI", "true")  # quiet progress bars in subprocesses
+
+PAPER_TASKS = [
+    "dmc:cheetah_run",
+    "dmc:quadruped_walk",
+    "dmc:reacher_easy",
+    "dmc:reacher_hard",
+    "dmc:walker_walk",
+]
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """Run ``python -m collodreamer ARGS`` as a real subprocess."""
+    result = subprocess.run(
+        [sys.executable, "-m", "collodreamer", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"collodreamer {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture
+def cli():
+    return run_cli

@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+
+from collodreamer.config import (
+    Config,
+    ConfigError,
+    available_presets,
+    load_config,
+    make_config,
+    parse_override,
+    save_config,
+)
+
+
+def test_defaults_and_overrides():
+    config = make_config(
+        overrides=["env.task=dmc:cheetah_run", "replay.batch_size=16", "run.steps=100_000", "seed=3"]
+    )
+    assert config.env.task == "dmc:cheetah_run"
+    assert config.replay.batch_size == 16
+    assert config.run.steps == 100_000
+    assert config.seed == 3
+    assert Config().replay.batch_size == 50  # defaults untouched
+
+
+def test_presets_layer_in_order(tmp_path: Path):
+    first = tmp_path / "first.yaml"
+    first.write_text("replay:\n  batch_size: 8\n  batch_length: 10\n")
+    second = tmp_path / "second.yaml"
+    second.write_text("replay:\n  batch_size: 12\n")
+    config = make_config([str(first), str(second)], ["replay.batch_length=20"])
+    assert (config.replay.batch_size, config.replay.batch_length) == (12, 20)
+    assert "tiny" in available_presets()
+    assert make_config(["tiny"]).run.steps == 400
+
+
+def test_scientific_floats_parse_from_yaml():
+    assert parse_override("a.b=6e-4") == {"a": {"b": "6e-4"}}  # YAML 1.1 reads it as a string
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("replay.batchsize=3", "unknown config key 'replay.batchsize'; valid keys: capacity, batch_size"),
+        ("replay.batch_size=big", "replay.batch_size: expected an integer, got 'big'"),
+        ("env.obs=depth", "env.obs: 'depth' is not a valid choice; choices: pixels, state"),
+        ("run.video=3", "run.video: expected true or false, got 3"),
+        ("env=3", "env: is a section"),
+        ("replay.batch_size=0", "replay.batch_size must be positive"),
+        ("nokey", "override 'nokey' must look like key=value"),
+    ],
+)
+def test_errors_are_one_line_and_name_the_key(override, message):
+    with pytest.raises(ConfigError) as error:
+        make_config(overrides=[override])
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_preset_lists_choices():
+    with pytest.raises(ConfigError, match="unknown preset 'nope'; choices: .*tiny"):
+        make_config(["nope"])
+
+
+def test_saved_config_round_trips(tmp_path: Path):
+    config = make_config(["tiny"], ["env.obs=state", "seed=7"])
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
+
+
+def test_saved_config_with_bad_key_is_rejected(tmp_path: Path):
+    (tmp_path / "config.yaml").write_text("env:\n  taks: dmc:cheetah_run\n")
+    with pytest.raises(ConfigError, match="unknown config key 'env.taks'"):
+        load_config(tmp_path / "config.yaml")
