@@ -62,15 +62,72 @@ class RunConfig:
 
 
 @dataclass
+class ModelConfig:
+    """The world model: encoder, RSSM, decoder and reward head, trained by Eq. 4 (DreamerV1 defaults)."""
+
+    latent: Literal["gaussian", "categorical"] = "gaussian"
+    deter: int = 200  # GRU state size (the paper's "latent vector length")
+    stoch: int = 30  # Gaussian dimensions, or number of categorical variables
+    classes: int = 32  # classes per categorical variable
+    hidden: int = 200  # RSSM hidden layers
+    units: int = 400  # width of the MLP encoder (states), decoder (states) and reward head
+    layers: int = 2  # hidden layers of those MLPs
+    cnn_depth: int = 32
+    min_std: float = 0.1  # Gaussian latents: lower bound of the std
+    unimix: float = 0.0  # categorical latents: mix of the uniform distribution into the probabilities
+    gru_norm: bool = False  # layer norm inside the GRU (DreamerV2)
+    kl_balancing: bool = False  # Listing 1; off is DreamerV1's plain KL(post || prior)
+    kl_balance: float = 0.8  # alpha of Listing 1
+    free_nats: float = 3.0
+    kl_scale: float = 1.0  # beta of Eq. 4
+    lr: float = 6e-4
+    grad_clip: float = 100.0
+    amp: bool = False  # bfloat16 autocast on CUDA (ignored on CPU)
+
+
+@dataclass
+class ActorConfig:
+    """Dreamer's actor: a tanh-Gaussian policy trained through imagined trajectories."""
+
+    horizon: int = 15  # imagination horizon
+    starts: int = 0  # imagine from this many random posterior states of the batch (0: all of them)
+    lr: float = 8e-5
+    units: int = 400
+    layers: int = 4
+    init_std: float = 5.0
+    min_std: float = 1e-4
+    mean_scale: float = 5.0
+    grad_clip: float = 100.0
+
+
+@dataclass
+class ValueConfig:
+    """The value V(z) and its slow target copy V'."""
+
+    gamma: float = 0.99
+    lam: float = 0.95  # lambda of Dreamer's lambda-returns
+    lr: float = 8e-5
+    units: int = 400
+    layers: int = 3
+    grad_clip: float = 100.0
+    target_period: int = 100  # update V' after every this many value updates ...
+    target_tau: float = 1.0  # ... by V' <- tau * V + (1 - tau) * V'
+
+
+@dataclass
 class Config:
     """The whole configuration of a run."""
 
-    agent: Literal["random"] = "random"
+    agent: Literal["random", "dreamer"] = "random"
     seed: int = 0
     device: str = "auto"  # "auto" picks cuda when present, else cpu
+    expl_noise: float = 0.3  # std of Gaussian noise on executed actions while training
     env: EnvConfig = field(default_factory=EnvConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    value: ValueConfig = field(default_factory=ValueConfig)
 
 
 def preset_dir() -> Path:

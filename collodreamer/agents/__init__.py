@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from collodreamer.agents.base import Agent, EnvSpec
+from collodreamer.agents.base import Agent
+from collodreamer.agents.dreamer import DreamerAgent
 from collodreamer.agents.random_agent import RandomAgent
 from collodreamer.config import Config, ConfigError
+from collodreamer.envs import EnvSpec
 
 
 def resolve_device(name: str) -> torch.device:
@@ -26,7 +28,10 @@ def make_agent(config: Config, spec: EnvSpec) -> Agent:
     """The agent ``config.agent`` names, built for ``spec``."""
     if config.agent == "random":
         return RandomAgent(spec, config.seed)
+    device = resolve_device(config.device)
+    if config.agent == "dreamer":
+        return DreamerAgent(config, spec, device)
     raise ConfigError(f"agent: unknown agent '{config.agent}'")
 
 
-__all__ = ["Agent", "EnvSpec", "make_agent", "resolve_device"]
+__all__ = ["Agent", "make_agent", "resolve_device"]

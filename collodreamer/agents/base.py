@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-
-
-@dataclass(frozen=True)
-class EnvSpec:
-    """What an agent needs to know of its environment to build its networks."""
-
-    obs_shape: tuple[int, ...]
-    obs_dtype: np.dtype
-    action_dim: int
 
 
 class Agent(Protocol):

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from collodreamer.agents.base import EnvSpec
+from collodreamer.envs import EnvSpec
 
 
 class RandomAgent:

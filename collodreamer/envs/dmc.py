@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes.util
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,15 @@ def parse_task(name: str) -> tuple[str, str]:
     raise ConfigError(f"unknown task '{name}'; valid tasks: {', '.join(list_tasks())}")
 
 
+@dataclass(frozen=True)
+class EnvSpec:
+    """What an agent needs to know of its environment to build its networks."""
+
+    obs_shape: tuple[int, ...]
+    obs_dtype: np.dtype
+    action_dim: int
+
+
 class DMCEnv:
     """One dm_control task with action repeat, an episode limit in env frames and seeding."""
 
@@ -72,6 +82,10 @@ class DMCEnv:
             self.obs_shape = (size,)
             self.obs_dtype = np.dtype(np.float32)
 
+    @property
+    def spec(self) -> EnvSpec:
+        return EnvSpec(self.obs_shape, self.obs_dtype, self.action_dim)
+
     def _observe(self, time_step: Any) -> np.ndarray:
         if self.config.obs == "pixels":
             size = self.config.image_size
@@ -81,7 +95,7 @@ class DMCEnv:
 
     def render(self, size: int) -> np.ndarray:
         """An RGB frame (uint8, HWC) from the task's camera."""
-        return self._env.physics.render(size, size, camera_id=self._camera)
+        return np.ascontiguousarray(self._env.physics.render(size, size, camera_id=self._camera))
 
     def reset(self) -> np.ndarray:
         self._frames = 0

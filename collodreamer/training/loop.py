@@ -18,7 +18,7 @@ import imageio.v2 as imageio
 import numpy as np
 from tqdm import tqdm
 
-from collodreamer.agents import Agent, EnvSpec, make_agent
+from collodreamer.agents import Agent, make_agent
 from collodreamer.config import (
     Config,
     ConfigError,
@@ -51,10 +51,6 @@ class Counters:
     episodes: int = 0
     next_eval: int = 0
     last_checkpoint: int = 0
-
-
-def env_spec(env: DMCEnv) -> EnvSpec:
-    return EnvSpec(env.obs_shape, env.obs_dtype, env.action_dim)
 
 
 def start_episode(obs: np.ndarray, action_dim: int) -> dict[str, list]:
@@ -115,7 +111,7 @@ class Trainer:
         seed_everything(config.seed)
         self.env = DMCEnv(config.env, config.seed)
         self.eval_env = DMCEnv(config.env, config.seed + EVAL_SEED_OFFSET)
-        self.agent = make_agent(config, env_spec(self.env))
+        self.agent = make_agent(config, self.env.spec)
         self.store = EpisodeStore(
             self.run_dir / "episodes", config.replay.capacity, config.env.action_repeat, config.seed
         )
@@ -296,7 +292,7 @@ def evaluate_run(run_dir: Path, episodes: int, video_path: Path | None = None) -
     payload = load_checkpoint(run_dir / "checkpoint.pt")
     seed_everything(config.seed)
     env = DMCEnv(config.env, config.seed + 2 * EVAL_SEED_OFFSET)
-    agent = make_agent(config, env_spec(env))
+    agent = make_agent(config, env.spec)
     agent.load_state_dict(payload["agent"])
     returns, _ = evaluate(agent, env, episodes, video_path, config.run.video_size)
     return returns

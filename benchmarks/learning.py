@@ -1,0 +1,141 @@
+"""Learning benchmark: train an agent on a task for several seeds, then write its test-return curve.
+
+    python benchmarks/learning.py --agent dreamer --task dmc:reacher_easy --obs state \
+        --steps 100000 --seeds 2 [--preset cpu] [key=value ...]
+
+Seeds run in parallel (one process and one thread each by default). Each seed has a fixed run
+directory under --root, so rerunning the same command resumes unfinished seeds from their checkpoints
+and skips finished ones. The curve (CSV), a summary (JSON, with the exact command and the machine) and
+a plot (PNG) go to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import write_json  # noqa: E402
+
+from collodreamer.training import load_checkpoint, read_metrics  # noqa: E402
+
+
+def seed_command(args: argparse.Namespace, seed: int, run_dir: Path) -> list[str] | None:
+    """The CLI call that starts, resumes or (None) skips the run of one seed."""
+    base = [sys.executable, "-m", "collodreamer", "train"]
+    steps = f"run.steps={args.steps}"
+    checkpoint = run_dir / "checkpoint.pt"
+    if checkpoint.exists():
+        if load_checkpoint(checkpoint)["counters"]["env_frames"] >= args.steps:
+            return None
+        return [*base, "--resume", str(run_dir), steps]
+    presets = [item for name in args.preset for item in ("--preset", name)]
+    return [*base, "--agent", args.agent, "--task", args.task, "--obs", args.obs, *presets,
+            "--run-dir", str(run_dir), steps, f"seed={seed}", *args.overrides]
+
+
+def test_curve(run_dir: Path) -> dict[int, float]:
+    """Test return by env frames (the last record wins where a resumed run logged a step twice)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return {}
+    return {r["step"]: r["test/return"] for r in read_metrics(path) if "test/return" in r}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agent", required=True)
+    parser.add_argument("--task", default="dmc:reacher_easy")
+    parser.add_argument("--obs", default="state", choices=["state", "pixels"])
+    parser.add_argument("--steps", type=int, default=100_000, help="env frames per seed")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--preset", action="append", default=[])
+    parser.add_argument("--parallel", type=int, default=2, help="seeds trained at once")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per seed")
+    parser.add_argument("--root", default="runs/learning")
+    parser.add_argument("--out", default="results/learning")
+    parser.add_argument("--name", help="result name (default: agent-task-obs)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args()
+    name = args.name or f"{args.agent}-{args.task.split(':')[-1]}-{args.obs}"
+    run_dirs = [Path(args.root) / f"{name}-s{seed}" for seed in range(args.seeds)]
+    environment = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+                   "CI": "true"}
+    pending = [(seed, run_dir) for seed, run_dir in enumerate(run_dirs)]
+    running: list[tuple[int, subprocess.Popen, object]] = []
+    start = time.time()
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            seed, run_dir = pending.pop(0)
+            command = seed_command(args, seed, run_dir)
+            if command is None:
+                print(f"seed {seed}: finished already ({run_dir})")
+                continue
+            run_dir.mkdir(parents=True, exist_ok=True)
+            log = open(run_dir / "train.log", "a")  # noqa: SIM115 (closed when the process ends)
+            print(f"seed {seed}: {shlex.join(command)}", flush=True)
+            running.append((seed, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment), log))
+        time.sleep(5)
+        for item in list(running):
+            seed, process, log = item
+            if process.poll() is not None:
+                log.close()
+                running.remove(item)
+                status = "done" if process.returncode == 0 else f"FAILED (exit {process.returncode})"
+                print(f"seed {seed}: {status} after {(time.time() - start) / 60:.1f} min", flush=True)
+                if process.returncode != 0:
+                    sys.exit(f"seed {seed} failed; see {run_dirs[seed] / 'train.log'}")
+
+    curves = [test_curve(run_dir) for run_dir in run_dirs]
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / f"{name}.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["env_frames", *[f"seed{s}" for s in range(args.seeds)], "mean"])
+        for step in steps:
+            values = [c[step] for c in curves]
+            writer.writerow([step, *[f"{v:.2f}" for v in values], f"{np.mean(values):.2f}"])
+    final = [c[steps[-1]] for c in curves]
+    command = "python benchmarks/learning.py " + shlex.join(sys.argv[1:])
+    print(f"{name}: test return at {steps[-1]} env frames: mean {np.mean(final):.1f} "
+          f"(seeds: {', '.join(f'{v:.1f}' for v in final)})")
+    for step in steps:
+        print(f"  {step:>8d}  {np.mean([c[step] for c in curves]):8.1f}")
+    write_json(out / f"{name}.json", {
+        "benchmark": "learning", "command": command, "agent": args.agent, "task": args.task, "obs": args.obs,
+        "env_frames": steps[-1], "seeds": args.seeds, "final_test_returns": final,
+        "final_mean": float(np.mean(final)),
+        "curve": {str(s): [c[s] for c in curves] for s in steps},
+    })
+    plot(out / f"{name}.png", name, steps, curves)
+
+
+def plot(path: Path, title: str, steps: list[int], curves: list[dict[int, float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = np.array([[c[s] for s in steps] for c in curves])
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for row in values:
+        ax.plot(steps, row, color="C0", alpha=0.3)
+    ax.plot(steps, values.mean(0), color="C0", label=f"mean of {len(curves)} seeds")
+    ax.set(xlabel="env frames", ylabel="test return", title=title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Pure math of the world model and of value learning, each checked against its equation in tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+Stats = dict[str, torch.Tensor]
+
+
+def gaussian_kl(mean_p: torch.Tensor, std_p: torch.Tensor, mean_q: torch.Tensor, std_q: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean_p, std_p^2) || N(mean_q, std_q^2)) of diagonal Gaussians, summed over the last axis."""
+    var_ratio = (std_p / std_q) ** 2
+    term = ((mean_p - mean_q) / std_q) ** 2
+    return 0.5 * (var_ratio + term - 1.0 - torch.log(var_ratio)).sum(-1)
+
+
+def categorical_kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) of independent categoricals given log-probabilities ``[..., variables, classes]``,
+    summed over variables and classes."""
+    return (logp.exp() * (logp - logq)).sum((-2, -1))
+
+
+def kl_loss(
+    kl: Callable[[Stats, Stats], torch.Tensor],
+    post: Stats,
+    prior: Stats,
+    balance: float | None,
+    free_nats: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The KL term of Eq. 4 with free nats, optionally balanced as in Listing 1.
+
+    Balanced: ``alpha * max(mean KL(sg(post) || prior), free) + (1 - alpha) * max(mean KL(post ||
+    sg(prior)), free)`` with ``alpha = balance``: the prior is pulled towards the posterior faster than
+    the posterior is regularised. Unbalanced (``balance=None``): ``max(mean KL(post || prior), free)``.
+    Returns (loss, mean KL value for logging).
+    """
+    value = kl(post, prior)
+    free = torch.as_tensor(free_nats, dtype=value.dtype, device=value.device)
+    if balance is None:
+        return torch.maximum(value.mean(), free), value.mean().detach()
+    sg = {k: v.detach() for k, v in post.items()}, {k: v.detach() for k, v in prior.items()}
+    prior_side = torch.maximum(kl(sg[0], prior).mean(), free)
+    post_side = torch.maximum(kl(post, sg[1]).mean(), free)
+    return balance * prior_side + (1.0 - balance) * post_side, value.mean().detach()
+
+
+def gaussian_nll(mean: torch.Tensor, target: torch.Tensor, event_dims: int) -> torch.Tensor:
+    """Negative log-likelihood under a unit-variance Gaussian, without the constant:
+    ``0.5 * sum (target - mean)^2`` over the last ``event_dims`` axes."""
+    squared = 0.5 * (target - mean) ** 2
+    return squared.sum(tuple(range(-event_dims, 0))) if event_dims else squared
+
+
+def lambda_returns(
+    rewards: torch.Tensor, values: torch.Tensor, discounts: torch.Tensor, lam: float
+) -> torch.Tensor:
+    """TD(lambda) returns of an imagined trajectory (Dreamer, Eq. 6 of Hafner et al. 2019).
+
+    Time-major inputs ``[H, ...]`` for the transitions ``s_t -> s_{t+1}``: ``rewards[t] = r(s_{t+1})``,
+    ``values[t] = v(s_{t+1})``, ``discounts[t] = gamma``. Returns ``R[t]`` for ``t = 0..H-1``:
+
+        R_t = r_t + gamma_t * ((1 - lam) * v_t + lam * R_{t+1}),   R_H := v_{H-1}
+    """
+    returns = []
+    next_return = values[-1]
+    for t in reversed(range(rewards.shape[0])):
+        next_return = rewards[t] + discounts[t] * ((1.0 - lam) * values[t] + lam * next_return)
+        returns.append(next_return)
+    return torch.stack(returns[::-1])
+
+
+@torch.no_grad()
+def update_target(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """Polyak averaging ``target <- tau * online + (1 - tau) * target`` (``tau=1`` copies)."""
+    for t, o in zip(target.parameters(), online.parameters(), strict=True):
+        t.lerp_(o, tau)
+    for t, o in zip(target.buffers(), online.buffers(), strict=True):
+        t.copy_(o)

@@ -1,0 +1,104 @@
+"""Building blocks: MLPs, Dreamer's CNN encoder and transposed-CNN decoder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    """``layers`` hidden layers of ``units`` (ELU), then a linear output of ``out_dim``.
+
+    ``norm`` places a BatchNorm before or after each hidden activation; ``dropout`` gives the drop
+    probability after each hidden layer (one entry per layer, or empty for none).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        units: int,
+        layers: int,
+        norm: str = "none",
+        dropout: Sequence[float] = (),
+    ) -> None:
+        super().__init__()
+        if norm not in ("none", "before", "after"):
+            raise ValueError(f"norm must be none, before or after, got {norm!r}")
+        if dropout and len(dropout) != layers:
+            raise ValueError(f"dropout needs one probability per hidden layer ({layers}), got {len(dropout)}")
+        modules: list[nn.Module] = []
+        size = in_dim
+        for index in range(layers):
+            modules.append(nn.Linear(size, units))
+            if norm == "before":
+                modules.append(nn.BatchNorm1d(units))
+            modules.append(nn.ELU())
+            if norm == "after":
+                modules.append(nn.BatchNorm1d(units))
+            if dropout and dropout[index] > 0:
+                modules.append(nn.Dropout(dropout[index]))
+            size = units
+        modules.append(nn.Linear(size, out_dim))
+        self.net = nn.Sequential(*modules)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        return self.net(x.reshape(-1, x.shape[-1])).reshape(*lead, -1)
+
+
+class ConvEncoder(nn.Module):
+    """Dreamer's encoder: 64x64x3 uint8 images -> 4 convs (kernel 4, stride 2, ReLU) -> 32*depth."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, depth, 4, 2),
+            nn.ReLU(),
+            nn.Conv2d(depth, 2 * depth, 4, 2),
+            nn.ReLU(),
+            nn.Conv2d(2 * depth, 4 * depth, 4, 2),
+            nn.ReLU(),
+            nn.Conv2d(4 * depth, 8 * depth, 4, 2),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        self.out_dim = 32 * depth
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        lead = obs.shape[:-3]
+        x = obs.reshape(-1, *obs.shape[-3:]).permute(0, 3, 1, 2).float() / 255.0 - 0.5
+        return self.net(x).reshape(*lead, -1)
+
+
+class ConvDecoder(nn.Module):
+    """Dreamer's decoder: feature -> 32*depth -> 4 transposed convs (kernels 5, 5, 6, 6) -> 64x64x3.
+
+    Returns the mean image in the encoder's scale (pixels / 255 - 0.5), channels last.
+    """
+
+    def __init__(self, feature_dim: int, depth: int) -> None:
+        super().__init__()
+        self.depth = depth
+        self.linear = nn.Linear(feature_dim, 32 * depth)
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(32 * depth, 4 * depth, 5, 2),
+            nn.ReLU(),
+            nn.ConvTranspose2d(4 * depth, 2 * depth, 5, 2),
+            nn.ReLU(),
+            nn.ConvTranspose2d(2 * depth, depth, 6, 2),
+            nn.ReLU(),
+            nn.ConvTranspose2d(depth, 3, 6, 2),
+        )
+
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        lead = feature.shape[:-1]
+        x = self.linear(feature.reshape(-1, feature.shape[-1])).reshape(-1, 32 * self.depth, 1, 1)
+        return self.net(x).permute(0, 2, 3, 1).reshape(*lead, 64, 64, 3)
+
+
+def image_target(obs: torch.Tensor) -> torch.Tensor:
+    """The decoder's target for uint8 images: the encoder's input scale."""
+    return obs.float() / 255.0 - 0.5

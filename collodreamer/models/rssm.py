@@ -1,0 +1,164 @@
+"""The recurrent state-space model (PlaNet/Dreamer): a GRU deterministic path ``h`` and a stochastic
+latent ``s`` that is Gaussian (DreamerV1) or ``stoch`` categoricals of ``classes`` classes with
+straight-through gradients (DreamerV2). The feature of a state is ``z = [s, h]``.
+
+Every function is batched over any leading dimensions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from collodreamer.config import ModelConfig
+from collodreamer.models.losses import categorical_kl, gaussian_kl
+
+State = dict[str, torch.Tensor]
+
+
+class GRUCell(nn.Module):
+    """A GRU cell written with one linear layer (optionally layer-normed, as in DreamerV2), so that
+    torch.func transforms (vmap, jacrev) see only plain tensor ops."""
+
+    def __init__(self, in_dim: int, size: int, norm: bool) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim + size, 3 * size, bias=not norm)
+        self.norm = nn.LayerNorm(3 * size) if norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        reset, cand, update = self.norm(self.linear(torch.cat([x, h], -1))).chunk(3, -1)
+        reset = torch.sigmoid(reset)
+        cand = torch.tanh(reset * cand)
+        update = torch.sigmoid(update - 1.0)  # bias towards keeping the old state early in training
+        return update * cand + (1.0 - update) * h
+
+
+class RSSM(nn.Module):
+    def __init__(self, config: ModelConfig, action_dim: int, embed_dim: int) -> None:
+        super().__init__()
+        self.config = config
+        self.categorical = config.latent == "categorical"
+        self.stoch_dim = config.stoch * config.classes if self.categorical else config.stoch
+        self.feature_dim = self.stoch_dim + config.deter
+        stats_dim = self.stoch_dim if self.categorical else 2 * config.stoch
+        hidden = config.hidden
+        self.img_in = nn.Sequential(nn.Linear(self.stoch_dim + action_dim, hidden), nn.ELU())
+        self.gru = GRUCell(hidden, config.deter, config.gru_norm)
+        self.img_out = nn.Sequential(nn.Linear(config.deter, hidden), nn.ELU(), nn.Linear(hidden, stats_dim))
+        self.obs_out = nn.Sequential(
+            nn.Linear(config.deter + embed_dim, hidden), nn.ELU(), nn.Linear(hidden, stats_dim)
+        )
+
+    # --- distributions -------------------------------------------------------------------------
+    def _stats(self, raw: torch.Tensor) -> State:
+        if self.categorical:
+            logits = raw.reshape(*raw.shape[:-1], self.config.stoch, self.config.classes)
+            probs = torch.softmax(logits, -1)
+            if self.config.unimix > 0:
+                probs = (1.0 - self.config.unimix) * probs + self.config.unimix / self.config.classes
+            return {"logp": torch.log(probs)}
+        mean, std = raw.chunk(2, -1)
+        return {"mean": mean, "std": F.softplus(std) + self.config.min_std}
+
+    def _sample(self, stats: State) -> torch.Tensor:
+        """A reparameterised sample: Gaussian noise, or a one-hot draw with straight-through gradients."""
+        if self.categorical:
+            logp = stats["logp"]
+            gumbel = -torch.log(-torch.log(torch.rand_like(logp).clamp(1e-20, 1.0)))
+            one_hot = F.one_hot((logp + gumbel).argmax(-1), self.config.classes).to(logp.dtype)
+            probs = logp.exp()
+            return (one_hot + probs - probs.detach()).flatten(-2)
+        return stats["mean"] + stats["std"] * torch.randn_like(stats["std"])
+
+    def _mean(self, stats: State) -> torch.Tensor:
+        """The mean of the stochastic latent (class probabilities for categoricals)."""
+        return stats["logp"].exp().flatten(-2) if self.categorical else stats["mean"]
+
+    def kl(self, post: State, prior: State) -> torch.Tensor:
+        """KL(post || prior) per state."""
+        if self.categorical:
+            return categorical_kl(post["logp"], prior["logp"])
+        return gaussian_kl(post["mean"], post["std"], prior["mean"], prior["std"])
+
+    # --- steps ---------------------------------------------------------------------------------
+    def initial(self, batch_shape: tuple[int, ...], device: torch.device) -> State:
+        zeros = torch.zeros
+        return {
+            "deter": zeros(*batch_shape, self.config.deter, device=device),
+            "stoch": zeros(*batch_shape, self.stoch_dim, device=device),
+        }
+
+    def feature(self, state: State) -> torch.Tensor:
+        return torch.cat([state["stoch"], state["deter"]], -1)
+
+    def _deter_step(self, stoch: torch.Tensor, deter: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.gru(self.img_in(torch.cat([stoch, action], -1)), deter)
+
+    def img_step(self, state: State, action: torch.Tensor, sample: bool = True) -> State:
+        """The prior q(s_{t+1} | s_t, a_t) (Eq. 2): one step of imagination."""
+        deter = self._deter_step(state["stoch"], state["deter"], action)
+        stats = self._stats(self.img_out(deter))
+        stoch = self._sample(stats) if sample else self._mean(stats)
+        return {"deter": deter, "stoch": stoch, **stats}
+
+    def obs_step(
+        self, state: State, action: torch.Tensor, embed: torch.Tensor, is_first: torch.Tensor
+    ) -> tuple[State, State]:
+        """The posterior p(s_{t+1} | s_t, a_t, o_{t+1}) (Eq. 1) and the prior; resets where is_first."""
+        keep = (~is_first).to(action.dtype).unsqueeze(-1)
+        state = {k: state[k] * keep for k in ("deter", "stoch")}
+        prior = self.img_step(state, action * keep)
+        stats = self._stats(self.obs_out(torch.cat([prior["deter"], embed], -1)))
+        post = {"deter": prior["deter"], "stoch": self._sample(stats), **stats}
+        return post, prior
+
+    def observe(
+        self, embed: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor, state: State | None = None
+    ) -> tuple[State, State]:
+        """Filter a batch of sequences ``[B, T, ...]``; returns posteriors and priors ``[B, T, ...]``.
+
+        ``action[:, t]`` is the action that led to step ``t`` (the replay layout)."""
+        if state is None:
+            state = self.initial(embed.shape[:1], embed.device)
+        posts, priors = [], []
+        for t in range(embed.shape[1]):
+            state, prior = self.obs_step(state, action[:, t], embed[:, t], is_first[:, t])
+            posts.append(state)
+            priors.append(prior)
+        return stack(posts, 1), stack(priors, 1)
+
+    def imagine(
+        self, start: State, actions: torch.Tensor | Callable[[torch.Tensor], torch.Tensor], horizon: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Roll the prior forward ``horizon`` steps from ``start`` under given actions ``[H, ...]`` or a
+        policy (feature -> action). Returns time-major features ``[H+1, ...]`` (the start first) and
+        the actions taken ``[H, ...]``."""
+        state = {"deter": start["deter"], "stoch": start["stoch"]}
+        features, taken = [self.feature(state)], []
+        for t in range(horizon):
+            action = actions(features[-1]) if callable(actions) else actions[t]
+            state = self.img_step(state, action)
+            features.append(self.feature(state))
+            taken.append(action)
+        return torch.stack(features), torch.stack(taken)
+
+    def next_feature_mean(self, feature: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """mu(z, a): the feature of the prior's mean after taking ``action`` from feature ``z``.
+
+        This is the planner's dynamics function (Eq. 5); it is a deterministic function of z and a.
+        """
+        stoch, deter = feature.split([self.stoch_dim, self.config.deter], -1)
+        deter = self._deter_step(stoch, deter, action)
+        return torch.cat([self._mean(self._stats(self.img_out(deter))), deter], -1)
+
+
+def stack(states: list[State], dim: int) -> State:
+    return {k: torch.stack([s[k] for s in states], dim) for k in states[0]}
+
+
+def flatten(state: State) -> State:
+    """Merge batch and time: ``[B, T, ...] -> [B*T, ...]``."""
+    return {k: v.reshape(-1, *v.shape[2:]) for k, v in state.items()}

@@ -1,0 +1,133 @@
+"""The world model shared by all agents: encoder, RSSM, decoder and reward head (Eq. 1-4)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from collodreamer.config import ModelConfig
+from collodreamer.envs import EnvSpec
+from collodreamer.models.losses import gaussian_nll, kl_loss
+from collodreamer.models.networks import MLP, ConvDecoder, ConvEncoder, image_target
+from collodreamer.models.rssm import RSSM, State
+
+Batch = dict[str, torch.Tensor]
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on CUDA when enabled; a no-op otherwise."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_torch(batch: dict[str, np.ndarray], device: torch.device) -> Batch:
+    """Replay arrays to tensors; float64 becomes float32, uint8 images stay uint8 until encoded."""
+    out = {}
+    for key, value in batch.items():
+        tensor = torch.as_tensor(value)
+        if tensor.dtype == torch.float64:
+            tensor = tensor.float()
+        out[key] = tensor.to(device, non_blocking=True)
+    return out
+
+
+class WorldModel(nn.Module):
+    def __init__(self, config: ModelConfig, spec: EnvSpec, device: torch.device) -> None:
+        super().__init__()
+        self.config = config
+        self.device = device
+        self.pixels = len(spec.obs_shape) == 3
+        self.action_dim = spec.action_dim
+        if self.pixels:
+            self.encoder: nn.Module = ConvEncoder(config.cnn_depth)
+            embed_dim = self.encoder.out_dim
+        else:
+            embed_dim = config.units
+            self.encoder = MLP(spec.obs_shape[0], embed_dim, config.units, config.layers)
+        self.rssm = RSSM(config, spec.action_dim, embed_dim)
+        feature_dim = self.rssm.feature_dim
+        if self.pixels:
+            self.decoder: nn.Module = ConvDecoder(feature_dim, config.cnn_depth)
+        else:
+            self.decoder = MLP(feature_dim, spec.obs_shape[0], config.units, config.layers)
+        self.reward = MLP(feature_dim, 1, config.units, config.layers)
+        self.to(device)
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=config.lr, eps=1e-5)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.rssm.feature_dim
+
+    def reward_of(self, feature: torch.Tensor) -> torch.Tensor:
+        """r(z): the predicted reward received on arriving at the state with feature z."""
+        return self.reward(feature).squeeze(-1)
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, State, dict[str, float]]:
+        """The negative ELBO of Eq. 4 on ``[B, T]`` sequences: reconstruction and reward
+        negative log-likelihoods plus the (balanced, free-nats) KL. Returns (loss, posteriors, metrics)."""
+        config = self.config
+        with autocast(self.device, config.amp):
+            embed = self.encoder(batch["obs"])
+            post, prior = self.rssm.observe(embed, batch["action"], batch["is_first"])
+            feature = self.rssm.feature(post)
+            recon = self.decoder(feature)
+            reward = self.reward_of(feature)
+        target = image_target(batch["obs"]) if self.pixels else batch["obs"]
+        obs_loss = gaussian_nll(recon.float(), target, 3 if self.pixels else 1).mean()
+        reward_loss = gaussian_nll(reward.float(), batch["reward"], 0).mean()
+        balance = config.kl_balance if config.kl_balancing else None
+        kl, kl_value = kl_loss(self.rssm.kl, _float(post), _float(prior), balance, config.free_nats)
+        loss = obs_loss + reward_loss + config.kl_scale * kl
+        metrics = {
+            "model/loss": loss.item(),
+            "model/image_loss" if self.pixels else "model/state_loss": obs_loss.item(),
+            "model/reward_loss": reward_loss.item(),
+            "model/kl": kl_value.item(),
+        }
+        return loss, post, metrics
+
+    def train_step(self, batch: Batch) -> tuple[State, dict[str, float]]:
+        """One Adam step on Eq. 4; returns the posterior states (detached) and metrics."""
+        loss, post, metrics = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = nn.utils.clip_grad_norm_(self.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        metrics["model/grad_norm"] = norm.item()
+        return {k: v.detach() for k, v in post.items()}, metrics
+
+    @torch.no_grad()
+    def filter(self, obs: np.ndarray, state: State | None, action: torch.Tensor | None) -> State:
+        """Update the posterior with one real observation. ``state`` None starts an episode;
+        ``action`` is the action executed since ``state``."""
+        obs_t = torch.as_tensor(obs, device=self.device)[None]
+        if obs_t.dtype == torch.float64:
+            obs_t = obs_t.float()
+        first = state is None
+        if state is None:
+            state = self.rssm.initial((1,), self.device)
+        if action is None:
+            action = torch.zeros(1, self.action_dim, device=self.device)
+        is_first = torch.tensor([first], device=self.device)
+        post, _ = self.rssm.obs_step(state, action, self.encoder(obs_t), is_first)
+        return post
+
+    @property
+    def reward_action_dim(self) -> int:
+        return self.rssm.img_in[0].in_features - self.rssm.stoch_dim
+
+    def training_state(self) -> dict[str, Any]:
+        return {"params": self.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        self.load_state_dict(state["params"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _float(state: State) -> State:
+    return {k: v.float() for k, v in state.items()}
