@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_json  # noqa: E402
+from common import write_json
 
-from collodreamer.training import load_checkpoint, read_metrics  # noqa: E402
+from collodreamer.training import load_checkpoint, read_metrics
 
 
 def seed_command(args: argparse.Namespace, seed: int, run_dir: Path) -> list[str] | None:
@@ -38,8 +38,21 @@ def seed_command(args: argparse.Namespace, seed: int, run_dir: Path) -> list[str
             return None
         return [*base, "--resume", str(run_dir), steps]
     presets = [item for name in args.preset for item in ("--preset", name)]
-    return [*base, "--agent", args.agent, "--task", args.task, "--obs", args.obs, *presets,
-            "--run-dir", str(run_dir), steps, f"seed={seed}", *args.overrides]
+    return [
+        *base,
+        "--agent",
+        args.agent,
+        "--task",
+        args.task,
+        "--obs",
+        args.obs,
+        *presets,
+        "--run-dir",
+        str(run_dir),
+        steps,
+        f"seed={seed}",
+        *args.overrides,
+    ]
 
 
 def test_curve(run_dir: Path) -> dict[int, float]:
@@ -51,7 +64,8 @@ def test_curve(run_dir: Path) -> dict[int, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--agent", required=True)
     parser.add_argument("--task", default="dmc:reacher_easy")
     parser.add_argument("--obs", default="state", choices=["state", "pixels"])
@@ -67,8 +81,12 @@ def main() -> None:
     args = parser.parse_args()
     name = args.name or f"{args.agent}-{args.task.split(':')[-1]}-{args.obs}"
     run_dirs = [Path(args.root) / f"{name}-s{seed}" for seed in range(args.seeds)]
-    environment = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-                   "CI": "true"}
+    environment = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "MKL_NUM_THREADS": str(args.threads),
+        "CI": "true",
+    }
     pending = [(seed, run_dir) for seed, run_dir in enumerate(run_dirs)]
     running: list[tuple[int, subprocess.Popen, object]] = []
     start = time.time()
@@ -82,7 +100,8 @@ def main() -> None:
             run_dir.mkdir(parents=True, exist_ok=True)
             log = open(run_dir / "train.log", "a")  # noqa: SIM115 (closed when the process ends)
             print(f"seed {seed}: {shlex.join(command)}", flush=True)
-            running.append((seed, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment), log))
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
+            running.append((seed, process, log))
         time.sleep(5)
         for item in list(running):
             seed, process, log = item
@@ -106,16 +125,27 @@ def main() -> None:
             writer.writerow([step, *[f"{v:.2f}" for v in values], f"{np.mean(values):.2f}"])
     final = [c[steps[-1]] for c in curves]
     command = "python benchmarks/learning.py " + shlex.join(sys.argv[1:])
-    print(f"{name}: test return at {steps[-1]} env frames: mean {np.mean(final):.1f} "
-          f"(seeds: {', '.join(f'{v:.1f}' for v in final)})")
+    print(
+        f"{name}: test return at {steps[-1]} env frames: mean {np.mean(final):.1f} "
+        f"(seeds: {', '.join(f'{v:.1f}' for v in final)})"
+    )
     for step in steps:
         print(f"  {step:>8d}  {np.mean([c[step] for c in curves]):8.1f}")
-    write_json(out / f"{name}.json", {
-        "benchmark": "learning", "command": command, "agent": args.agent, "task": args.task, "obs": args.obs,
-        "env_frames": steps[-1], "seeds": args.seeds, "final_test_returns": final,
-        "final_mean": float(np.mean(final)),
-        "curve": {str(s): [c[s] for c in curves] for s in steps},
-    })
+    write_json(
+        out / f"{name}.json",
+        {
+            "benchmark": "learning",
+            "command": command,
+            "agent": args.agent,
+            "task": args.task,
+            "obs": args.obs,
+            "env_frames": steps[-1],
+            "seeds": args.seeds,
+            "final_test_returns": final,
+            "final_mean": float(np.mean(final)),
+            "curve": {str(s): [c[s] for c in curves] for s in steps},
+        },
+    )
     plot(out / f"{name}.png", name, steps, curves)
 
 

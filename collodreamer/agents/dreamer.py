@@ -57,7 +57,9 @@ def frozen(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, module: nn.Module, clip: float) -> float:
+def optimizer_step(
+    optimizer: torch.optim.Optimizer, loss: torch.Tensor, module: nn.Module, clip: float
+) -> float:
     """Zero, backprop, clip the gradient norm to ``clip``, step; returns the pre-clip norm."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

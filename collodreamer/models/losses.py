@@ -10,7 +10,9 @@ from torch import nn
 Stats = dict[str, torch.Tensor]
 
 
-def gaussian_kl(mean_p: torch.Tensor, std_p: torch.Tensor, mean_q: torch.Tensor, std_q: torch.Tensor) -> torch.Tensor:
+def gaussian_kl(
+    mean_p: torch.Tensor, std_p: torch.Tensor, mean_q: torch.Tensor, std_q: torch.Tensor
+) -> torch.Tensor:
     """KL(N(mean_p, std_p^2) || N(mean_q, std_q^2)) of diagonal Gaussians, summed over the last axis."""
     var_ratio = (std_p / std_q) ** 2
     term = ((mean_p - mean_q) / std_q) ** 2

@@ -1,0 +1,149 @@
+"""The world model's math against hand computations, and the RSSM's shapes for both latent kinds."""
+
+import pytest
+import torch
+
+from collodreamer.config import ModelConfig
+from collodreamer.models.losses import (
+    categorical_kl,
+    gaussian_kl,
+    gaussian_nll,
+    kl_loss,
+    lambda_returns,
+    update_target,
+)
+from collodreamer.models.networks import MLP
+from collodreamer.models.rssm import RSSM
+
+
+def gaussian_stats(mean, std):
+    return {"mean": torch.tensor(mean, requires_grad=True), "std": torch.tensor(std, requires_grad=True)}
+
+
+def plain_kl(post, prior):
+    return gaussian_kl(post["mean"], post["std"], prior["mean"], prior["std"])
+
+
+def test_gaussian_kl_matches_torch_distributions():
+    p = torch.distributions.Normal(torch.tensor([0.3, -1.0]), torch.tensor([0.5, 2.0]))
+    q = torch.distributions.Normal(torch.tensor([1.0, 0.0]), torch.tensor([1.5, 0.7]))
+    expected = torch.distributions.kl_divergence(p, q).sum()
+    assert torch.allclose(gaussian_kl(p.loc, p.scale, q.loc, q.scale), expected)
+
+
+def test_categorical_kl_by_hand():
+    p = torch.tensor([[0.5, 0.5]]).log()
+    q = torch.tensor([[0.25, 0.75]]).log()
+    expected = 0.5 * torch.log(torch.tensor(0.5 / 0.25)) + 0.5 * torch.log(torch.tensor(0.5 / 0.75))
+    assert torch.allclose(categorical_kl(p, q), expected)
+
+
+def test_kl_balancing_value_and_gradient_routing():
+    """Listing 1: alpha*KL(sg(post)||prior) + (1-alpha)*KL(post||sg(prior)). The value equals the KL;
+    the prior gets alpha of the KL's gradient and the posterior 1 - alpha."""
+    alpha = 0.8
+    post, prior = gaussian_stats([[0.2, -0.4]], [[0.6, 1.1]]), gaussian_stats([[1.0, 0.3]], [[1.3, 0.8]])
+    loss, value = kl_loss(plain_kl, post, prior, balance=alpha, free_nats=0.0)
+    full = plain_kl(post, prior).mean()
+    assert torch.allclose(loss, full) and torch.allclose(value, full)
+    balanced = torch.autograd.grad(loss, [*post.values(), *prior.values()])
+    plain = torch.autograd.grad(full, [*post.values(), *prior.values()])
+    for got, reference in zip(balanced[:2], plain[:2], strict=True):  # posterior side
+        assert torch.allclose(got, (1 - alpha) * reference)
+    for got, reference in zip(balanced[2:], plain[2:], strict=True):  # prior side
+        assert torch.allclose(got, alpha * reference)
+
+
+def test_unbalanced_kl_is_plain_kl():
+    post, prior = gaussian_stats([[0.2]], [[0.6]]), gaussian_stats([[1.0]], [[1.3]])
+    loss, _ = kl_loss(plain_kl, post, prior, balance=None, free_nats=0.0)
+    assert torch.allclose(loss, plain_kl(post, prior).mean())
+
+
+@pytest.mark.parametrize("balance", [None, 0.8])
+def test_free_nats_clamp(balance):
+    post, prior = gaussian_stats([[0.2]], [[0.6]]), gaussian_stats([[0.25]], [[0.62]])
+    loss, value = kl_loss(plain_kl, post, prior, balance=balance, free_nats=3.0)
+    assert value < 3.0 and loss.item() == pytest.approx(3.0)
+    grads = torch.autograd.grad(loss, [*post.values(), *prior.values()], allow_unused=True)
+    assert all(g is None or torch.all(g == 0) for g in grads)  # below free nats: no pressure
+
+
+def test_lambda_returns_by_hand():
+    rewards = torch.tensor([1.0, 2.0, 3.0])
+    values = torch.tensor([10.0, 20.0, 30.0])
+    gamma, lam = 0.9, 0.5
+    r2 = 3.0 + gamma * 30.0  # last step bootstraps from its value
+    r1 = 2.0 + gamma * ((1 - lam) * 20.0 + lam * r2)
+    r0 = 1.0 + gamma * ((1 - lam) * 10.0 + lam * r1)
+    returns = lambda_returns(rewards, values, torch.full((3,), gamma), lam)
+    assert torch.allclose(returns, torch.tensor([r0, r1, r2]))
+    # lam = 1: Monte-Carlo returns with a bootstrap; lam = 0: one-step TD targets.
+    mc = lambda_returns(rewards, values, torch.full((3,), gamma), 1.0)
+    assert mc[0].item() == pytest.approx(1 + gamma * 2 + gamma**2 * 3 + gamma**3 * 30)
+    td = lambda_returns(rewards, values, torch.full((3,), gamma), 0.0)
+    assert torch.allclose(td, rewards + gamma * values)
+
+
+def test_gaussian_nll_by_hand():
+    mean, target = torch.zeros(2, 3), torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 2.0]])
+    assert torch.allclose(gaussian_nll(mean, target, 1), torch.tensor([2.5, 2.0]))
+
+
+def test_target_update_polyak():
+    online, target = MLP(2, 1, 4, 1), MLP(2, 1, 4, 1)
+    before = [p.clone() for p in target.parameters()]
+    update_target(target, online, 0.25)
+    for t, o, b in zip(target.parameters(), online.parameters(), before, strict=True):
+        assert torch.allclose(t, 0.25 * o + 0.75 * b)
+    update_target(target, online, 1.0)
+    assert all(torch.equal(t, o) for t, o in zip(target.parameters(), online.parameters(), strict=True))
+
+
+def test_straight_through_categorical_passes_gradients():
+    config = ModelConfig(latent="categorical", stoch=3, classes=4, deter=8, hidden=8)
+    rssm = RSSM(config, action_dim=2, embed_dim=5)
+    logits = torch.randn(6, 12, requires_grad=True)
+    sample = rssm._sample(rssm._stats(logits))
+    one_hot = sample.detach().reshape(6, 3, 4)
+    assert torch.allclose(one_hot.sum(-1), torch.ones(6, 3))
+    assert torch.allclose(one_hot, one_hot.round(), atol=1e-6)  # one-hot values, probs only in the gradient
+    (sample * torch.randn_like(sample)).sum().backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("latent", ["gaussian", "categorical"])
+def test_observe_and_imagine_shapes(latent):
+    config = ModelConfig(latent=latent, deter=8, stoch=3, classes=4, hidden=8)
+    rssm = RSSM(config, action_dim=2, embed_dim=5)
+    stoch = 12 if latent == "categorical" else 3
+    assert rssm.feature_dim == stoch + 8
+    B, T = 4, 7
+    is_first = torch.zeros(B, T, dtype=torch.bool)
+    is_first[:, 0] = True
+    post, prior = rssm.observe(torch.randn(B, T, 5), torch.randn(B, T, 2), is_first)
+    assert post["deter"].shape == (B, T, 8) and post["stoch"].shape == (B, T, stoch)
+    assert prior["stoch"].shape == (B, T, stoch)
+    assert rssm.kl(post, prior).shape == (B, T)
+    start = {k: v[:, -1] for k, v in post.items()}
+    features, actions = rssm.imagine(start, lambda f: torch.tanh(f[..., :2]), horizon=5)
+    assert features.shape == (6, B, stoch + 8) and actions.shape == (5, B, 2)
+    features, _ = rssm.imagine(start, torch.zeros(3, B, 2), horizon=3)
+    assert features.shape == (4, B, stoch + 8)
+    # mu(z, a) is deterministic and batched over any leading dimensions.
+    z, a = torch.randn(2, 3, stoch + 8), torch.randn(2, 3, 2)
+    assert torch.equal(rssm.next_feature_mean(z, a), rssm.next_feature_mean(z, a))
+    assert rssm.next_feature_mean(z, a).shape == (2, 3, stoch + 8)
+
+
+def test_is_first_resets_the_state():
+    config = ModelConfig(deter=8, stoch=3, hidden=8)
+    rssm = RSSM(config, action_dim=2, embed_dim=5)
+    torch.manual_seed(0)
+    embed, action = torch.randn(1, 6, 5), torch.randn(1, 6, 2)
+    is_first = torch.tensor([[True, False, False, True, False, False]])
+    post, _ = rssm.observe(embed, action, is_first)
+    fresh, _ = rssm.observe(embed[:, 3:], action[:, 3:], is_first[:, 3:])
+    # After the reset at t=3 the deterministic path forgets everything before it.
+    assert torch.allclose(post["deter"][:, 3], fresh["deter"][:, 0])
+    assert not torch.allclose(post["deter"][:, 2], fresh["deter"][:, 0])
