@@ -115,10 +115,35 @@ class ValueConfig:
 
 
 @dataclass
+class PlannerConfig:
+    """Latent collocation (LatCo): optimise latent states and actions under the learned dynamics,
+    held as constraints through multipliers updated by Eq. 7."""
+
+    horizon: int = 30  # H: knots z_0..z_H, a_0..a_H with z_0 the current posterior
+    iterations: int = 100  # primal steps per plan, each followed by a dual step
+    replan_every: int = 15  # agent steps executed from each plan
+    primal: Literal["gauss_newton", "adam"] = "gauss_newton"
+    damping: float = 1e-3  # delta of (2 J^T J + delta I) dx = 2 J^T r
+    line_search: bool = True  # pick the Gauss-Newton step size that lowers the objective (off: full step)
+    adam_lr: float = 0.1
+    dual_alpha: float = 0.1  # alpha of Eq. 7
+    dual_eta: float = 0.1  # eta of Eq. 7
+    eps_dyn: float = 1e-2  # dynamics violation the multipliers drive towards
+    eps_act: float = 1e-2  # action-bound violation the multipliers drive towards
+    init_lambda: float = 1.0
+    init_nu: float = 1.0
+    min_multiplier: float = 1e-6  # multipliers stay in [min, max]: no underflow while a constraint
+    max_multiplier: float = 1e6  # holds, no overflow while a slow primal step lags behind
+    init: Literal["random", "shift"] = "random"  # N(0, 1) knots, or the previous plan shifted
+    plans: int = 1  # plans optimised in parallel; the one with the best imagined return is used
+    tolerance: float = 0.0  # stop early once constraints hold and the return changes less (0: never)
+
+
+@dataclass
 class Config:
     """The whole configuration of a run."""
 
-    agent: Literal["random", "dreamer"] = "random"
+    agent: Literal["random", "dreamer", "latco"] = "random"
     seed: int = 0
     device: str = "auto"  # "auto" picks cuda when present, else cpu
     expl_noise: float = 0.3  # std of Gaussian noise on executed actions while training
@@ -128,6 +153,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     actor: ActorConfig = field(default_factory=ActorConfig)
     value: ValueConfig = field(default_factory=ValueConfig)
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
 
 
 def preset_dir() -> Path:

@@ -6,6 +6,7 @@ import torch
 
 from collodreamer.agents.base import Agent
 from collodreamer.agents.dreamer import DreamerAgent
+from collodreamer.agents.latco import LatCoAgent
 from collodreamer.agents.random_agent import RandomAgent
 from collodreamer.config import Config, ConfigError
 from collodreamer.envs import EnvSpec
@@ -31,6 +32,8 @@ def make_agent(config: Config, spec: EnvSpec) -> Agent:
     device = resolve_device(config.device)
     if config.agent == "dreamer":
         return DreamerAgent(config, spec, device)
+    if config.agent == "latco":
+        return LatCoAgent(config, spec, device)
     raise ConfigError(f"agent: unknown agent '{config.agent}'")
 
 

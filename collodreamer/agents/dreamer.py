@@ -3,10 +3,8 @@ model, with lambda-returns bootstrapped from a slow target value network."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -17,6 +15,7 @@ from collodreamer.config import ActorConfig, Config
 from collodreamer.envs import EnvSpec
 from collodreamer.models import MLP, WorldModel, autocast, to_torch
 from collodreamer.models.losses import lambda_returns, update_target
+from collodreamer.models.networks import frozen, optimizer_step
 from collodreamer.models.rssm import flatten
 
 
@@ -45,29 +44,6 @@ class Actor(nn.Module):
         return torch.tanh(self._dist(feature)[0])
 
 
-@contextlib.contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """Let gradients flow through ``module`` without accumulating into its parameters."""
-    flags = [p.requires_grad for p in module.parameters()]
-    module.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(module.parameters(), flags, strict=True):
-            p.requires_grad_(flag)
-
-
-def optimizer_step(
-    optimizer: torch.optim.Optimizer, loss: torch.Tensor, module: nn.Module, clip: float
-) -> float:
-    """Zero, backprop, clip the gradient norm to ``clip``, step; returns the pre-clip norm."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    norm = nn.utils.clip_grad_norm_(module.parameters(), clip)
-    optimizer.step()
-    return norm.item()
-
-
 class DreamerAgent:
     def __init__(self, config: Config, spec: EnvSpec, device: torch.device) -> None:
         self.config = config
@@ -90,6 +66,9 @@ class DreamerAgent:
         if training and self.config.expl_noise > 0:
             action = (action + self.config.expl_noise * torch.randn_like(action)).clamp(-1.0, 1.0)
         return action[0].cpu().numpy(), (latent, action)
+
+    def metrics(self) -> dict[str, float]:
+        return {}
 
     def train_step(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
         post, metrics = self.world_model.train_step(to_torch(batch, self.device))

@@ -20,6 +20,9 @@ class RandomAgent:
     def train_step(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
         return {}
 
+    def metrics(self) -> dict[str, float]:
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state}
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -102,3 +103,26 @@ class ConvDecoder(nn.Module):
 def image_target(obs: torch.Tensor) -> torch.Tensor:
     """The decoder's target for uint8 images: the encoder's input scale."""
     return obs.float() / 255.0 - 0.5
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Let gradients flow through ``module`` without accumulating into its parameters."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer, loss: torch.Tensor, module: nn.Module, clip: float
+) -> float:
+    """Zero, backprop, clip the gradient norm to ``clip``, step; returns the pre-clip norm."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = nn.utils.clip_grad_norm_(module.parameters(), clip)
+    optimizer.step()
+    return norm.item()

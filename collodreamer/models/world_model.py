@@ -12,7 +12,7 @@ from torch import nn
 from collodreamer.config import ModelConfig
 from collodreamer.envs import EnvSpec
 from collodreamer.models.losses import gaussian_nll, kl_loss
-from collodreamer.models.networks import MLP, ConvDecoder, ConvEncoder, image_target
+from collodreamer.models.networks import MLP, ConvDecoder, ConvEncoder, image_target, optimizer_step
 from collodreamer.models.rssm import RSSM, State
 
 Batch = dict[str, torch.Tensor]
@@ -94,11 +94,7 @@ class WorldModel(nn.Module):
     def train_step(self, batch: Batch) -> tuple[State, dict[str, float]]:
         """One Adam step on Eq. 4; returns the posterior states (detached) and metrics."""
         loss, post, metrics = self.loss(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = nn.utils.clip_grad_norm_(self.parameters(), self.config.grad_clip)
-        self.optimizer.step()
-        metrics["model/grad_norm"] = norm.item()
+        metrics["model/grad_norm"] = optimizer_step(self.optimizer, loss, self, self.config.grad_clip)
         return {k: v.detach() for k, v in post.items()}, metrics
 
     @torch.no_grad()

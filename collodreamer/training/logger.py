@@ -33,11 +33,18 @@ class Logger:
         record.update(extra or {})
         self._sums.clear()
         self._counts.clear()
+        self._emit(record)
+        return record
+
+    def record(self, step: int, values: dict[str, Any]) -> None:
+        """Write ``values`` alone at ``step``, leaving the collected averages for the next write."""
+        self._emit({"step": step, **values})
+
+    def _emit(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record) + "\n")
         for key, value in record.items():
             if key != "step" and isinstance(value, int | float) and math.isfinite(value):
-                self._tensorboard.add_scalar(key, value, step)
-        return record
+                self._tensorboard.add_scalar(key, value, record["step"])
 
     def close(self) -> None:
         self._file.close()

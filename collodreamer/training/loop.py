@@ -179,7 +179,13 @@ class Trainer:
         if done:
             self.logger.add({"perf/updates_per_s": done / (time.perf_counter() - start)})
 
+    def _write(self, extra: dict[str, Any]) -> None:
+        """Log what training collected so far, with the agent's acting metrics and ``extra``."""
+        self.logger.add(self.agent.metrics())
+        self.logger.write(self.counters.env_frames, extra)
+
     def _evaluate(self) -> None:
+        self.logger.add(self.agent.metrics())  # keep training episodes' acting metrics for later
         run = self.config.run
         video = None
         if run.video:
@@ -187,9 +193,11 @@ class Trainer:
             video = self.run_dir / "videos" / f"test-{self.counters.env_frames:08d}.mp4"
         start = time.perf_counter()
         returns, lengths = evaluate(self.agent, self.eval_env, run.eval_episodes, video, run.video_size)
-        self.logger.write(
+        test_metrics = {f"test/{key}": value for key, value in self.agent.metrics().items()}
+        self.logger.record(
             self.counters.env_frames,
             {
+                **test_metrics,
                 "test/return": float(np.mean(returns)),
                 "test/return_std": float(np.std(returns)),
                 "test/episode_length": float(np.mean(lengths)),
@@ -204,7 +212,7 @@ class Trainer:
         )
 
     def run(self) -> dict[str, Any]:
-        """Train until ``run.steps`` env frames; return the last test record."""
+        """Train until ``run.steps`` env frames; return the final counts."""
         config, counters = self.config, self.counters
         repeat = config.env.action_repeat
         bar = tqdm(
@@ -242,13 +250,12 @@ class Trainer:
                 self.store.add(finish_episode(steps))
                 counters.episodes += 1
                 length = (len(steps["reward"]) - 1) * repeat
-                self.logger.write(
-                    counters.env_frames,
+                self._write(
                     {
                         "train/return": episode_return,
                         "train/episode_length": length,
                         "train/episodes": counters.episodes,
-                    },
+                    }
                 )
                 bar.set_postfix(train_return=f"{episode_return:.1f}")
                 if counters.env_frames - counters.last_checkpoint >= config.run.checkpoint_every:
@@ -258,12 +265,11 @@ class Trainer:
             self._train()
             if counters.env_frames >= next_log:
                 now = time.perf_counter()
-                self.logger.write(
-                    counters.env_frames,
+                self._write(
                     {
                         "perf/env_frames_per_s": (counters.env_frames - last_frames) / (now - last_time),
                         "train/updates": counters.updates,
-                    },
+                    }
                 )
                 last_time, last_frames = now, counters.env_frames
                 next_log += config.run.log_every

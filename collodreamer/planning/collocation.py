@@ -1,0 +1,404 @@
+"""Latent collocation (LatCo, Rybkin et al. 2021): plan latent states and actions together.
+
+Decision variables are the knots ``x_k = [z_k, a_k]``, ``k = 0..H``, with ``z_0`` pinned to the current
+posterior feature. The learned dynamics ``z_{k+1} = mu(z_k, a_k)`` and the bounds ``|a_k| <= 1`` are
+constraints, enforced through multipliers ``lambda_k`` (one per transition) and ``nu_k`` (one per
+knot) that the dual step of Eq. 7 tightens after every primal step. The primal problem is LatCo's
+least-squares form of the Lagrangian of Eq. 6: minimise ``sum ||residual||^2`` with residuals
+
+    dynamics   s * sqrt(lambda_k) * (z_{k+1} - mu(z_k, a_k))        k = 0..H-1
+    actions    s * sqrt(nu_k) * max(|a_k| - 1, 0)                    k = 0..H
+    reward     s * sqrt(gamma^k) * softplus(-r(z_k))                  k = 1..H
+
+where ``s = 1 / (mean sqrt(lambda) + mean sqrt(nu) + 1)`` is LatCo's per-plan normaliser and gamma
+the discount of Eq. 10 (``gamma = 1``: the plain reward sum of Eq. 8). Every residual couples at
+most two adjacent knots, so ``J^T J`` is block tridiagonal over time and the Gauss-Newton step is a
+block-banded Cholesky solve, linear in H.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch.func import grad_and_value, jacrev, vmap
+
+from collodreamer.config import PlannerConfig
+
+log = logging.getLogger("collodreamer")
+Tensor = torch.Tensor
+
+
+@dataclass
+class Objective:
+    """What a plan is scored by: dynamics ``mu(z, a)`` and reward ``r(z)``, batched over leading
+    dimensions, and the discount of Eq. 10."""
+
+    dynamics: Callable[[Tensor, Tensor], Tensor]
+    reward: Callable[[Tensor], Tensor]
+    action_dim: int
+    gamma: float = 1.0
+
+
+@dataclass
+class Plan:
+    """Knots of a batch of plans: features ``[B, H+1, D]`` (``features[:, 0]`` is z_0), actions
+    ``[B, H+1, A]`` (unclipped), and their multipliers ``lam [B, H]`` and ``nu [B, H+1]``."""
+
+    features: Tensor
+    actions: Tensor
+    lam: Tensor
+    nu: Tensor
+
+    @property
+    def horizon(self) -> int:
+        return self.features.shape[1] - 1
+
+
+@dataclass
+class PlanResult:
+    """The plan chosen for each of ``E`` start states: its knots, its actions clipped to [-1, 1],
+    the predicted rewards ``r(z_1..z_H)`` and diagnostics (Fig. 10-11)."""
+
+    plan: Plan
+    actions: Tensor
+    rewards: Tensor
+    diagnostics: dict[str, float]
+
+
+# --- pure pieces of the math ---------------------------------------------------------------------
+
+
+def dual_update(
+    multiplier: Tensor,
+    violation: Tensor,
+    eps: float,
+    alpha: float,
+    eta: float,
+    bounds: tuple[float, float] = (0.0, float("inf")),
+) -> Tensor:
+    """Eq. 7: ``lambda <- lambda * (1 + alpha * log10(v / eps + eta))``, kept within ``bounds``.
+
+    Grows while the squared violation ``v`` exceeds ``(1 - eta) * eps``, shrinks below it (by the
+    factor ``1 + alpha * log10(eta)``, i.e. 10% for alpha = eta = 0.1, at v = 0).
+    """
+    return (multiplier * (1.0 + alpha * torch.log10(violation / eps + eta))).clamp(*bounds)
+
+
+def reward_weights(horizon: int, gamma: float, like: Tensor) -> Tensor:
+    """``gamma^k`` for the rewards of ``z_1..z_H`` (Eq. 10; all ones for Eq. 8)."""
+    return gamma ** torch.arange(1, horizon + 1, dtype=like.dtype, device=like.device)
+
+
+def residual_scales(lam: Tensor, nu: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-plan scales of the dynamics ``[B, H]``, action ``[B, H+1]`` and reward ``[B, 1]`` residuals:
+    square roots of the multipliers times LatCo's normaliser ``1 / (mean sqrt(lam) + mean sqrt(nu) + 1)``."""
+    sqrt_lam, sqrt_nu = lam.sqrt(), nu.sqrt()
+    normaliser = 1.0 / (sqrt_lam.mean(1, keepdim=True) + sqrt_nu.mean(1, keepdim=True) + 1.0)
+    return normaliser * sqrt_lam, normaliser * sqrt_nu, normaliser
+
+
+def action_excess(actions: Tensor) -> Tensor:
+    """``max(|a| - 1, 0)``: how far each action component lies outside [-1, 1]."""
+    return (actions.abs() - 1.0).clamp(min=0.0)
+
+
+def violations(objective: Objective, plan: Plan) -> tuple[Tensor, Tensor]:
+    """Squared dynamics violations ``||z_{k+1} - mu(z_k, a_k)||^2`` ``[B, H]`` and squared action-bound
+    violations ``||max(|a_k| - 1, 0)||^2`` ``[B, H+1]``."""
+    predicted = objective.dynamics(plan.features[:, :-1], plan.actions[:, :-1])
+    dynamics = (plan.features[:, 1:] - predicted).pow(2).sum(-1)
+    return dynamics, action_excess(plan.actions).pow(2).sum(-1)
+
+
+def residuals(objective: Objective, plan: Plan) -> Tensor:
+    """All residuals of each plan, concatenated ``[B, R]``; the primal objective is their squared norm."""
+    s_dyn, s_act, s_rew = residual_scales(plan.lam, plan.nu)
+    predicted = objective.dynamics(plan.features[:, :-1], plan.actions[:, :-1])
+    dynamics = s_dyn[..., None] * (plan.features[:, 1:] - predicted)
+    actions = s_act[..., None] * action_excess(plan.actions)
+    weights = reward_weights(plan.horizon, objective.gamma, plan.features).sqrt()
+    rewards = s_rew * weights * F.softplus(-objective.reward(plan.features[:, 1:]))
+    return torch.cat([dynamics.flatten(1), actions.flatten(1), rewards], 1)
+
+
+def lagrangian(objective: Objective, plan: Plan) -> Tensor:
+    """The primal objective ``||residuals||^2`` of each plan ``[B]`` at fixed multipliers."""
+    return residuals(objective, plan).pow(2).sum(1)
+
+
+def block_tridiagonal_solve(diag: Tensor, upper: Tensor, rhs: Tensor) -> Tensor:
+    """Solve ``A x = b`` for symmetric positive definite block-tridiagonal ``A`` by block Cholesky.
+
+    ``diag [B, K, n, n]`` holds ``A_kk``, ``upper [B, K-1, n, n]`` holds ``A_{k,k+1}``, ``rhs [B, K, n]``.
+    Cost is ``O(K n^3)``: linear in the number of blocks, where a dense solve is cubic in it.
+    """
+    K = diag.shape[1]
+    chol = [torch.linalg.cholesky_ex(diag[:, 0]).L]
+    coupling = [None]  # W_k = L_{k-1}^{-1} A_{k-1,k}; the factor's sub-diagonal block is W_k^T
+    y = [torch.linalg.solve_triangular(chol[0], rhs[:, 0, :, None], upper=False)]
+    for k in range(1, K):
+        w = torch.linalg.solve_triangular(chol[k - 1], upper[:, k - 1], upper=False)
+        chol.append(torch.linalg.cholesky_ex(diag[:, k] - w.transpose(-1, -2) @ w).L)
+        coupling.append(w)
+        y.append(
+            torch.linalg.solve_triangular(
+                chol[k], rhs[:, k, :, None] - w.transpose(-1, -2) @ y[k - 1], upper=False
+            )
+        )
+    x = [None] * K
+    x[K - 1] = torch.linalg.solve_triangular(chol[K - 1].transpose(-1, -2), y[K - 1], upper=True)
+    for k in range(K - 2, -1, -1):
+        x[k] = torch.linalg.solve_triangular(
+            chol[k].transpose(-1, -2), y[k] - coupling[k + 1] @ x[k + 1], upper=True
+        )
+    return torch.stack(x, 1).squeeze(-1)
+
+
+# --- primal steps --------------------------------------------------------------------------------
+
+
+def _dynamics_jacobian(objective: Objective, features: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+    """``mu(z, a)`` ``[N, D]`` and its Jacobian with respect to ``[z, a]`` ``[N, D, D+A]``."""
+
+    def single(z: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
+        out = objective.dynamics(z, a)
+        return out, out
+
+    (jac_z, jac_a), mean = vmap(jacrev(single, argnums=(0, 1), has_aux=True))(features, actions)
+    return mean, torch.cat([jac_z, jac_a], -1)
+
+
+def _reward_residual_grad(objective: Objective, features: Tensor) -> tuple[Tensor, Tensor]:
+    """``softplus(-r(z))`` ``[N]`` and its gradient with respect to z ``[N, D]``."""
+    gradient, value = vmap(grad_and_value(lambda z: F.softplus(-objective.reward(z))))(features)
+    return value, gradient
+
+
+STEP_SIZES = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0)
+
+
+def gauss_newton_step(objective: Objective, plan: Plan, damping: float, line_search: bool = True) -> Plan:
+    """One damped Gauss-Newton step: solve ``(2 J^T J + delta I) dx = 2 J^T r``, set ``x <- x - dx``.
+
+    ``J^T J`` is assembled block by block from the dynamics Jacobians ``G_k = d mu / d x_k`` and the
+    reward gradients, never as a dense matrix; ``z_0`` is pinned by zeroing its rows and columns.
+
+    The reward residual ``softplus(-r)`` can never reach zero, so the full step overshoots wherever
+    ``grad r`` is small (near a reward maximum); with ``line_search`` each plan takes the step size
+    from ``STEP_SIZES`` (0 included) that lowers its objective most. LatCo's reference takes the full
+    step (``line_search=False``).
+    """
+    B, K, D = plan.features.shape
+    H, A = K - 1, plan.actions.shape[-1]
+    n = D + A
+    s_dyn, s_act, s_rew = residual_scales(plan.lam, plan.nu)
+    weights = reward_weights(H, objective.gamma, plan.features)
+    mean, jac = _dynamics_jacobian(
+        objective, plan.features[:, :-1].reshape(-1, D), plan.actions[:, :-1].reshape(-1, A)
+    )
+    mean, jac = mean.reshape(B, H, D), jac.reshape(B, H, D, n)
+    dyn = s_dyn[..., None] * (plan.features[:, 1:] - mean)  # [B, H, D]
+    rew, rew_grad = _reward_residual_grad(objective, plan.features[:, 1:].reshape(-1, D))
+    rew_scale = s_rew * weights.sqrt()  # [B, H]
+    rew = rew_scale * rew.reshape(B, H)
+    rew_grad = rew_scale[..., None] * rew_grad.reshape(B, H, D)  # d(reward residual)/dz_{k+1}
+    excess = action_excess(plan.actions)
+    act = s_act[..., None] * excess  # [B, K, A]
+    act_grad = s_act[..., None] * torch.sign(plan.actions) * (excess > 0)  # diagonal of d act / d a
+
+    hessian = plan.features.new_zeros(B, K, n, n)
+    gradient = plan.features.new_zeros(B, K, n)
+    scaled_jac = s_dyn[..., None, None] * jac  # d(dyn residual_k)/dx_k = -scaled_jac
+    # Transition k as the "from" knot: -s G_k.
+    hessian[:, :-1] += scaled_jac.transpose(-1, -2) @ scaled_jac
+    gradient[:, :-1] -= (scaled_jac.transpose(-1, -2) @ dyn[..., None]).squeeze(-1)
+    # Transition k-1 as the "to" knot: s * I on z_k, and the reward residual of z_k.
+    eye = torch.eye(D, dtype=plan.features.dtype, device=plan.features.device)
+    hessian[:, 1:, :D, :D] += (
+        s_dyn[..., None, None] ** 2 * eye + rew_grad[..., :, None] * rew_grad[..., None, :]
+    )
+    gradient[:, 1:, :D] += s_dyn[..., None] * dyn + rew_grad * rew[..., None]
+    # Action bounds (diagonal).
+    hessian[:, :, D:, D:] += torch.diag_embed(act_grad**2)
+    gradient[:, :, D:] += act_grad * act
+    # Coupling of knots k and k+1 through transition k: (-s G_k)^T (s [I, 0]).
+    upper = plan.features.new_zeros(B, H, n, n)
+    upper[..., :D] = -s_dyn[..., None, None] * scaled_jac.transpose(-1, -2)
+    # Pin z_0: no curvature, gradient or coupling on it, so the damped solve leaves it unchanged.
+    hessian[:, 0, :D, :] = 0.0
+    hessian[:, 0, :, :D] = 0.0
+    gradient[:, 0, :D] = 0.0
+    upper[:, 0, :D, :] = 0.0
+    system = 2.0 * hessian + damping * torch.eye(n, dtype=hessian.dtype, device=hessian.device)
+    step = block_tridiagonal_solve(system, 2.0 * upper, 2.0 * gradient)
+    if not line_search:
+        return replace(plan, features=plan.features - step[..., :D], actions=plan.actions - step[..., D:])
+    sizes = torch.tensor(STEP_SIZES, dtype=step.dtype, device=step.device)[:, None, None, None]
+    candidates = Plan(
+        (plan.features - sizes * step[..., :D]).flatten(0, 1),
+        (plan.actions - sizes * step[..., D:]).flatten(0, 1),
+        plan.lam.repeat(len(STEP_SIZES), 1),
+        plan.nu.repeat(len(STEP_SIZES), 1),
+    )
+    best = lagrangian(objective, candidates).reshape(len(STEP_SIZES), B).nan_to_num(torch.inf).argmin(0)
+    size = sizes.flatten()[best][:, None, None]
+    return replace(
+        plan, features=plan.features - size * step[..., :D], actions=plan.actions - size * step[..., D:]
+    )
+
+
+class AdamPrimal:
+    """First-order primal steps (Algorithm 1 of the paper): Adam on the same objective."""
+
+    def __init__(self, plan: Plan, lr: float) -> None:
+        self.free_features = plan.features[:, 1:].detach().clone().requires_grad_(True)
+        self.actions = plan.actions.detach().clone().requires_grad_(True)
+        self.first = plan.features[:, :1].detach()
+        self.optimizer = torch.optim.Adam([self.free_features, self.actions], lr=lr)
+
+    def step(self, objective: Objective, plan: Plan) -> Plan:
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            current = replace(
+                plan, features=torch.cat([self.first, self.free_features], 1), actions=self.actions
+            )
+            lagrangian(objective, current).sum().backward()
+        self.optimizer.step()
+        return replace(
+            plan,
+            features=torch.cat([self.first, self.free_features.detach()], 1),
+            actions=self.actions.detach(),
+        )
+
+
+# --- the planner ---------------------------------------------------------------------------------
+
+
+def random_plan(start: Tensor, horizon: int, action_dim: int, config: PlannerConfig) -> Plan:
+    """LatCo's initialisation: every knot N(0, 1) except ``z_0 = start``."""
+    B, D = start.shape
+    features = torch.randn(B, horizon + 1, D, dtype=start.dtype, device=start.device)
+    features[:, 0] = start
+    actions = torch.randn(B, horizon + 1, action_dim, dtype=start.dtype, device=start.device)
+    return Plan(features, actions, *initial_multipliers(B, horizon, config, start))
+
+
+def initial_multipliers(
+    batch: int, horizon: int, config: PlannerConfig, like: Tensor
+) -> tuple[Tensor, Tensor]:
+    lam = torch.full((batch, horizon), config.init_lambda, dtype=like.dtype, device=like.device)
+    nu = torch.full((batch, horizon + 1), config.init_nu, dtype=like.dtype, device=like.device)
+    return lam, nu
+
+
+def shifted_plan(previous: Plan, steps: int, start: Tensor, config: PlannerConfig) -> Plan:
+    """Warm start: the previous plan advanced by the ``steps`` executed, a random tail, ``z_0 = start``
+    and fresh multipliers (so the relax-then-tighten schedule runs again)."""
+    fresh = random_plan(start, previous.horizon, previous.actions.shape[-1], config)
+    keep = previous.horizon + 1 - steps
+    features, actions = fresh.features.clone(), fresh.actions.clone()
+    if keep > 0:
+        features[:, 1:keep] = previous.features[:, steps + 1 :]
+        actions[:, :keep] = previous.actions[:, steps:]
+    features[:, 0] = start
+    return replace(fresh, features=features, actions=actions)
+
+
+def rollout_return(objective: Objective, start: Tensor, actions: Tensor) -> Tensor:
+    """Discounted predicted reward of executing ``actions [B, H+1, A]`` from ``start`` under mu."""
+    feature, total = start, torch.zeros(start.shape[0], dtype=start.dtype, device=start.device)
+    for k in range(actions.shape[1] - 1):
+        feature = objective.dynamics(feature, actions[:, k])
+        total = total + objective.gamma ** (k + 1) * objective.reward(feature)
+    return total
+
+
+def collocate(
+    objective: Objective,
+    start: Tensor,
+    config: PlannerConfig,
+    init: Plan | None = None,
+    on_iteration: Callable[[Plan], None] | None = None,
+) -> PlanResult:
+    """Plan from each start feature ``[E, D]``: ``config.plans`` plans per start are optimised in
+    parallel by ``config.iterations`` primal/dual steps; per start, the plan whose clipped actions
+    score the best imagined return is kept. ``init`` (``[E * plans, ...]``) replaces the random
+    initialisation; ``on_iteration`` sees the plans after every dual step."""
+    E, P, H = start.shape[0], config.plans, config.horizon
+    starts = start.repeat_interleave(P, 0)
+    plan = init if init is not None else random_plan(starts, H, objective.action_dim, config)
+    adam = AdamPrimal(plan, config.adam_lr) if config.primal == "adam" else None
+    previous_return, iterations = None, 0
+    with torch.no_grad():
+        for iterations in range(1, config.iterations + 1):  # noqa: B007 (reported below)
+            if adam is not None:
+                plan = adam.step(objective, plan)
+            else:
+                plan = gauss_newton_step(objective, plan, config.damping, config.line_search)
+            dynamics, actions = violations(objective, plan)
+            bounds = (config.min_multiplier, config.max_multiplier)
+            plan = replace(
+                plan,
+                lam=dual_update(
+                    plan.lam, dynamics, config.eps_dyn, config.dual_alpha, config.dual_eta, bounds
+                ),
+                nu=dual_update(plan.nu, actions, config.eps_act, config.dual_alpha, config.dual_eta, bounds),
+            )
+            if on_iteration is not None:
+                on_iteration(plan)
+            if config.tolerance > 0:
+                planned = planned_return(objective, plan)
+                feasible = bool((dynamics <= config.eps_dyn).all() and (actions <= config.eps_act).all())
+                if (
+                    feasible
+                    and previous_return is not None
+                    and (
+                        (planned - previous_return).abs() <= config.tolerance * planned.abs().clamp(min=1.0)
+                    ).all()
+                ):
+                    break
+                previous_return = planned
+        return _choose(objective, plan, starts, E, P, iterations)
+
+
+def planned_return(objective: Objective, plan: Plan) -> Tensor:
+    """The plan's own discounted predicted reward ``sum_k gamma^k r(z_k)``, ``k = 1..H`` ``[B]``."""
+    weights = reward_weights(plan.horizon, objective.gamma, plan.features)
+    return (weights * objective.reward(plan.features[:, 1:])).sum(1)
+
+
+def _choose(objective: Objective, plan: Plan, starts: Tensor, E: int, P: int, iterations: int) -> PlanResult:
+    finite = torch.isfinite(plan.features).flatten(1).all(1) & torch.isfinite(plan.actions).flatten(1).all(1)
+    bad = int((~finite).sum())
+    if bad:
+        log.warning(
+            "collocation: %d of %d plans went non-finite; their actions are replaced by zeros",
+            bad,
+            finite.numel(),
+        )
+        keep = finite[:, None, None]
+        plan = replace(
+            plan, features=torch.where(keep, plan.features, 0.0), actions=torch.where(keep, plan.actions, 0.0)
+        )
+    clipped = plan.actions.clamp(-1.0, 1.0)
+    scores = rollout_return(objective, starts, clipped).reshape(E, P)
+    scores = torch.where(finite.reshape(E, P), scores, -torch.inf)
+    index = torch.arange(E, device=starts.device) * P + scores.argmax(1)
+    chosen = Plan(*(t[index] for t in (plan.features, plan.actions, plan.lam, plan.nu)))
+    dynamics, actions = violations(objective, chosen)
+    rewards = objective.reward(chosen.features[:, 1:])
+    diagnostics = {
+        "dynamics_violation": dynamics.mean().item(),
+        "action_violation": actions.mean().item(),
+        "lambda_mean": chosen.lam.mean().item(),
+        "nu_mean": chosen.nu.mean().item(),
+        "planned_return": planned_return(objective, chosen).mean().item(),
+        "rollout_return": scores.max(1).values.mean().item(),
+        "iterations": float(iterations),
+        "nonfinite_plans": float(bad),
+    }
+    return PlanResult(chosen, chosen.actions.clamp(-1.0, 1.0), rewards, diagnostics)
