@@ -112,6 +112,15 @@ class ValueConfig:
     grad_clip: float = 100.0
     target_period: int = 100  # update V' after every this many value updates ...
     target_tau: float = 1.0  # ... by V' <- tau * V + (1 - tau) * V'
+    # Regularisers of Fig. 1 (each a switch):
+    norm: Literal["none", "before", "after"] = "none"  # batch norm before or after each activation
+    dropout: list[float] = field(default_factory=list)  # drop probability per hidden layer ([] = none)
+    clip: bool = False  # clip V to [clip_low, clip_high]
+    clip_low: float = 0.0
+    clip_high: float = 200.0
+    # ColloDreamer's value training from plans (Fig. 2):
+    style: Literal["inner", "after"] = "inner"  # every planner iteration, or after executing a plan
+    after_updates: int = 100  # value updates per executed segment in the "after" style
 
 
 @dataclass
@@ -134,16 +143,42 @@ class PlannerConfig:
     init_nu: float = 1.0
     min_multiplier: float = 1e-6  # multipliers stay in [min, max]: no underflow while a constraint
     max_multiplier: float = 1e6  # holds, no overflow while a slow primal step lags behind
-    init: Literal["random", "shift"] = "random"  # N(0, 1) knots, or the previous plan shifted
+    # N(0, 1) knots (LatCo), the previous plan shifted, or a rollout of the amortised policy
+    init: Literal["random", "shift", "policy"] = "random"
     plans: int = 1  # plans optimised in parallel; the one with the best imagined return is used
     tolerance: float = 0.0  # stop early once constraints hold and the return changes less (0: never)
+
+
+@dataclass
+class PolicyConfig:
+    """The amortised policy (beyond the paper): trained to output the planner's actions, its
+    rollout initialises the plan when ``planner.init=policy``."""
+
+    units: int = 256
+    layers: int = 2
+    lr: float = 3e-4
+    updates: int = 10  # behaviour-cloning steps on each new plan
+
+
+@dataclass
+class LatentObjectiveConfig:
+    """The augmented latent objective of Eq. 11 (Fig. 3): (1 / lambda) m(t) A(t) added to the
+    world-model objective with a weight that decays while eps_dyn tightens."""
+
+    enabled: bool = False
+    weight_start: float = 1.0
+    weight_end: float = 0.0
+    eps_dyn_start: float = 0.1  # the planner's eps_dyn follows this schedule while enabled
+    eps_dyn_end: float = 0.01
+    schedule_updates: int = 10_000  # world-model updates over which both move linearly
+    target_period: int = 100  # copy the dynamics into the "old" model every this many updates
 
 
 @dataclass
 class Config:
     """The whole configuration of a run."""
 
-    agent: Literal["random", "dreamer", "latco"] = "random"
+    agent: Literal["random", "dreamer", "latco", "collodreamer"] = "random"
     seed: int = 0
     device: str = "auto"  # "auto" picks cuda when present, else cpu
     expl_noise: float = 0.3  # std of Gaussian noise on executed actions while training
@@ -154,6 +189,8 @@ class Config:
     actor: ActorConfig = field(default_factory=ActorConfig)
     value: ValueConfig = field(default_factory=ValueConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    latent_objective: LatentObjectiveConfig = field(default_factory=LatentObjectiveConfig)
 
 
 def preset_dir() -> Path:
@@ -271,17 +308,33 @@ def parse_override(text: str) -> dict[str, Any]:
     return nested
 
 
+def _layer(
+    config: Config, presets: list[str] | tuple[str, ...], overrides: list[str] | tuple[str, ...]
+) -> Config:
+    for name in presets:
+        config = _merge(config, load_preset(name))
+    for text in overrides:
+        config = _merge(config, parse_override(text))
+    return config
+
+
 def make_config(
     presets: list[str] | tuple[str, ...] = (),
     overrides: list[str] | tuple[str, ...] = (),
     base: Config | None = None,
 ) -> Config:
-    """Layer presets, then overrides, on ``base`` (the defaults when None) and validate."""
-    config = base if base is not None else Config()
-    for name in presets:
-        config = _merge(config, load_preset(name))
-    for text in overrides:
-        config = _merge(config, parse_override(text))
+    """Layer presets, then overrides, on ``base`` and validate.
+
+    Without ``base`` the layers are: the defaults above, then the chosen agent's own defaults
+    (``configs/agents/<agent>.yaml`` where it exists, e.g. ColloDreamer's categorical latents), then
+    the presets in order, then the overrides."""
+    if base is not None:
+        config = _layer(base, presets, overrides)
+    else:
+        config = _layer(Config(), presets, overrides)
+        agent_defaults = preset_dir() / "agents" / f"{config.agent}.yaml"
+        if agent_defaults.exists():
+            config = _layer(_merge(Config(), load_preset(str(agent_defaults))), presets, overrides)
     validate(config)
     return config
 
@@ -302,6 +355,11 @@ def validate(config: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
+    if config.value.dropout and len(config.value.dropout) != config.value.layers:
+        raise ConfigError(
+            f"value.dropout needs one probability per hidden layer ({config.value.layers}), "
+            f"got {len(config.value.dropout)}"
+        )
     if config.env.obs == "pixels" and config.env.image_size != 64:
         raise ConfigError(f"env.image_size: the CNN expects 64, got {config.env.image_size}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from collodreamer.agents.base import Agent
+from collodreamer.agents.collodreamer import ColloDreamerAgent
 from collodreamer.agents.dreamer import DreamerAgent
 from collodreamer.agents.latco import LatCoAgent
 from collodreamer.agents.random_agent import RandomAgent
@@ -34,6 +35,8 @@ def make_agent(config: Config, spec: EnvSpec) -> Agent:
         return DreamerAgent(config, spec, device)
     if config.agent == "latco":
         return LatCoAgent(config, spec, device)
+    if config.agent == "collodreamer":
+        return ColloDreamerAgent(config, spec, device)
     raise ConfigError(f"agent: unknown agent '{config.agent}'")
 
 

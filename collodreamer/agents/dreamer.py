@@ -17,6 +17,7 @@ from collodreamer.models import MLP, WorldModel, autocast, to_torch
 from collodreamer.models.losses import lambda_returns, update_target
 from collodreamer.models.networks import frozen, optimizer_step
 from collodreamer.models.rssm import flatten
+from collodreamer.models.value import ValueNetwork
 
 
 class Actor(nn.Module):
@@ -51,7 +52,7 @@ class DreamerAgent:
         self.world_model = WorldModel(config.model, spec, device)
         feature_dim = self.world_model.feature_dim
         self.actor = Actor(feature_dim, spec.action_dim, config.actor).to(device)
-        self.value = MLP(feature_dim, 1, config.value.units, config.value.layers).to(device)
+        self.value = ValueNetwork(feature_dim, config.value).to(device)
         self.target_value = copy.deepcopy(self.value).requires_grad_(False)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor.lr, eps=1e-5)
         self.value_optimizer = torch.optim.Adam(self.value.parameters(), lr=config.value.lr, eps=1e-5)
@@ -88,7 +89,7 @@ class DreamerAgent:
         with frozen(self.world_model), autocast(self.device, self.config.model.amp):
             features, _ = self.world_model.rssm.imagine(start, self.actor.sample, horizon)
             rewards = self.world_model.reward_of(features[1:])
-            values = self.target_value(features[1:]).squeeze(-1)
+            values = self.target_value(features[1:])
         discounts = torch.full_like(rewards, value_config.gamma)
         returns = lambda_returns(rewards.float(), values.float(), discounts, value_config.lam)
         # Weight step t by gamma^t: later imagined steps matter less (DreamerV1).
@@ -96,7 +97,7 @@ class DreamerAgent:
         actor_loss = -(weights * returns).mean()
         actor_norm = optimizer_step(self.actor_optimizer, actor_loss, self.actor, actor_config.grad_clip)
         with autocast(self.device, self.config.model.amp):
-            prediction = self.value(features[:-1].detach()).squeeze(-1).float()
+            prediction = self.value(features[:-1].detach()).float()
         value_loss = (weights * 0.5 * (prediction - returns.detach()) ** 2).mean()
         value_norm = optimizer_step(self.value_optimizer, value_loss, self.value, value_config.grad_clip)
         self.value_updates += 1

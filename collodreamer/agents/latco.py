@@ -1,33 +1,41 @@
 """LatCo (Rybkin et al. 2021): plan by latent collocation on the world model, execute the first
 ``replan_every`` actions while filtering the posterior with real observations, replan. The objective
-is the predicted reward summed over the horizon (Eq. 8)."""
+is the predicted reward summed over the horizon (Eq. 8).
+
+Beyond the paper, ``planner.init=policy`` warm-starts each plan from the rollout of an amortised
+policy that is trained by behaviour cloning on the plans."""
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from collodreamer.config import Config
+from collodreamer.config import Config, PlannerConfig
 from collodreamer.envs import EnvSpec
-from collodreamer.models import State, WorldModel, to_torch
-from collodreamer.models.networks import frozen
+from collodreamer.models import MLP, State, WorldModel, to_torch
+from collodreamer.models.networks import frozen, optimizer_step
 from collodreamer.planning import Objective, Plan, PlanResult, collocate, shifted_plan
+from collodreamer.planning.collocation import initial_multipliers
 
 
 @dataclass
 class PlannerState:
-    """An episode's memory: the filtered posterior, the last executed action, the current plan and
-    how many of its actions were executed."""
+    """An episode's memory: the filtered posterior, the last executed action, the current plan, how
+    many of its actions were executed, and the features and actions of those executed steps."""
 
     latent: State
     action: torch.Tensor
     plan: PlanResult
-    step: int
+    step: int = 0
+    visited: list[torch.Tensor] = field(default_factory=list)
+    executed: list[torch.Tensor] = field(default_factory=list)
 
 
 class LatCoAgent:
@@ -36,16 +44,35 @@ class LatCoAgent:
         self.device = device
         self.action_dim = spec.action_dim
         self.world_model = WorldModel(config.model, spec, device)
+        feature_dim = self.world_model.feature_dim
+        self.policy: MLP | None = None
+        if config.planner.init == "policy":
+            self.policy = MLP(feature_dim, spec.action_dim, config.policy.units, config.policy.layers).to(
+                device
+            )
+            self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.policy.lr)
         self._metrics: dict[str, list[float]] = defaultdict(list)
 
+    def log(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self._metrics[key].append(value)
+
+    # --- planning ------------------------------------------------------------------------------
     def objective(self) -> Objective:
         """Eq. 8: the plan's predicted rewards, undiscounted."""
-        return Objective(self.world_model.rssm.next_feature_mean, self.world_model.reward_of, self.action_dim)
+        rssm = self.world_model.rssm
+        return Objective(
+            rssm.next_feature_mean,
+            self.world_model.reward_of,
+            self.action_dim,
+            dynamics_jacobian=rssm.next_feature_mean_jacobian,
+        )
 
-    def plan(self, feature: torch.Tensor, previous: PlanResult | None) -> PlanResult:
-        """Collocate from ``feature [1, D]`` (warm-started from ``previous`` when configured)."""
+    def initial_plan(self, feature: torch.Tensor, previous: PlanResult | None) -> Plan | None:
+        """The knots to start from: None (random, LatCo's), the shifted previous plan, or the policy's
+        rollout under the model."""
         config = self.config.planner
-        init = None
+        starts = feature.repeat_interleave(config.plans, 0)
         if config.init == "shift" and previous is not None:
             repeated = Plan(
                 *(
@@ -58,17 +85,52 @@ class LatCoAgent:
                     )
                 )
             )
-            init = shifted_plan(
-                repeated, config.replan_every, feature.repeat_interleave(config.plans, 0), config
-            )
+            return shifted_plan(repeated, config.replan_every, starts, config)
+        if config.init == "policy" and self.policy is not None:
+            features, actions = [starts], []
+            for _ in range(config.horizon):
+                actions.append(torch.tanh(self.policy(features[-1])))
+                features.append(self.world_model.rssm.next_feature_mean(features[-1], actions[-1]))
+            actions.append(torch.tanh(self.policy(features[-1])))
+            lam, nu = initial_multipliers(starts.shape[0], config.horizon, config, starts)
+            return Plan(torch.stack(features, 1), torch.stack(actions, 1), lam, nu)
+        return None
+
+    def plan(self, feature: torch.Tensor, previous: PlanResult | None, training: bool) -> PlanResult:
+        """Collocate from ``feature [1, D]``; log the plan's diagnostics and its cost."""
         start = time.perf_counter()
         with frozen(self.world_model):
-            result = collocate(self.objective(), feature, config, init=init)
-        self._metrics["plan/ms"].append(1000 * (time.perf_counter() - start))
-        for key, value in result.diagnostics.items():
-            self._metrics[f"plan/{key}"].append(value)
+            result = collocate(
+                self.objective(),
+                feature,
+                self.planner_config(),
+                init=self.initial_plan(feature, previous),
+                on_iteration=self.on_iteration(training),
+            )
+        self.log({"plan/ms": 1000 * (time.perf_counter() - start)})
+        self.log({f"plan/{key}": value for key, value in result.diagnostics.items()})
+        if training and self.policy is not None:
+            self.train_policy(result.plan)
         return result
 
+    def planner_config(self) -> PlannerConfig:
+        return self.config.planner
+
+    def on_iteration(self, training: bool) -> Callable[[Plan], None] | None:
+        """What to run after every planner iteration (ColloDreamer trains its value there)."""
+        return None
+
+    def train_policy(self, plan: Plan) -> None:
+        """Behaviour cloning: the amortised policy learns the planner's (clipped) actions at each knot."""
+        assert self.policy is not None
+        features, targets = plan.features[:, :-1].detach(), plan.actions[:, :-1].clamp(-1, 1).detach()
+        for _ in range(self.config.policy.updates):
+            with torch.enable_grad():
+                loss = F.mse_loss(torch.tanh(self.policy(features)), targets)
+                optimizer_step(self.policy_optimizer, loss, self.policy, 100.0)
+        self.log({"policy/loss": loss.item()})
+
+    # --- acting --------------------------------------------------------------------------------
     @torch.no_grad()
     def act(
         self, obs: np.ndarray, state: PlannerState | None, training: bool
@@ -76,14 +138,24 @@ class LatCoAgent:
         latent = self.world_model.filter(
             obs, state.latent if state else None, state.action if state else None
         )
+        feature = self.world_model.rssm.feature(latent)
         if state is None or state.step >= self.config.planner.replan_every:
-            result = self.plan(self.world_model.rssm.feature(latent), state.plan if state else None)
-            state = PlannerState(latent, torch.zeros(1, self.action_dim, device=self.device), result, 0)
+            if state is not None and training:
+                self.segment_done(state)
+            result = self.plan(feature, state.plan if state else None, training)
+            state = PlannerState(latent, torch.zeros(1, self.action_dim, device=self.device), result)
         action = state.plan.actions[:, state.step]
         if training and self.config.expl_noise > 0:
             action = (action + self.config.expl_noise * torch.randn_like(action)).clamp(-1.0, 1.0)
-        return action[0].cpu().numpy(), replace(state, latent=latent, action=action, step=state.step + 1)
+        state.latent, state.action, state.step = latent, action, state.step + 1
+        state.visited.append(feature)
+        state.executed.append(action)
+        return action[0].cpu().numpy(), state
 
+    def segment_done(self, state: PlannerState) -> None:
+        """Called with the executed segment of a plan before the next plan (training only)."""
+
+    # --- learning ------------------------------------------------------------------------------
     def train_step(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
         _, metrics = self.world_model.train_step(to_torch(batch, self.device))
         return metrics
@@ -94,7 +166,14 @@ class LatCoAgent:
         return averages
 
     def state_dict(self) -> dict[str, Any]:
-        return {"world_model": self.world_model.training_state()}
+        state = {"world_model": self.world_model.training_state()}
+        if self.policy is not None:
+            state["policy"] = self.policy.state_dict()
+            state["policy_optimizer"] = self.policy_optimizer.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.world_model.load_training_state(state["world_model"])
+        if self.policy is not None:
+            self.policy.load_state_dict(state["policy"])
+            self.policy_optimizer.load_state_dict(state["policy_optimizer"])

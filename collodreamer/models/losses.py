@@ -74,6 +74,23 @@ def lambda_returns(
     return torch.stack(returns[::-1])
 
 
+def bellman_targets(rewards: torch.Tensor, bootstrap: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Value targets from a plan (Eq. 10, as Algorithm 1 trains V): for knots ``k = 0..H``
+
+        T_k = sum_{j=k}^{H} gamma^(j-k) r(z_j) + gamma^(H-k) V'(mu(z_H, a_H)),
+
+    i.e. ``T_H = r_H + V'`` and ``T_k = r_k + gamma * T_{k+1}``. ``rewards [..., H+1]`` are
+    ``r(z_0..z_H)``, ``bootstrap [...]`` is ``V'(mu(z_H, a_H))``; gamma = 1 gives Eq. 9.
+    """
+    targets = []
+    target = rewards[..., -1] + bootstrap
+    targets.append(target)
+    for k in reversed(range(rewards.shape[-1] - 1)):
+        target = rewards[..., k] + gamma * target
+        targets.append(target)
+    return torch.stack(targets[::-1], -1)
+
+
 @torch.no_grad()
 def update_target(target: nn.Module, online: nn.Module, tau: float) -> None:
     """Polyak averaging ``target <- tau * online + (1 - tau) * target`` (``tau=1`` copies)."""

@@ -35,6 +35,39 @@ class GRUCell(nn.Module):
         update = torch.sigmoid(update - 1.0)  # bias towards keeping the old state early in training
         return update * cand + (1.0 - update) * h
 
+    def forward_with_jacobian(
+        self, x: torch.Tensor, h: torch.Tensor, dx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The new state ``[N, H]`` and its Jacobian ``[N, H, M + H]`` with respect to ``[u, h]``,
+        given ``dx = dx/du`` ``[N, X, M]`` for some input ``u`` of x."""
+        size = h.shape[-1]
+        weight_x, weight_h = self.linear.weight.split([x.shape[-1], size], 1)
+        pre = self.linear(torch.cat([x, h], -1))
+        jac = torch.cat([weight_x @ dx, weight_h.expand(x.shape[0], -1, -1)], -1)  # d pre / d [u, h]
+        if isinstance(self.norm, nn.LayerNorm):
+            mean = pre.mean(-1, keepdim=True)
+            sigma = (pre.var(-1, unbiased=False, keepdim=True) + self.norm.eps).sqrt()
+            normed = (pre - mean) / sigma
+            pre = normed * self.norm.weight + self.norm.bias
+            # d LN(p) = gamma / sigma * (dp - mean(dp) - normed * mean(normed * dp))
+            centred = (
+                jac
+                - jac.mean(1, keepdim=True)
+                - normed[..., None] * (normed[..., None] * jac).mean(1, keepdim=True)
+            )
+            jac = (self.norm.weight / sigma)[..., None] * centred
+        reset, cand, update = pre.chunk(3, -1)
+        d_reset, d_cand, d_update = jac.chunk(3, 1)
+        reset = torch.sigmoid(reset)
+        new_cand = torch.tanh(reset * cand)
+        update = torch.sigmoid(update - 1.0)
+        d_reset = (reset * (1 - reset))[..., None] * d_reset
+        d_new_cand = (1 - new_cand**2)[..., None] * (reset[..., None] * d_cand + cand[..., None] * d_reset)
+        d_update = (update * (1 - update))[..., None] * d_update
+        jac = update[..., None] * d_new_cand + (new_cand - h)[..., None] * d_update
+        jac[..., -size:] += torch.diag_embed(1.0 - update)
+        return update * new_cand + (1.0 - update) * h, jac
+
 
 class RSSM(nn.Module):
     def __init__(self, config: ModelConfig, action_dim: int, embed_dim: int) -> None:
@@ -76,6 +109,14 @@ class RSSM(nn.Module):
     def _mean(self, stats: State) -> torch.Tensor:
         """The mean of the stochastic latent (class probabilities for categoricals)."""
         return stats["logp"].exp().flatten(-2) if self.categorical else stats["mean"]
+
+    def log_prob(self, stats: State, stoch: torch.Tensor) -> torch.Tensor:
+        """log q(s) of a stochastic latent ``stoch`` (flattened one-hot for categoricals) per state."""
+        if self.categorical:
+            one_hot = stoch.reshape(*stoch.shape[:-1], self.config.stoch, self.config.classes)
+            return (one_hot * stats["logp"]).sum((-2, -1))
+        normal = torch.distributions.Normal(stats["mean"], stats["std"])
+        return normal.log_prob(stoch).sum(-1)
 
     def kl(self, post: State, prior: State) -> torch.Tensor:
         """KL(post || prior) per state."""
@@ -153,6 +194,45 @@ class RSSM(nn.Module):
         stoch, deter = feature.split([self.stoch_dim, self.config.deter], -1)
         deter = self._deter_step(stoch, deter, action)
         return torch.cat([self._mean(self._stats(self.img_out(deter))), deter], -1)
+
+    def next_feature_mean_jacobian(
+        self, feature: torch.Tensor, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """mu(z, a) ``[N, D]`` and its Jacobian with respect to ``[z, a]`` ``[N, D, D + A]``, by hand.
+
+        The chain rule through this network's layers costs a fraction of autograd's Jacobian, which
+        pushes D cotangents through every weight matrix; tests check it against ``torch.func.jacrev``.
+        """
+        stoch, deter = feature.split([self.stoch_dim, self.config.deter], -1)
+        inputs = torch.cat([stoch, action], -1)
+        linear_in = self.img_in[0]
+        x, dx = _elu_jacobian(linear_in(inputs), linear_in.weight)  # d x / d [s, a]
+        deter, d_deter = self.gru.forward_with_jacobian(x, deter, dx)  # columns [s, a, h]
+        first, last = self.img_out[0], self.img_out[2]
+        hidden, d_hidden = _elu_jacobian(first(deter), first.weight)
+        if self.categorical:
+            logits = last(hidden).reshape(-1, self.config.stoch, self.config.classes)
+            probs = torch.softmax(logits, -1)
+            d_logits = (last.weight @ d_hidden @ d_deter).reshape(
+                -1, self.config.stoch, self.config.classes, d_deter.shape[-1]
+            )
+            # d softmax = p * (dl - sum_k p_k dl_k), per categorical variable
+            d_probs = probs[..., None] * (d_logits - (probs[..., None] * d_logits).sum(2, keepdim=True))
+            mean = (1.0 - self.config.unimix) * probs + self.config.unimix / self.config.classes
+            mean, d_mean = mean.flatten(1), (1.0 - self.config.unimix) * d_probs.flatten(1, 2)
+        else:
+            weight, bias = last.weight[: self.config.stoch], last.bias[: self.config.stoch]
+            mean = hidden @ weight.T + bias
+            d_mean = weight @ d_hidden @ d_deter
+        jac = torch.cat([d_mean, d_deter], 1)  # columns ordered [s, a, h]
+        s_cols, a_cols, h_cols = jac.split([self.stoch_dim, action.shape[-1], self.config.deter], -1)
+        return torch.cat([mean, deter], -1), torch.cat([s_cols, h_cols, a_cols], -1)
+
+
+def _elu_jacobian(pre: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``elu(pre)`` and ``diag(elu'(pre)) @ weight`` for a linear layer's output ``pre``."""
+    slope = torch.where(pre > 0, torch.ones_like(pre), pre.exp())
+    return F.elu(pre), slope[..., None] * weight
 
 
 def stack(states: list[State], dim: int) -> State:

@@ -67,9 +67,11 @@ class WorldModel(nn.Module):
         """r(z): the predicted reward received on arriving at the state with feature z."""
         return self.reward(feature).squeeze(-1)
 
-    def loss(self, batch: Batch) -> tuple[torch.Tensor, State, dict[str, float]]:
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, State, State, dict[str, float]]:
         """The negative ELBO of Eq. 4 on ``[B, T]`` sequences: reconstruction and reward
-        negative log-likelihoods plus the (balanced, free-nats) KL. Returns (loss, posteriors, metrics)."""
+        negative log-likelihoods plus the (balanced, free-nats) KL.
+
+        Returns (loss, posteriors, priors, metrics)."""
         config = self.config
         with autocast(self.device, config.amp):
             embed = self.encoder(batch["obs"])
@@ -89,11 +91,11 @@ class WorldModel(nn.Module):
             "model/reward_loss": reward_loss.item(),
             "model/kl": kl_value.item(),
         }
-        return loss, post, metrics
+        return loss, post, prior, metrics
 
     def train_step(self, batch: Batch) -> tuple[State, dict[str, float]]:
         """One Adam step on Eq. 4; returns the posterior states (detached) and metrics."""
-        loss, post, metrics = self.loss(batch)
+        loss, post, _, metrics = self.loss(batch)
         metrics["model/grad_norm"] = optimizer_step(self.optimizer, loss, self, self.config.grad_clip)
         return {k: v.detach() for k, v in post.items()}, metrics
 

@@ -9,11 +9,15 @@ least-squares form of the Lagrangian of Eq. 6: minimise ``sum ||residual||^2`` w
     dynamics   s * sqrt(lambda_k) * (z_{k+1} - mu(z_k, a_k))        k = 0..H-1
     actions    s * sqrt(nu_k) * max(|a_k| - 1, 0)                    k = 0..H
     reward     s * sqrt(gamma^k) * softplus(-r(z_k))                  k = 1..H
+    value      s * sqrt(gamma^H * c) * softplus(-V(mu(z_H, a_H)) / c)   (ColloDreamer only)
 
 where ``s = 1 / (mean sqrt(lambda) + mean sqrt(nu) + 1)`` is LatCo's per-plan normaliser and gamma
-the discount of Eq. 10 (``gamma = 1``: the plain reward sum of Eq. 8). Every residual couples at
-most two adjacent knots, so ``J^T J`` is block tridiagonal over time and the Gauss-Newton step is a
-block-banded Cholesky solve, linear in H.
+the discount of Eq. 10 (``gamma = 1``: the plain reward sum of Eq. 8). The terminal value enters like
+the reward: divided by ``c = 1 / (1 - gamma)`` it is on the scale of one step's reward, and it
+weighs as the ``c`` steps it stands for (Eq. 10 with V; Eq. 9 when gamma = 1, c = 1).
+
+Every residual couples at most two adjacent knots, so ``J^T J`` is block tridiagonal over time and
+the Gauss-Newton step is a block-banded Cholesky solve, linear in H.
 """
 
 from __future__ import annotations
@@ -35,12 +39,26 @@ Tensor = torch.Tensor
 @dataclass
 class Objective:
     """What a plan is scored by: dynamics ``mu(z, a)`` and reward ``r(z)``, batched over leading
-    dimensions, and the discount of Eq. 10."""
+    dimensions, and the discount of Eq. 10. ``dynamics_jacobian`` (``[N, D], [N, A] -> mu [N, D],
+    d mu / d [z, a] [N, D, D + A]``) replaces autograd's Jacobian where a faster one is known."""
 
     dynamics: Callable[[Tensor, Tensor], Tensor]
     reward: Callable[[Tensor], Tensor]
     action_dim: int
     gamma: float = 1.0
+    dynamics_jacobian: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
+    value: Callable[[Tensor], Tensor] | None = None  # V(z) of the state after the last knot
+
+    @property
+    def value_scale(self) -> float:
+        """c: the number of steps of reward the terminal value stands for, 1 / (1 - gamma)."""
+        return 1.0 / (1.0 - self.gamma) if self.gamma < 1.0 else 1.0
+
+    def terminal_value(self, features: Tensor, actions: Tensor) -> Tensor:
+        """``V(mu(z_H, a_H))`` of the last knots ``[B, D]``, ``[B, A]`` (zeros without a value)."""
+        if self.value is None:
+            return features.new_zeros(features.shape[0])
+        return self.value(self.dynamics(features, actions))
 
 
 @dataclass
@@ -114,6 +132,11 @@ def violations(objective: Objective, plan: Plan) -> tuple[Tensor, Tensor]:
     return dynamics, action_excess(plan.actions).pow(2).sum(-1)
 
 
+def value_weight(objective: Objective, horizon: int) -> float:
+    """Square root of the terminal value residual's weight, ``sqrt(gamma^H * c)``."""
+    return (objective.gamma**horizon * objective.value_scale) ** 0.5
+
+
 def residuals(objective: Objective, plan: Plan) -> Tensor:
     """All residuals of each plan, concatenated ``[B, R]``; the primal objective is their squared norm."""
     s_dyn, s_act, s_rew = residual_scales(plan.lam, plan.nu)
@@ -122,7 +145,11 @@ def residuals(objective: Objective, plan: Plan) -> Tensor:
     actions = s_act[..., None] * action_excess(plan.actions)
     weights = reward_weights(plan.horizon, objective.gamma, plan.features).sqrt()
     rewards = s_rew * weights * F.softplus(-objective.reward(plan.features[:, 1:]))
-    return torch.cat([dynamics.flatten(1), actions.flatten(1), rewards], 1)
+    parts = [dynamics.flatten(1), actions.flatten(1), rewards]
+    if objective.value is not None:
+        value = objective.terminal_value(plan.features[:, -1], plan.actions[:, -1]) / objective.value_scale
+        parts.append(s_rew * value_weight(objective, plan.horizon) * F.softplus(-value)[:, None])
+    return torch.cat(parts, 1)
 
 
 def lagrangian(objective: Objective, plan: Plan) -> Tensor:
@@ -163,6 +190,8 @@ def block_tridiagonal_solve(diag: Tensor, upper: Tensor, rhs: Tensor) -> Tensor:
 
 def _dynamics_jacobian(objective: Objective, features: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
     """``mu(z, a)`` ``[N, D]`` and its Jacobian with respect to ``[z, a]`` ``[N, D, D+A]``."""
+    if objective.dynamics_jacobian is not None:
+        return objective.dynamics_jacobian(features, actions)
 
     def single(z: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
         out = objective.dynamics(z, a)
@@ -179,6 +208,17 @@ def _reward_residual_grad(objective: Objective, features: Tensor) -> tuple[Tenso
 
 
 STEP_SIZES = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0)
+
+
+def _value_residual_grad(objective: Objective, features: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+    """``softplus(-V(mu(z, a)) / c)`` ``[B]`` and its gradient with respect to ``[z, a]`` ``[B, D+A]``."""
+    scale = objective.value_scale
+
+    def single(z: Tensor, a: Tensor) -> Tensor:
+        return F.softplus(-objective.terminal_value(z[None], a[None])[0] / scale)
+
+    (grad_z, grad_a), value = vmap(grad_and_value(single, argnums=(0, 1)))(features, actions)
+    return value, torch.cat([grad_z, grad_a], -1)
 
 
 def gauss_newton_step(objective: Objective, plan: Plan, damping: float, line_search: bool = True) -> Plan:
@@ -225,6 +265,13 @@ def gauss_newton_step(objective: Objective, plan: Plan, damping: float, line_sea
     # Action bounds (diagonal).
     hessian[:, :, D:, D:] += torch.diag_embed(act_grad**2)
     gradient[:, :, D:] += act_grad * act
+    # Terminal value of the last knot (ColloDreamer).
+    if objective.value is not None:
+        value, value_grad = _value_residual_grad(objective, plan.features[:, -1], plan.actions[:, -1])
+        scale = s_rew[:, 0] * value_weight(objective, H)
+        value, value_grad = scale * value, scale[:, None] * value_grad
+        hessian[:, -1] += value_grad[:, :, None] * value_grad[:, None, :]
+        gradient[:, -1] += value_grad * value[:, None]
     # Coupling of knots k and k+1 through transition k: (-s G_k)^T (s [I, 0]).
     upper = plan.features.new_zeros(B, H, n, n)
     upper[..., :D] = -s_dyn[..., None, None] * scaled_jac.transpose(-1, -2)
@@ -309,12 +356,14 @@ def shifted_plan(previous: Plan, steps: int, start: Tensor, config: PlannerConfi
 
 
 def rollout_return(objective: Objective, start: Tensor, actions: Tensor) -> Tensor:
-    """Discounted predicted reward of executing ``actions [B, H+1, A]`` from ``start`` under mu."""
+    """Eq. 10 for executing ``actions [B, H+1, A]`` from ``start`` under mu: discounted predicted
+    rewards plus the discounted terminal value."""
     feature, total = start, torch.zeros(start.shape[0], dtype=start.dtype, device=start.device)
-    for k in range(actions.shape[1] - 1):
+    horizon = actions.shape[1] - 1
+    for k in range(horizon):
         feature = objective.dynamics(feature, actions[:, k])
         total = total + objective.gamma ** (k + 1) * objective.reward(feature)
-    return total
+    return total + objective.gamma**horizon * objective.terminal_value(feature, actions[:, -1])
 
 
 def collocate(
@@ -366,9 +415,13 @@ def collocate(
 
 
 def planned_return(objective: Objective, plan: Plan) -> Tensor:
-    """The plan's own discounted predicted reward ``sum_k gamma^k r(z_k)``, ``k = 1..H`` ``[B]``."""
+    """The plan's own Eq. 10 objective ``sum_{k=1..H} gamma^k r(z_k) + gamma^H V(mu(z_H, a_H))``
+    ``[B]`` (the constant ``r(z_0)`` left out; Eq. 8 without a value)."""
     weights = reward_weights(plan.horizon, objective.gamma, plan.features)
-    return (weights * objective.reward(plan.features[:, 1:])).sum(1)
+    terminal = objective.terminal_value(plan.features[:, -1], plan.actions[:, -1])
+    return (weights * objective.reward(plan.features[:, 1:])).sum(
+        1
+    ) + objective.gamma**plan.horizon * terminal
 
 
 def _choose(objective: Objective, plan: Plan, starts: Tensor, E: int, P: int, iterations: int) -> PlanResult:
