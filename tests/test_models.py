@@ -147,3 +147,22 @@ def test_is_first_resets_the_state():
     # After the reset at t=3 the deterministic path forgets everything before it.
     assert torch.allclose(post["deter"][:, 3], fresh["deter"][:, 0])
     assert not torch.allclose(post["deter"][:, 2], fresh["deter"][:, 0])
+
+
+@pytest.mark.parametrize("latent", ["gaussian", "categorical"])
+@pytest.mark.parametrize("gru_norm", [False, True])
+def test_hand_derived_dynamics_jacobian_matches_autograd(latent, gru_norm):
+    from torch.func import jacrev, vmap
+
+    torch.manual_seed(0)
+    config = ModelConfig(latent=latent, deter=12, stoch=4, classes=3, hidden=10, gru_norm=gru_norm, unimix=0.01)
+    rssm = RSSM(config, action_dim=2, embed_dim=5)
+    if gru_norm:
+        with torch.no_grad():
+            rssm.gru.norm.weight.uniform_(0.5, 1.5)
+            rssm.gru.norm.bias.uniform_(-0.2, 0.2)
+    z, a = torch.randn(7, rssm.feature_dim), torch.randn(7, 2)
+    mean, jacobian = rssm.next_feature_mean_jacobian(z, a)
+    jac_z, jac_a = vmap(jacrev(rssm.next_feature_mean, argnums=(0, 1)))(z, a)
+    assert torch.allclose(mean, rssm.next_feature_mean(z, a), atol=1e-6)
+    assert torch.allclose(jacobian, torch.cat([jac_z, jac_a], -1), atol=1e-5)

@@ -130,3 +130,13 @@ def test_sigkill_then_resume_loses_nothing_checkpointed(tmp_path: Path, cli):
     assert final["env_frames"] >= saved["env_frames"] + 400
     steps = [r["step"] for r in read_metrics(run / "metrics.jsonl") if "train/return" in r]
     assert max(steps) == final["env_frames"]
+
+
+def test_a_run_in_use_is_refused(tmp_path: Path, cli):
+    run = tmp_path / "run"
+    process = _start(run, steps=100_000)
+    _wait_for_checkpoint(run, process, 100)
+    result = cli("train", "--resume", str(run), check=False)
+    process.kill()
+    process.wait()
+    assert result.returncode == 2 and "in use by another collodreamer process" in result.stderr

@@ -6,13 +6,14 @@ agent beyond :class:`collodreamer.agents.Agent`.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import imageio.v2 as imageio
 import numpy as np
@@ -95,6 +96,18 @@ def evaluate(
     return returns, lengths
 
 
+def lock_run(run_dir: Path) -> IO:
+    """Hold an exclusive lock on ``run_dir/.lock`` for this process's lifetime (the OS releases it when
+    the process ends, even on SIGKILL), so two processes never write to the same run."""
+    handle = open(run_dir / ".lock", "w")  # noqa: SIM115 (held until the process exits)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError(f"{run_dir} is in use by another collodreamer process") from None
+    return handle
+
+
 class Trainer:
     """One run: its directory holds ``config.yaml``, ``episodes/``, ``metrics.jsonl``,
     ``tensorboard/``, ``checkpoint.pt`` and ``videos/``."""
@@ -106,6 +119,7 @@ class Trainer:
             raise ConfigError(f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir}")
         self.config = config
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = lock_run(self.run_dir)
         payload = load_checkpoint(self.checkpoint_path) if resume else None
         save_config(config, self.run_dir / "config.yaml")
         seed_everything(config.seed)
@@ -277,6 +291,7 @@ class Trainer:
         self.save()
         bar.close()
         self.logger.close()
+        self._lock.close()
         return {"env_frames": counters.env_frames, "updates": counters.updates}
 
 
