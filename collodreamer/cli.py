@@ -1,4 +1,4 @@
-"""The ``collodreamer`` command: train, eval, tasks."""
+"""The ``collodreamer`` command: train, eval, sweep, plot, tasks."""
 
 from __future__ import annotations
 
@@ -13,6 +13,11 @@ import numpy as np
 from collodreamer.config import ConfigError, make_config
 from collodreamer.data import ReplayError
 from collodreamer.training import CheckpointError
+
+
+class SweepFailure(RuntimeError):
+    """Some runs of a sweep failed (the others ran to their end)."""
+
 
 EXAMPLES = """examples:
   collodreamer train --task dmc:reacher_easy --obs state --preset cpu
@@ -61,6 +66,36 @@ def _eval(args: argparse.Namespace) -> None:
     )
     if video:
         print(f"video: {video}")
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from collodreamer.experiments import expand, load_spec, make_figures, run_sweep
+
+    spec = load_spec(Path(args.spec))
+    sweep = expand(spec)
+    root = Path(args.root or Path("runs") / "sweeps" / sweep.name)
+    if args.dry_run:
+        for run in sweep.runs:
+            extra = " ".join(run.overrides)
+            print(f"{run.name}: {run.steps} env frames, presets {' '.join(run.presets)}, overrides {extra}")
+        print(f"{len(sweep.runs)} runs under {root}")
+        return
+    outcomes = run_sweep(sweep, root, args.backend, args.workers, args.address, args.gpus_per_run)
+    for name, outcome in outcomes.items():
+        print(f"{name}: {outcome}")
+    metrics = [plot["metric"] for plot in sweep.plots] or ["test/return"]
+    for path in make_figures([root], metrics, root, sweep.name):
+        print(f"wrote {path}")
+    failed = [name for name, outcome in outcomes.items() if outcome.startswith("failed")]
+    if failed:
+        raise SweepFailure(f"{len(failed)} of {len(outcomes)} runs failed: {', '.join(failed)}")
+
+
+def _plot(args: argparse.Namespace) -> None:
+    from collodreamer.experiments import make_figures
+
+    for path in make_figures([Path(p) for p in args.paths], args.metric, Path(args.out), args.name):
+        print(f"wrote {path}")
 
 
 def _tasks(args: argparse.Namespace) -> None:
@@ -113,6 +148,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--video", metavar="FILE.mp4", help="film the first test episode")
     evaluate.set_defaults(func=_eval)
 
+    sweep = commands.add_parser("sweep", help="run a sweep (configs x seeds), locally or on Ray")
+    sweep.add_argument("spec", metavar="SPEC.yaml", help="a spec file, or a name from configs/experiments/")
+    sweep.add_argument("--backend", choices=["local", "ray"], default="local")
+    sweep.add_argument("--address", help="Ray cluster to join, e.g. auto (default: start a local one)")
+    sweep.add_argument("--workers", type=int, help="runs at once on the local backend (default: CPU count)")
+    sweep.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs each run asks Ray for")
+    sweep.add_argument("--root", help="folder of the sweep's runs (default: runs/sweeps/NAME)")
+    sweep.add_argument("--dry-run", action="store_true", help="list the runs and stop")
+    sweep.set_defaults(func=_sweep)
+
+    plot = commands.add_parser("plot", help="figures and a results table from run directories")
+    plot.add_argument("paths", nargs="+", metavar="RUN_DIR", help="runs, or folders of runs (e.g. a sweep)")
+    plot.add_argument("--metric", action="append", help="metric to plot (repeatable; default test/return)")
+    plot.add_argument("--out", default="results/plots")
+    plot.add_argument("--name", default="runs", help="file name prefix")
+    plot.set_defaults(func=_plot)
+
     tasks = commands.add_parser("tasks", help="list the dm_control tasks")
     tasks.set_defaults(func=_tasks)
     return parser
@@ -120,12 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "plot" and not args.metric:
+        args.metric = ["test/return"]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
     )
     try:
         args.func(args)
-    except (ConfigError, CheckpointError, ReplayError) as error:
+    except (ConfigError, CheckpointError, ReplayError, SweepFailure) as error:
         print(f"collodreamer: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

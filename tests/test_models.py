@@ -155,7 +155,9 @@ def test_hand_derived_dynamics_jacobian_matches_autograd(latent, gru_norm):
     from torch.func import jacrev, vmap
 
     torch.manual_seed(0)
-    config = ModelConfig(latent=latent, deter=12, stoch=4, classes=3, hidden=10, gru_norm=gru_norm, unimix=0.01)
+    config = ModelConfig(
+        latent=latent, deter=12, stoch=4, classes=3, hidden=10, gru_norm=gru_norm, unimix=0.01
+    )
     rssm = RSSM(config, action_dim=2, embed_dim=5)
     if gru_norm:
         with torch.no_grad():

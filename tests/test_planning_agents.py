@@ -20,7 +20,13 @@ def test_planning_agent_trains_logs_plans_and_resumes(tmp_path: Path, agent, obs
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     plans = [r for r in records if "plan/dynamics_violation" in r]
     assert plans, "per-plan diagnostics are logged"
-    for key in ("plan/action_violation", "plan/lambda_mean", "plan/nu_mean", "plan/planned_return", "plan/ms"):
+    for key in (
+        "plan/action_violation",
+        "plan/lambda_mean",
+        "plan/nu_mean",
+        "plan/planned_return",
+        "plan/ms",
+    ):
         assert all(np.isfinite(r[key]) for r in plans), key
     assert any("test/plan/dynamics_violation" in r for r in records)
     if agent == "collodreamer":

@@ -1,0 +1,15 @@
+"""Experiments: sweeps (local process pool or Ray), the paper's figures, result tables."""
+
+from collodreamer.experiments.plots import find_runs, make_figures, results_table
+from collodreamer.experiments.sweep import RunSpec, Sweep, expand, load_spec, run_sweep
+
+__all__ = [
+    "RunSpec",
+    "Sweep",
+    "expand",
+    "find_runs",
+    "load_spec",
+    "make_figures",
+    "results_table",
+    "run_sweep",
+]

@@ -1,0 +1,181 @@
+"""The paper's figures from run directories: curves over env frames (mean over seeds with a bootstrap
+band, one panel per task, one line per agent or variant) and Markdown tables of final returns."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from collodreamer.config import ConfigError, load_config
+from collodreamer.experiments.stats import bootstrap_ci, iqm
+from collodreamer.training.logger import read_metrics
+
+FINAL_TRAIN_EPISODES = 3  # the train return of a run is the mean of its last few episodes
+
+
+@dataclass
+class RunData:
+    name: str
+    agent: str
+    task: str
+    obs: str
+    seed: int
+    variant: str
+    records: list[dict]
+
+    def curve(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """(env frames, values) of ``metric``; where a resumed run logged a step twice, the last wins."""
+        points = {r["step"]: r[metric] for r in self.records if metric in r}
+        steps = np.array(sorted(points), dtype=float)
+        return steps, np.array([points[s] for s in sorted(points)], dtype=float)
+
+
+def find_runs(paths: list[Path]) -> list[RunData]:
+    """Every run under ``paths``: run directories themselves, or folders of runs (e.g. a sweep root,
+    whose ``sweep.yaml`` names each run's variant)."""
+    runs = []
+    for path in map(Path, paths):
+        candidates = (
+            [path]
+            if (path / "metrics.jsonl").exists()
+            else sorted(p.parent for p in path.glob("*/metrics.jsonl"))
+        )
+        if not candidates:
+            raise ConfigError(f"no runs (folders with metrics.jsonl) under {path}")
+        for run_dir in candidates:
+            variants = _variants(run_dir.parent / "sweep.yaml")
+            config = load_config(run_dir / "config.yaml")
+            runs.append(
+                RunData(
+                    run_dir.name,
+                    config.agent,
+                    config.env.task,
+                    config.env.obs,
+                    config.seed,
+                    variants.get(run_dir.name, ""),
+                    read_metrics(run_dir / "metrics.jsonl"),
+                )
+            )
+    return runs
+
+
+def _variants(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    return {run["name"]: run["variant"] for run in (yaml.safe_load(path.read_text()) or {}).get("runs", [])}
+
+
+def label_of(run: RunData, runs: list[RunData]) -> str:
+    """Name a line by what differs between the runs: the agent, the variant, or both."""
+    agents = {r.agent for r in runs}
+    variants = {r.variant for r in runs}
+    if len(variants) <= 1:
+        return run.agent
+    if len(agents) == 1:
+        return run.variant
+    return f"{run.agent} ({run.variant})"
+
+
+def group(runs: list[RunData]) -> dict[str, dict[str, list[RunData]]]:
+    """task -> label -> the runs (seeds) of that line."""
+    groups: dict[str, dict[str, list[RunData]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        groups[run.task][label_of(run, runs)].append(run)
+    return groups
+
+
+def seed_matrix(runs: list[RunData], metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Curves of several seeds on one grid of env frames (interpolated where they were logged at
+    different frames, as train returns are), cut to the frames every seed reached."""
+    curves = [run.curve(metric) for run in runs]
+    curves = [(x, y) for x, y in curves if len(x)]
+    if not curves:
+        return np.empty(0), np.empty((0, 0))
+    end = min(x[-1] for x, _ in curves)
+    grid = np.unique(np.concatenate([x[x <= end] for x, _ in curves]))
+    return grid, np.stack([np.interp(grid, x, y) for x, y in curves])
+
+
+def plot_metric(runs: list[RunData], metric: str, path: Path, title: str = "") -> Path:
+    """One PNG: a panel per task, a line per label (mean over seeds) with a 95% bootstrap band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = group(runs)
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 3.6), squeeze=False)
+    for ax, (task, lines) in zip(axes[0], sorted(groups.items()), strict=True):
+        for index, (label, members) in enumerate(sorted(lines.items())):
+            grid, values = seed_matrix(members, metric)
+            if not len(grid):
+                continue
+            mean = values.mean(0)
+            ax.plot(grid, mean, color=f"C{index}", label=f"{label} (n={len(values)})")
+            if len(values) > 1:
+                band = np.array([bootstrap_ci(values[:, i]) for i in range(len(grid))])
+                ax.fill_between(grid, band[:, 0], band[:, 1], color=f"C{index}", alpha=0.2)
+        ax.set(title=task.split(":", 1)[-1], xlabel="env frames", ylabel=metric)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def final_train_return(run: RunData) -> float | None:
+    _, values = run.curve("train/return")
+    return float(values[-FINAL_TRAIN_EPISODES:].mean()) if len(values) else None
+
+
+def final_test_return(run: RunData) -> float | None:
+    _, values = run.curve("test/return")
+    return float(values[-1]) if len(values) else None
+
+
+def results_table(runs: list[RunData]) -> str:
+    """Markdown: per task and line, the seeds, the env frames reached, and the final train and test
+    returns as mean, IQM and 95% bootstrap interval of the mean over seeds."""
+    rows = [
+        "| task | agent | seeds | env frames | train return: mean [95% CI] | train IQM "
+        "| test return: mean [95% CI] | test IQM |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for task, lines in sorted(group(runs).items()):
+        for label, members in sorted(lines.items()):
+            frames = min(
+                int(r.curve("train/return")[0][-1]) if len(r.curve("train/return")[0]) else 0 for r in members
+            )
+            cells = []
+            for final in (final_train_return, final_test_return):
+                values = np.array([v for v in map(final, members) if v is not None])
+                if not len(values):
+                    cells += ["-", "-"]
+                    continue
+                low, high = bootstrap_ci(values)
+                cells += [f"{values.mean():.1f} [{low:.1f}, {high:.1f}]", f"{iqm(values):.1f}"]
+            rows.append(
+                f"| {task.split(':', 1)[-1]} | {label} | {len(members)} | {frames} | "
+                + " | ".join(cells)
+                + " |"
+            )
+    return "\n".join(rows) + "\n"
+
+
+def make_figures(paths: list[Path], metrics: list[str], out: Path, name: str) -> list[Path]:
+    """Plots of ``metrics`` and the results table for the runs under ``paths``, written to ``out``."""
+    runs = find_runs(paths)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [
+        plot_metric(runs, metric, out / f"{name}_{metric.replace('/', '_')}.png", name) for metric in metrics
+    ]
+    table = out / f"{name}_table.md"
+    table.write_text(results_table(runs))
+    return [*written, table]

@@ -1,0 +1,234 @@
+"""Sweeps: a YAML spec expands into runs (agents x tasks x variants x seeds), each its own run
+directory, executed by a local process pool or on a Ray cluster. Rerunning a sweep skips finished
+runs and resumes unfinished ones from their checkpoints; a failing run is reported, not fatal.
+
+A spec (see ``configs/experiments/``)::
+
+    name: fig13_states
+    agents: [collodreamer, latco, dreamer]
+    tasks:                      # a task with its own budget in env frames
+      - {task: dmc:cheetah_run, steps: 25000}
+    obs: state
+    seeds: 2                    # or an explicit list [0, 1, 2]
+    presets: [cpu]
+    overrides: [run.eval_start=5000]
+    variants:                   # named override lists (default: one variant "base" with none)
+      base: []
+      no_dropout: [value.dropout=[]]
+    plots:                      # figures made from the runs' logs when the sweep ends
+      - {metric: test/return, file: fig13_test.png}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from collodreamer.config import ConfigError, load_preset, make_config
+from collodreamer.training.checkpoint import CheckpointError, load_checkpoint
+
+log = logging.getLogger("collodreamer")
+SPEC_KEYS = {"name", "agents", "tasks", "obs", "seeds", "presets", "overrides", "variants", "plots"}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: its name (also its directory), and what to train."""
+
+    name: str
+    agent: str
+    task: str
+    obs: str
+    seed: int
+    steps: int
+    variant: str
+    presets: tuple[str, ...]
+    overrides: tuple[str, ...]
+
+    def config_overrides(self) -> list[str]:
+        return [
+            f"agent={self.agent}",
+            f"env.task={self.task}",
+            f"env.obs={self.obs}",
+            f"seed={self.seed}",
+            *self.overrides,
+            f"run.steps={self.steps}",
+        ]
+
+
+@dataclass
+class Sweep:
+    name: str
+    runs: list[RunSpec]
+    plots: list[dict[str, Any]] = field(default_factory=list)
+
+
+def load_spec(path: Path) -> dict[str, Any]:
+    """A spec by path, or by name from ``configs/experiments/``."""
+    spec = load_preset(str(path) if Path(path).exists() else f"experiments/{path}")
+    unknown = set(spec) - SPEC_KEYS
+    if unknown:
+        raise ConfigError(
+            f"sweep spec: unknown keys {sorted(unknown)}; valid keys: {', '.join(sorted(SPEC_KEYS))}"
+        )
+    return spec
+
+
+def expand(spec: dict[str, Any]) -> Sweep:
+    """The runs of a spec: the full grid agents x tasks x variants x seeds, each config validated."""
+    for key in ("name", "agents", "tasks"):
+        if key not in spec:
+            raise ConfigError(f"sweep spec: '{key}' is required")
+    seeds = spec.get("seeds", 1)
+    seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    variants = spec.get("variants") or {"base": []}
+    presets = tuple(spec.get("presets", []))
+    common = tuple(spec.get("overrides", []))
+    obs = spec.get("obs", "pixels")
+    runs = []
+    for entry in spec["tasks"]:
+        task, steps = (entry["task"], entry.get("steps")) if isinstance(entry, dict) else (entry, None)
+        for variant, extra in variants.items():
+            for agent in spec["agents"]:
+                for seed in seeds:
+                    overrides = (
+                        (*common, *extra) if steps is None else (*common, *extra, f"run.steps={steps}")
+                    )
+                    base = [f"agent={agent}", f"env.task={task}", f"env.obs={obs}", f"seed={seed}"]
+                    config = make_config(presets, [*base, *overrides])  # validates every key up front
+                    runs.append(
+                        RunSpec(
+                            name=f"{variant}-{agent}-{task.split(':', 1)[-1]}-{obs}-s{seed}",
+                            agent=agent,
+                            task=task,
+                            obs=obs,
+                            seed=seed,
+                            steps=config.run.steps,
+                            variant=variant,
+                            presets=presets,
+                            overrides=(*common, *extra),
+                        )
+                    )
+    return Sweep(spec["name"], runs, list(spec.get("plots", [])))
+
+
+def run_state(run: RunSpec, root: Path) -> str:
+    """``done``, ``resume`` or ``new`` for a run directory."""
+    checkpoint = root / run.name / "checkpoint.pt"
+    if not checkpoint.exists():
+        return "new"
+    try:
+        frames = load_checkpoint(checkpoint)["counters"]["env_frames"]
+    except CheckpointError:
+        return "resume"  # resuming reports the damaged checkpoint as this run's error
+    return "done" if frames >= run.steps else "resume"
+
+
+def run_command(run: RunSpec, root: Path) -> list[str]:
+    base = [sys.executable, "-m", "collodreamer", "train"]
+    run_dir = root / run.name
+    if run_state(run, root) == "resume":
+        return [*base, "--resume", str(run_dir), f"run.steps={run.steps}"]
+    presets = [item for name in run.presets for item in ("--preset", name)]
+    return [*base, *presets, "--run-dir", str(run_dir), *run.config_overrides()]
+
+
+def _die_with_parent() -> None:
+    """In a child process (Linux): receive SIGTERM when the sweep that started it dies, so a killed
+    sweep leaves no orphaned runs holding their run directories."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def execute(command: list[str], run_dir: str, threads: int) -> tuple[int, str]:
+    """Run one training command to its end; (exit code, last error line). Used by both backends."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "CI": "1"}
+    with open(Path(run_dir) / "train.log", "a") as log_file:
+        log_file.write(f"$ {shlex.join(command)}\n")
+        log_file.flush()
+        preexec = _die_with_parent if sys.platform.startswith("linux") else None
+        result = subprocess.run(
+            command, stdout=log_file, stderr=subprocess.PIPE, text=True, env=environment, preexec_fn=preexec
+        )
+        log_file.write(result.stderr)
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    return result.returncode, (lines[-1] if lines else "")
+
+
+def run_sweep(
+    sweep: Sweep,
+    root: Path,
+    backend: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    gpus_per_run: float = 0.0,
+) -> dict[str, str]:
+    """Run every unfinished run of ``sweep`` under ``root``; returns each run's outcome
+    (``done``, ``skipped`` or ``failed: <error>``)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "sweep.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": sweep.name,
+                "runs": [
+                    r.__dict__ | {"presets": list(r.presets), "overrides": list(r.overrides)}
+                    for r in sweep.runs
+                ],
+            },
+            sort_keys=False,
+        )
+    )
+    todo = [run for run in sweep.runs if run_state(run, root) != "done"]
+    outcomes = {run.name: "skipped" for run in sweep.runs if run not in todo}
+    workers = workers or os.cpu_count() or 1
+    threads = max(1, (os.cpu_count() or 1) // max(1, min(workers, len(todo) or 1)))
+    log.info(
+        "sweep %s: %d runs, %d finished already, %d to run on %s",
+        sweep.name,
+        len(sweep.runs),
+        len(outcomes),
+        len(todo),
+        backend,
+    )
+    jobs = [(run, run_command(run, root), str(root / run.name)) for run in todo]
+    if backend == "ray":
+        results = _run_ray(jobs, address, threads, gpus_per_run)
+    elif backend == "local":
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(lambda job: execute(job[1], job[2], threads), jobs))
+    else:
+        raise ConfigError(f"unknown sweep backend '{backend}'; choices: local, ray")
+    for (run, _, _), (code, error) in zip(jobs, results, strict=True):
+        outcomes[run.name] = "done" if code == 0 else f"failed: {error or f'exit code {code}'}"
+        if code != 0:
+            log.error("run %s failed: %s (log: %s)", run.name, error, root / run.name / "train.log")
+    return outcomes
+
+
+def _run_ray(jobs: list, address: str | None, threads: int, gpus: float) -> list[tuple[int, str]]:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("the ray backend needs Ray: pip install 'collodreamer[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    remote = ray.remote(num_cpus=threads, num_gpus=gpus)(execute)
+    try:
+        return ray.get([remote.remote(command, run_dir, threads) for _, command, run_dir in jobs])
+    finally:
+        if started:
+            ray.shutdown()

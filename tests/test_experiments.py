@@ -1,0 +1,149 @@
+"""Sweeps (local and Ray), resuming interrupted sweeps, failures, figures and statistics."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from collodreamer.experiments import expand, load_spec, make_figures, run_sweep
+from collodreamer.experiments.stats import bootstrap_ci, iqm
+from collodreamer.training import load_checkpoint
+
+TINY_SPEC = {
+    "name": "tiny",
+    "agents": ["random", "dreamer"],
+    "tasks": [{"task": "dmc:reacher_easy", "steps": 200}],
+    "obs": "state",
+    "seeds": 1,
+    "presets": ["tiny"],
+    "overrides": ["run.eval_every=100"],
+}
+
+
+def test_spec_expansion_is_the_exact_grid():
+    spec = {
+        "name": "grid",
+        "agents": ["latco", "collodreamer"],
+        "obs": "state",
+        "seeds": [3, 5],
+        "presets": ["tiny"],
+        "tasks": [{"task": "dmc:cheetah_run", "steps": 300}, "dmc:reacher_easy"],
+        "overrides": ["run.eval_start=100"],
+        "variants": {"base": [], "gamma_095": ["value.gamma=0.95"]},
+    }
+    sweep = expand(spec)
+    assert len(sweep.runs) == 2 * 2 * 2 * 2
+    assert len({run.name for run in sweep.runs}) == 16
+    run = next(r for r in sweep.runs if r.name == "gamma_095-collodreamer-cheetah_run-state-s5")
+    assert (run.agent, run.task, run.seed, run.steps) == ("collodreamer", "dmc:cheetah_run", 5, 300)
+    assert run.overrides == ("run.eval_start=100", "value.gamma=0.95")
+    assert next(r for r in sweep.runs if r.task == "dmc:reacher_easy").steps == 400  # the tiny preset's
+    with pytest.raises(Exception, match="unknown config key 'value.gama'"):
+        expand({**spec, "variants": {"typo": ["value.gama=0.9"]}})
+    with pytest.raises(Exception, match="unknown keys"):
+        expand(load_spec_from({**spec, "agent": "x"}))
+
+
+def load_spec_from(spec: dict) -> dict:
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"spec-{os.getpid()}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return load_spec(path)
+
+
+def test_paper_experiment_specs_expand():
+    names = [p.stem for p in (Path(__file__).parents[1] / "configs" / "experiments").glob("*.yaml")]
+    for figure in ("fig13", "fig5", "fig1", "fig2", "fig3", "fig6", "fig7", "fig12"):
+        assert figure in names and f"{figure}_states" in names
+    for name in names:
+        assert expand(load_spec(Path(name))).runs
+
+
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_tiny_sweep_end_to_end(tmp_path: Path, backend):
+    sweep = expand(TINY_SPEC)
+    if backend == "ray":
+        ray = pytest.importorskip("ray")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        outcomes = run_sweep(sweep, tmp_path, backend=backend, workers=2)
+    finally:
+        if backend == "ray":
+            ray.shutdown()
+    assert outcomes == {run.name: "done" for run in sweep.runs}
+    figures = make_figures([tmp_path], ["test/return", "train/return"], tmp_path / "out", "tiny")
+    assert all(path.stat().st_size > 1000 for path in figures[:2])
+    table = figures[-1].read_text()
+    assert "| reacher_easy | dreamer | 1 | 200 |" in table and "| reacher_easy | random | 1 | 200 |" in table
+
+
+def test_a_failing_run_does_not_stop_the_sweep(tmp_path: Path):
+    sweep = expand({**TINY_SPEC, "seeds": 2, "agents": ["random"]})
+    run_sweep(sweep, tmp_path, workers=2)
+    broken = tmp_path / sweep.runs[0].name / "checkpoint.pt"
+    broken.write_bytes(b"garbage")  # the run looks unfinished, and resuming it fails
+    longer = expand(
+        {**TINY_SPEC, "seeds": 2, "agents": ["random"], "tasks": [{"task": "dmc:reacher_easy", "steps": 300}]}
+    )
+    outcomes = run_sweep(longer, tmp_path, workers=2)
+    assert outcomes[sweep.runs[0].name].startswith("failed: collodreamer: error: checkpoint")
+    assert outcomes[sweep.runs[1].name] == "done"
+    assert load_checkpoint(tmp_path / sweep.runs[1].name / "checkpoint.pt")["counters"]["env_frames"] == 300
+    assert broken.read_bytes() == b"garbage"
+
+
+def test_killed_sweep_skips_finished_runs_and_resumes_the_rest(tmp_path: Path):
+    spec = {
+        **TINY_SPEC,
+        "agents": ["random"],
+        "seeds": 3,
+        "tasks": [{"task": "dmc:reacher_easy", "steps": 600}],
+        "overrides": ["run.eval_every=100000", "run.checkpoint_every=100"],
+    }
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    root = tmp_path / "sweep"
+    command = [
+        sys.executable,
+        "-m",
+        "collodreamer",
+        "sweep",
+        str(spec_path),
+        "--root",
+        str(root),
+        "--workers",
+        "1",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    names = [run.name for run in expand(spec).runs]
+    deadline = time.time() + 300
+    while time.time() < deadline:  # the first run is done and the second has a checkpoint
+        second = root / names[1] / "checkpoint.pt"
+        if second.exists() and load_checkpoint(second)["counters"]["env_frames"] >= 100:
+            break
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    time.sleep(2)  # the orphaned run gets SIGTERM from the kernel and lets go of its directory
+    assert load_checkpoint(root / names[0] / "checkpoint.pt")["counters"]["env_frames"] == 600
+    assert load_checkpoint(second)["counters"]["env_frames"] < 600
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"{names[0]}: skipped" in result.stdout
+    assert f"{names[1]}: done" in result.stdout and f"{names[2]}: done" in result.stdout
+    assert "--resume" in (root / names[1] / "train.log").read_text()
+    for name in names:
+        assert load_checkpoint(root / name / "checkpoint.pt")["counters"]["env_frames"] == 600
+
+
+def test_iqm_and_bootstrap_by_hand():
+    assert iqm(np.array([1, 2, 3, 4, 5, 6, 7, 100])) == pytest.approx(np.mean([3, 4, 5, 6]))
+    assert iqm(np.array([1.0, 2.0, 9.0])) == pytest.approx(4.0)  # too few to trim: the mean
+    low, high = bootstrap_ci(np.array([1.0, 2.0, 3.0, 4.0]))
+    assert 1.0 <= low < 2.5 < high <= 4.0
+    assert bootstrap_ci(np.array([5.0])) == (5.0, 5.0)
