@@ -5,6 +5,13 @@ on a world model of the paper's size (median of several runs).
 
 Per env step = per call / replan_every (the planner runs once every 15 agent steps). The world model
 is freshly initialised: the cost of a call does not depend on what the model has learned.
+
+    python benchmarks/planning.py --warm-start RUN_DIR [--train-plans 40] [--test-plans 10]
+
+compares random initialisation with the amortised policy's warm start on the trained world model of
+RUN_DIR (any agent's run): the policy is first trained by behaviour cloning on plans from real
+posterior states of the run's replay, then both initialisations plan from held-out states with early
+stopping (planner.tolerance), and the iterations, milliseconds and returns are reported.
 """
 
 from __future__ import annotations
@@ -21,10 +28,87 @@ from common import median_ms, write_json
 
 from collodreamer.agents import resolve_device
 from collodreamer.agents.latco import LatCoAgent
-from collodreamer.config import make_config
+from collodreamer.config import load_config, make_config
+from collodreamer.data import EpisodeStore
 from collodreamer.envs import DMCEnv
+from collodreamer.models import to_torch
 from collodreamer.models.networks import frozen
 from collodreamer.planning import collocate
+from collodreamer.training import load_checkpoint
+
+
+def start_features(agent: LatCoAgent, run_dir: Path, count: int, seed: int) -> torch.Tensor:
+    """Posterior features of real observations from the run's replay episodes."""
+    store = EpisodeStore(run_dir / "episodes", 10**9, agent.config.env.action_repeat, seed)
+    store.load()
+    batch = to_torch(store.sample(count, 20), agent.device)
+    with torch.no_grad():
+        post, _ = agent.world_model.rssm.observe(
+            agent.world_model.encoder(batch["obs"]), batch["action"], batch["is_first"]
+        )
+    return agent.world_model.rssm.feature({k: v[:, -1] for k, v in post.items()})
+
+
+def warm_start(args: argparse.Namespace) -> None:
+    run_dir = Path(args.warm_start)
+    base = load_config(run_dir / "config.yaml")
+    config = make_config(
+        overrides=[
+            "agent=latco",
+            "planner.init=policy",
+            f"planner.tolerance={args.tolerance}",
+            f"planner.iterations={args.iterations}",
+            *args.overrides,
+        ],
+        base=base,
+    )
+    env = DMCEnv(config.env, 0)
+    agent = LatCoAgent(config, env.spec, torch.device("cpu"))
+    agent.world_model.load_training_state(load_checkpoint(run_dir / "checkpoint.pt")["agent"]["world_model"])
+    torch.manual_seed(0)
+    train, test = (
+        start_features(agent, run_dir, args.train_plans, 0),
+        start_features(agent, run_dir, args.test_plans, 1),
+    )
+    for feature in train:
+        agent.plan(feature[None], None, training=True)  # each plan also trains the policy
+    agent.metrics()
+    rows = {}
+    for init in ("random", "policy"):
+        agent.config = make_config(overrides=[f"planner.init={init}"], base=config)
+        for feature in test:
+            agent.plan(feature[None], None, training=False)
+        metrics = agent.metrics()
+        rows[init] = {
+            key.split("/", 1)[1]: metrics[key]
+            for key in (
+                "plan/iterations",
+                "plan/ms",
+                "plan/planned_return",
+                "plan/rollout_return",
+                "plan/dynamics_violation",
+            )
+        }
+        row = rows[init]
+        print(
+            f"init={init:7s} iterations {row['iterations']:6.1f}  ms/plan {row['ms']:8.1f}  planned return "
+            f"{row['planned_return']:7.2f}  rollout return {row['rollout_return']:7.2f}  dynamics violation "
+            f"{row['dynamics_violation']:.4f}"
+        )
+    write_json(
+        Path(args.out),
+        {
+            "benchmark": "planning_warm_start",
+            "run": str(run_dir),
+            "tolerance": args.tolerance,
+            "max_iterations": args.iterations,
+            "train_plans": args.train_plans,
+            "test_plans": args.test_plans,
+            "primal": config.planner.primal,
+            "feature_dim": agent.world_model.feature_dim,
+            "rows": rows,
+        },
+    )
 
 
 def main() -> None:
@@ -39,8 +123,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="results/benchmarks/planning.json")
+    parser.add_argument("--warm-start", metavar="RUN_DIR", help="compare random and policy initialisation")
+    parser.add_argument("--tolerance", type=float, default=1e-3)
+    parser.add_argument("--train-plans", type=int, default=40)
+    parser.add_argument("--test-plans", type=int, default=10)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. model.latent=categorical")
     args = parser.parse_args()
+    if args.warm_start:
+        warm_start(args)
+        return
     device = resolve_device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.manual_seed(0)

@@ -46,6 +46,7 @@ class LatCoAgent:
         self.world_model = WorldModel(config.model, spec, device)
         feature_dim = self.world_model.feature_dim
         self.policy: MLP | None = None
+        self.last_multipliers: tuple[float, float] | None = None  # mean lambda, nu of the last plan
         if config.planner.init == "policy":
             self.policy = MLP(feature_dim, spec.action_dim, config.policy.units, config.policy.layers).to(
                 device
@@ -92,7 +93,14 @@ class LatCoAgent:
                 actions.append(torch.tanh(self.policy(features[-1])))
                 features.append(self.world_model.rssm.next_feature_mean(features[-1], actions[-1]))
             actions.append(torch.tanh(self.policy(features[-1])))
+            # The rollout is feasible already: start from the multipliers the last plan ended with
+            # rather than relaxing the constraints again.
             lam, nu = initial_multipliers(starts.shape[0], config.horizon, config, starts)
+            if self.last_multipliers is not None:
+                lam, nu = (
+                    torch.full_like(lam, self.last_multipliers[0]),
+                    torch.full_like(nu, self.last_multipliers[1]),
+                )
             return Plan(torch.stack(features, 1), torch.stack(actions, 1), lam, nu)
         return None
 
@@ -108,6 +116,7 @@ class LatCoAgent:
                 on_iteration=self.on_iteration(training),
             )
         self.log({"plan/ms": 1000 * (time.perf_counter() - start)})
+        self.last_multipliers = (result.diagnostics["lambda_mean"], result.diagnostics["nu_mean"])
         self.log({f"plan/{key}": value for key, value in result.diagnostics.items()})
         if training and self.policy is not None:
             self.train_policy(result.plan)
