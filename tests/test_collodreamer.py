@@ -90,7 +90,7 @@ def test_gauss_newton_with_value_solves_the_linearised_problem():
     value = lambda z: 20 * net(z).squeeze(-1)  # noqa: E731
     obj = objective(value, 0.95)
     plan = random_plan(torch.randn(1, 2), horizon=3, action_dim=2, config=PlannerConfig())
-    stepped = gauss_newton_step(obj, plan, damping=1e-3, line_search=False)
+    stepped = gauss_newton_step(obj, plan, damping=1e-3, line_search=False)[0]
     x0 = torch.cat([plan.features[0, 1:].flatten(), plan.actions[0].flatten()])
 
     def res(x):
@@ -101,7 +101,7 @@ def test_gauss_newton_with_value_solves_the_linearised_problem():
     dx = torch.linalg.solve(2 * J.T @ J + 1e-3 * torch.eye(len(x0)), 2 * J.T @ res(x0))
     got = torch.cat([stepped.features[0, 1:].flatten(), stepped.actions[0].flatten()])
     assert torch.allclose(got, x0 - dx, rtol=1e-4, atol=1e-4)
-    assert lagrangian(obj, gauss_newton_step(obj, plan, 1e-3)) < lagrangian(obj, plan)
+    assert lagrangian(obj, gauss_newton_step(obj, plan, 1e-3)[0]) < lagrangian(obj, plan)
 
 
 def test_regulariser_switches_change_the_network():

@@ -137,11 +137,14 @@ def value_weight(objective: Objective, horizon: int) -> float:
     return (objective.gamma**horizon * objective.value_scale) ** 0.5
 
 
-def residuals(objective: Objective, plan: Plan) -> Tensor:
-    """All residuals of each plan, concatenated ``[B, R]``; the primal objective is their squared norm."""
+def residuals(objective: Objective, plan: Plan, gap: Tensor | None = None) -> Tensor:
+    """All residuals of each plan, concatenated ``[B, R]``; the primal objective is their squared norm.
+
+    ``gap`` is ``z_{k+1} - mu(z_k, a_k)`` where the caller has it already."""
     s_dyn, s_act, s_rew = residual_scales(plan.lam, plan.nu)
-    predicted = objective.dynamics(plan.features[:, :-1], plan.actions[:, :-1])
-    dynamics = s_dyn[..., None] * (plan.features[:, 1:] - predicted)
+    if gap is None:
+        gap = plan.features[:, 1:] - objective.dynamics(plan.features[:, :-1], plan.actions[:, :-1])
+    dynamics = s_dyn[..., None] * gap
     actions = s_act[..., None] * action_excess(plan.actions)
     weights = reward_weights(plan.horizon, objective.gamma, plan.features).sqrt()
     rewards = s_rew * weights * F.softplus(-objective.reward(plan.features[:, 1:]))
@@ -221,8 +224,16 @@ def _value_residual_grad(objective: Objective, features: Tensor, actions: Tensor
     return value, torch.cat([grad_z, grad_a], -1)
 
 
-def gauss_newton_step(objective: Objective, plan: Plan, damping: float, line_search: bool = True) -> Plan:
+Dual = Callable[[Plan, Tensor, Tensor], Plan]
+
+
+def gauss_newton_step(
+    objective: Objective, plan: Plan, damping: float, line_search: bool = True, dual: Dual | None = None
+) -> tuple[Plan, Tensor, Tensor]:
     """One damped Gauss-Newton step: solve ``(2 J^T J + delta I) dx = 2 J^T r``, set ``x <- x - dx``.
+
+    Returns the stepped plan and the violations of the plan it started from; ``dual`` (the update of
+    Eq. 7 given those violations) is applied to the multipliers before the step is taken.
 
     ``J^T J`` is assembled block by block from the dynamics Jacobians ``G_k = d mu / d x_k`` and the
     reward gradients, never as a dense matrix; ``z_0`` is pinned by zeroing its rows and columns.
@@ -235,18 +246,22 @@ def gauss_newton_step(objective: Objective, plan: Plan, damping: float, line_sea
     B, K, D = plan.features.shape
     H, A = K - 1, plan.actions.shape[-1]
     n = D + A
-    s_dyn, s_act, s_rew = residual_scales(plan.lam, plan.nu)
-    weights = reward_weights(H, objective.gamma, plan.features)
     mean, jac = _dynamics_jacobian(
         objective, plan.features[:, :-1].reshape(-1, D), plan.actions[:, :-1].reshape(-1, A)
     )
     mean, jac = mean.reshape(B, H, D), jac.reshape(B, H, D, n)
-    dyn = s_dyn[..., None] * (plan.features[:, 1:] - mean)  # [B, H, D]
+    gap = plan.features[:, 1:] - mean
+    excess = action_excess(plan.actions)
+    dyn_violation, act_violation = gap.pow(2).sum(-1), excess.pow(2).sum(-1)
+    if dual is not None:
+        plan = dual(plan, dyn_violation, act_violation)
+    s_dyn, s_act, s_rew = residual_scales(plan.lam, plan.nu)
+    weights = reward_weights(H, objective.gamma, plan.features)
+    dyn = s_dyn[..., None] * gap  # [B, H, D]
     rew, rew_grad = _reward_residual_grad(objective, plan.features[:, 1:].reshape(-1, D))
     rew_scale = s_rew * weights.sqrt()  # [B, H]
     rew = rew_scale * rew.reshape(B, H)
     rew_grad = rew_scale[..., None] * rew_grad.reshape(B, H, D)  # d(reward residual)/dz_{k+1}
-    excess = action_excess(plan.actions)
     act = s_act[..., None] * excess  # [B, K, A]
     act_grad = s_act[..., None] * torch.sign(plan.actions) * (excess > 0)  # diagonal of d act / d a
 
@@ -283,7 +298,8 @@ def gauss_newton_step(objective: Objective, plan: Plan, damping: float, line_sea
     system = 2.0 * hessian + damping * torch.eye(n, dtype=hessian.dtype, device=hessian.device)
     step = block_tridiagonal_solve(system, 2.0 * upper, 2.0 * gradient)
     if not line_search:
-        return replace(plan, features=plan.features - step[..., :D], actions=plan.actions - step[..., D:])
+        stepped = replace(plan, features=plan.features - step[..., :D], actions=plan.actions - step[..., D:])
+        return stepped, dyn_violation, act_violation
     sizes = torch.tensor(STEP_SIZES, dtype=step.dtype, device=step.device)[:, None, None, None]
     candidates = Plan(
         (plan.features - sizes * step[..., :D]).flatten(0, 1),
@@ -293,9 +309,10 @@ def gauss_newton_step(objective: Objective, plan: Plan, damping: float, line_sea
     )
     best = lagrangian(objective, candidates).reshape(len(STEP_SIZES), B).nan_to_num(torch.inf).argmin(0)
     size = sizes.flatten()[best][:, None, None]
-    return replace(
+    stepped = replace(
         plan, features=plan.features - size * step[..., :D], actions=plan.actions - size * step[..., D:]
     )
+    return stepped, dyn_violation, act_violation
 
 
 class AdamPrimal:
@@ -307,19 +324,26 @@ class AdamPrimal:
         self.first = plan.features[:, :1].detach()
         self.optimizer = torch.optim.Adam([self.free_features, self.actions], lr=lr)
 
-    def step(self, objective: Objective, plan: Plan) -> Plan:
+    def step(self, objective: Objective, plan: Plan, dual: Dual | None = None) -> tuple[Plan, Tensor, Tensor]:
+        """One Adam step; like :func:`gauss_newton_step` it returns the violations of the plan it
+        started from (found in the same forward pass) and applies ``dual`` before stepping."""
         self.optimizer.zero_grad(set_to_none=True)
         with torch.enable_grad():
-            current = replace(
-                plan, features=torch.cat([self.first, self.free_features], 1), actions=self.actions
-            )
-            lagrangian(objective, current).sum().backward()
+            features = torch.cat([self.first, self.free_features], 1)
+            gap = features[:, 1:] - objective.dynamics(features[:, :-1], self.actions[:, :-1])
+            dyn_violation = gap.detach().pow(2).sum(-1)
+            act_violation = action_excess(self.actions.detach()).pow(2).sum(-1)
+            if dual is not None:
+                plan = dual(plan, dyn_violation, act_violation)
+            current = replace(plan, features=features, actions=self.actions)
+            residuals(objective, current, gap).pow(2).sum().backward()
         self.optimizer.step()
-        return replace(
+        stepped = replace(
             plan,
             features=torch.cat([self.first, self.free_features.detach()], 1),
             actions=self.actions.detach(),
         )
+        return stepped, dyn_violation, act_violation
 
 
 # --- the planner ---------------------------------------------------------------------------------
@@ -381,36 +405,42 @@ def collocate(
     starts = start.repeat_interleave(P, 0)
     plan = init if init is not None else random_plan(starts, H, objective.action_dim, config)
     adam = AdamPrimal(plan, config.adam_lr) if config.primal == "adam" else None
+    bounds = (config.min_multiplier, config.max_multiplier)
+
+    def dual(plan: Plan, dynamics: Tensor, actions: Tensor) -> Plan:
+        """Eq. 7 after every primal step, given the violations of the plan that step produced."""
+        return replace(
+            plan,
+            lam=dual_update(plan.lam, dynamics, config.eps_dyn, config.dual_alpha, config.dual_eta, bounds),
+            nu=dual_update(plan.nu, actions, config.eps_act, config.dual_alpha, config.dual_eta, bounds),
+        )
+
     previous_return, iterations = None, 0
     with torch.no_grad():
-        for iterations in range(1, config.iterations + 1):  # noqa: B007 (reported below)
+        for iterations in range(1, config.iterations + 1):
+            # Each step first finds the violations of the previous step's result and applies that
+            # step's dual update with them: the dynamics are evaluated once per iteration.
+            later = dual if iterations > 1 else None
             if adam is not None:
-                plan = adam.step(objective, plan)
+                plan, dynamics, actions = adam.step(objective, plan, later)
             else:
-                plan = gauss_newton_step(objective, plan, config.damping, config.line_search)
-            dynamics, actions = violations(objective, plan)
-            bounds = (config.min_multiplier, config.max_multiplier)
-            plan = replace(
-                plan,
-                lam=dual_update(
-                    plan.lam, dynamics, config.eps_dyn, config.dual_alpha, config.dual_eta, bounds
-                ),
-                nu=dual_update(plan.nu, actions, config.eps_act, config.dual_alpha, config.dual_eta, bounds),
-            )
+                plan, dynamics, actions = gauss_newton_step(
+                    objective, plan, config.damping, config.line_search, later
+                )
             if on_iteration is not None:
                 on_iteration(plan)
-            if config.tolerance > 0:
+            if config.tolerance > 0 and iterations > 1:  # violations of the plan before this step
                 planned = planned_return(objective, plan)
                 feasible = bool((dynamics <= config.eps_dyn).all() and (actions <= config.eps_act).all())
+                change = (planned - previous_return).abs() if previous_return is not None else None
                 if (
                     feasible
-                    and previous_return is not None
-                    and (
-                        (planned - previous_return).abs() <= config.tolerance * planned.abs().clamp(min=1.0)
-                    ).all()
+                    and change is not None
+                    and (change <= config.tolerance * planned.abs().clamp(min=1.0)).all()
                 ):
                     break
                 previous_return = planned
+        plan = dual(plan, *violations(objective, plan))
         return _choose(objective, plan, starts, E, P, iterations)
 
 
