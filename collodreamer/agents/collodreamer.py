@@ -56,10 +56,9 @@ class ColloDreamerAgent(LatCoAgent):
         self.old_rssm = copy.deepcopy(self.world_model.rssm).requires_grad_(False)
 
     # --- planning ------------------------------------------------------------------------------
-    def objective(self) -> Objective:
+    def build_objective(self) -> Objective:
         """Eq. 10: discounted predicted rewards plus the discounted value after the last knot."""
-        self.value.eval()  # batch norm uses its running statistics and dropout is off while planning
-        return replace(super().objective(), gamma=self.config.value.gamma, value=self.value)
+        return replace(super().build_objective(), gamma=self.config.value.gamma, value=self.value)
 
     def planner_config(self) -> PlannerConfig:
         latent = self.config.latent_objective
@@ -71,6 +70,7 @@ class ColloDreamerAgent(LatCoAgent):
         return replace(self.config.planner, eps_dyn=eps)
 
     def plan(self, feature: torch.Tensor, previous: PlanResult | None, training: bool) -> PlanResult:
+        self.value.eval()  # batch norm uses its running statistics and dropout is off while planning
         result = super().plan(feature, previous, training)
         self.last_lambda = result.diagnostics["lambda_mean"]
         return result

@@ -47,6 +47,7 @@ class LatCoAgent:
         feature_dim = self.world_model.feature_dim
         self.policy: MLP | None = None
         self.last_multipliers: tuple[float, float] | None = None  # mean lambda, nu of the last plan
+        self._objective: Objective | None = None
         if config.planner.init == "policy":
             self.policy = MLP(feature_dim, spec.action_dim, config.policy.units, config.policy.layers).to(
                 device
@@ -60,6 +61,12 @@ class LatCoAgent:
 
     # --- planning ------------------------------------------------------------------------------
     def objective(self) -> Objective:
+        """The planner's objective, built once (a compiled planner keeps it as its cache key)."""
+        if self._objective is None:
+            self._objective = self.build_objective()
+        return self._objective
+
+    def build_objective(self) -> Objective:
         """Eq. 8: the plan's predicted rewards, undiscounted."""
         rssm = self.world_model.rssm
         return Objective(

@@ -93,10 +93,10 @@ class PlanResult:
 def dual_update(
     multiplier: Tensor,
     violation: Tensor,
-    eps: float,
-    alpha: float,
-    eta: float,
-    bounds: tuple[float, float] = (0.0, float("inf")),
+    eps: float | Tensor,
+    alpha: float | Tensor,
+    eta: float | Tensor,
+    bounds: tuple[float | Tensor, float | Tensor] = (0.0, float("inf")),
 ) -> Tensor:
     """Eq. 7: ``lambda <- lambda * (1 + alpha * log10(v / eps + eta))``, kept within ``bounds``.
 
@@ -315,33 +315,65 @@ def gauss_newton_step(
     return stepped, dyn_violation, act_violation
 
 
-class AdamPrimal:
-    """First-order primal steps (Algorithm 1 of the paper): Adam on the same objective."""
+def adam_objective(
+    objective: Objective,
+    first: Tensor,
+    free: Tensor,
+    actions: Tensor,
+    lam: Tensor,
+    nu: Tensor,
+    dual: tuple[Tensor, ...] | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The primal objective of the plan ``[first, free]`` and its violations from one forward pass.
 
-    def __init__(self, plan: Plan, lr: float) -> None:
+    With ``dual = (eps_dyn, eps_act, alpha, eta, low, high)`` the multipliers first take the dual
+    step of Eq. 7 with those violations. Returns (objective, lam, nu, dynamics and action violations).
+    A pure function of tensors, so that ``torch.compile`` can fuse it and its backward pass."""
+    features = torch.cat([first, free], 1)
+    gap = features[:, 1:] - objective.dynamics(features[:, :-1], actions[:, :-1])
+    dyn_violation = gap.detach().pow(2).sum(-1)
+    act_violation = action_excess(actions.detach()).pow(2).sum(-1)
+    if dual is not None:
+        eps_dyn, eps_act, alpha, eta, low, high = dual
+        lam = dual_update(lam, dyn_violation, eps_dyn, alpha, eta, (low, high))
+        nu = dual_update(nu, act_violation, eps_act, alpha, eta, (low, high))
+    value = residuals(objective, Plan(features, actions, lam, nu), gap).pow(2).sum()
+    return value, lam, nu, dyn_violation, act_violation
+
+
+_compiled_adam_objective: Callable | None = None
+
+
+class AdamPrimal:
+    """First-order primal steps (Algorithm 1 of the paper): Adam on the same objective. With
+    ``compiled`` the objective and its gradient run through ``torch.compile`` (compiled once per
+    process and objective; worth it for the many iterations of a run, not for a single plan)."""
+
+    def __init__(self, plan: Plan, lr: float, compiled: bool = False) -> None:
+        global _compiled_adam_objective
         self.free_features = plan.features[:, 1:].detach().clone().requires_grad_(True)
         self.actions = plan.actions.detach().clone().requires_grad_(True)
         self.first = plan.features[:, :1].detach()
-        self.optimizer = torch.optim.Adam([self.free_features, self.actions], lr=lr)
+        self.optimizer = torch.optim.Adam([self.free_features, self.actions], lr=lr, fused=True)
+        if compiled and _compiled_adam_objective is None:
+            _compiled_adam_objective = torch.compile(adam_objective, dynamic=False)
+        self.function = _compiled_adam_objective if compiled else adam_objective
 
-    def step(self, objective: Objective, plan: Plan, dual: Dual | None = None) -> tuple[Plan, Tensor, Tensor]:
+    def step(
+        self, objective: Objective, plan: Plan, dual: tuple[Tensor, ...] | None = None
+    ) -> tuple[Plan, Tensor, Tensor]:
         """One Adam step; like :func:`gauss_newton_step` it returns the violations of the plan it
-        started from (found in the same forward pass) and applies ``dual`` before stepping."""
+        started from and takes the pending dual step (``dual``: the hyperparameters of Eq. 7 as
+        tensors) before stepping."""
         self.optimizer.zero_grad(set_to_none=True)
         with torch.enable_grad():
-            features = torch.cat([self.first, self.free_features], 1)
-            gap = features[:, 1:] - objective.dynamics(features[:, :-1], self.actions[:, :-1])
-            dyn_violation = gap.detach().pow(2).sum(-1)
-            act_violation = action_excess(self.actions.detach()).pow(2).sum(-1)
-            if dual is not None:
-                plan = dual(plan, dyn_violation, act_violation)
-            current = replace(plan, features=features, actions=self.actions)
-            residuals(objective, current, gap).pow(2).sum().backward()
+            value, lam, nu, dyn_violation, act_violation = self.function(
+                objective, self.first, self.free_features, self.actions, plan.lam, plan.nu, dual
+            )
+            value.backward()
         self.optimizer.step()
-        stepped = replace(
-            plan,
-            features=torch.cat([self.first, self.free_features.detach()], 1),
-            actions=self.actions.detach(),
+        stepped = Plan(
+            torch.cat([self.first, self.free_features.detach()], 1), self.actions.detach(), lam, nu
         )
         return stepped, dyn_violation, act_violation
 
@@ -404,8 +436,12 @@ def collocate(
     E, P, H = start.shape[0], config.plans, config.horizon
     starts = start.repeat_interleave(P, 0)
     plan = init if init is not None else random_plan(starts, H, objective.action_dim, config)
-    adam = AdamPrimal(plan, config.adam_lr) if config.primal == "adam" else None
+    adam = AdamPrimal(plan, config.adam_lr, config.compile) if config.primal == "adam" else None
     bounds = (config.min_multiplier, config.max_multiplier)
+    dual_terms = tuple(
+        torch.tensor(x, dtype=start.dtype, device=start.device)
+        for x in (config.eps_dyn, config.eps_act, config.dual_alpha, config.dual_eta, *bounds)
+    )
 
     def dual(plan: Plan, dynamics: Tensor, actions: Tensor) -> Plan:
         """Eq. 7 after every primal step, given the violations of the plan that step produced."""
@@ -422,7 +458,7 @@ def collocate(
             # step's dual update with them: the dynamics are evaluated once per iteration.
             later = dual if iterations > 1 else None
             if adam is not None:
-                plan, dynamics, actions = adam.step(objective, plan, later)
+                plan, dynamics, actions = adam.step(objective, plan, dual_terms if later else None)
             else:
                 plan, dynamics, actions = gauss_newton_step(
                     objective, plan, config.damping, config.line_search, later
