@@ -15,22 +15,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import median_rate, write_json
 
 from collodreamer.config import EnvConfig
-from collodreamer.envs import DMCEnv
-
-PAPER_TASKS = [
-    "dmc:cheetah_run",
-    "dmc:quadruped_walk",
-    "dmc:reacher_easy",
-    "dmc:reacher_hard",
-    "dmc:walker_walk",
-]
+from collodreamer.envs import PAPER_TASKS, DMCEnv
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=200, help="agent steps per timed run")
-    parser.add_argument("--tasks", nargs="*", default=PAPER_TASKS)
+    parser.add_argument("--tasks", nargs="*", default=list(PAPER_TASKS))
     parser.add_argument("--out", default="results/benchmarks/env_throughput.json")
     args = parser.parse_args()
     rows = []

@@ -11,14 +11,6 @@ import pytest
 
 os.environ.setdefault("CI", "true")  # quiet progress bars in subprocesses
 
-PAPER_TASKS = [
-    "dmc:cheetah_run",
-    "dmc:quadruped_walk",
-    "dmc:reacher_easy",
-    "dmc:reacher_hard",
-    "dmc:walker_walk",
-]
-
 
 def run_cli(
     *args: str, cwd: Path | None = None, check: bool = True, timeout: float = 600

@@ -10,7 +10,7 @@ from collodreamer.config import make_config
 from collodreamer.envs import DMCEnv
 from collodreamer.models import to_torch
 from collodreamer.training import Trainer
-from collodreamer.training.loop import finish_episode, start_episode
+from collodreamer.training.loop import add_step, finish_episode, start_episode
 
 
 def held_out_batch(config, episodes: int = 2) -> dict[str, np.ndarray]:
@@ -24,14 +24,7 @@ def held_out_batch(config, episodes: int = 2) -> dict[str, np.ndarray]:
         while not done:
             action = rng.uniform(-1, 1, env.action_dim).astype(np.float32)
             obs, reward, done, info = env.step(action)
-            for key, value in (
-                ("obs", obs),
-                ("action", action),
-                ("reward", reward),
-                ("is_first", False),
-                ("is_terminal", info["terminal"]),
-            ):
-                steps[key].append(value)
+            add_step(steps, obs, action, reward, info["terminal"])
         batch.append(finish_episode(steps))
     return {k: np.stack([e[k] for e in batch]) for k in batch[0]}
 

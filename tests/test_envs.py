@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
-from conftest import PAPER_TASKS
 
 from collodreamer.config import ConfigError, EnvConfig
-from collodreamer.envs import DMCEnv, list_tasks, parse_task
+from collodreamer.envs import PAPER_TASKS, DMCEnv, list_tasks, parse_task
 
 
 @pytest.mark.parametrize("task", PAPER_TASKS)

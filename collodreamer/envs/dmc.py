@@ -30,6 +30,15 @@ _pick_gl_backend()
 
 from dm_control import suite  # noqa: E402  (after the GL backend is chosen)
 
+# The tasks of the paper's experiments (Fig. 5, 13).
+PAPER_TASKS = (
+    "dmc:cheetah_run",
+    "dmc:quadruped_walk",
+    "dmc:reacher_easy",
+    "dmc:reacher_hard",
+    "dmc:walker_walk",
+)
+
 
 def list_tasks() -> list[str]:
     """Every suite task as ``dmc:<domain>_<task>``."""

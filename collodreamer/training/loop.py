@@ -64,6 +64,20 @@ def start_episode(obs: np.ndarray, action_dim: int) -> dict[str, list]:
     }
 
 
+def add_step(
+    steps: dict[str, list], obs: np.ndarray, action: np.ndarray, reward: float, terminal: bool
+) -> None:
+    """Append one transition in the replay layout: the obs reached, the action that led there."""
+    for key, value in (
+        ("obs", obs),
+        ("action", action),
+        ("reward", reward),
+        ("is_first", False),
+        ("is_terminal", terminal),
+    ):
+        steps[key].append(value)
+
+
 def finish_episode(steps: dict[str, list]) -> Episode:
     return {
         "obs": np.stack(steps["obs"]),
@@ -252,14 +266,7 @@ class Trainer:
             counters.env_frames += repeat
             bar.update(repeat)
             episode_return += reward
-            for key, value in (
-                ("obs", obs),
-                ("action", action),
-                ("reward", reward),
-                ("is_first", False),
-                ("is_terminal", info["terminal"]),
-            ):
-                steps[key].append(value)
+            add_step(steps, obs, action, reward, info["terminal"])
             if done:
                 self.store.add(finish_episode(steps))
                 counters.episodes += 1
