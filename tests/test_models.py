@@ -168,3 +168,20 @@ def test_hand_derived_dynamics_jacobian_matches_autograd(latent, gru_norm):
     jac_z, jac_a = vmap(jacrev(rssm.next_feature_mean, argnums=(0, 1)))(z, a)
     assert torch.allclose(mean, rssm.next_feature_mean(z, a), atol=1e-6)
     assert torch.allclose(jacobian, torch.cat([jac_z, jac_a], -1), atol=1e-5)
+
+
+def test_running_norm_matches_the_statistics_of_all_batches():
+    from collodreamer.models.networks import RunningNorm
+
+    torch.manual_seed(0)
+    norm = RunningNorm(3)
+    x = torch.randn(5, 3)
+    assert torch.allclose(norm(x), x, atol=1e-5)  # identity before any update
+    batches = [torch.randn(n, 3) * torch.tensor([5.0, 0.1, 1.0]) + 2.0 for n in (7, 20, 4)]
+    for batch in batches:
+        norm.update(batch)
+    everything = torch.cat(batches).double()
+    assert torch.allclose(norm.mean, everything.mean(0))
+    assert torch.allclose(norm.var, everything.var(0, unbiased=False))
+    standardised = norm(torch.cat(batches))
+    assert torch.allclose(standardised.std(0, unbiased=False), torch.ones(3, dtype=torch.float32), atol=1e-3)

@@ -123,6 +123,7 @@ class ColloDreamerAgent(LatCoAgent):
             return super().train_step(batch)
         data = to_torch(batch, self.device)
         model = self.world_model
+        model.update_normaliser(data)
         loss, post, prior, metrics = model.loss(data)
         weight = linear_schedule(
             latent.weight_start, latent.weight_end, self.model_updates, latent.schedule_updates

@@ -100,6 +100,31 @@ class ConvDecoder(nn.Module):
         return self.net(x).permute(0, 2, 3, 1).reshape(*lead, 64, 64, 3)
 
 
+class RunningNorm(nn.Module):
+    """Standardise vectors by per-dimension running mean and variance over everything seen so far
+    (Chan et al.'s parallel update); the identity until the first update."""
+
+    def __init__(self, size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("mean", torch.zeros(size, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(size, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).double()
+        n, batch_mean, batch_var = x.shape[0], x.mean(0), x.var(0, unbiased=False)
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean += delta * n / total
+        self.var.copy_((self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total)
+        self.count.copy_(total)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x.dtype)) / (self.var.to(x.dtype) + self.eps).sqrt()
+
+
 def image_target(obs: torch.Tensor) -> torch.Tensor:
     """The decoder's target for uint8 images: the encoder's input scale."""
     return obs.float() / 255.0 - 0.5

@@ -12,7 +12,14 @@ from torch import nn
 from collodreamer.config import ModelConfig
 from collodreamer.envs import EnvSpec
 from collodreamer.models.losses import gaussian_nll, kl_loss
-from collodreamer.models.networks import MLP, ConvDecoder, ConvEncoder, image_target, optimizer_step
+from collodreamer.models.networks import (
+    MLP,
+    ConvDecoder,
+    ConvEncoder,
+    RunningNorm,
+    image_target,
+    optimizer_step,
+)
 from collodreamer.models.rssm import RSSM, State
 
 Batch = dict[str, torch.Tensor]
@@ -49,6 +56,9 @@ class WorldModel(nn.Module):
         else:
             embed_dim = config.units
             self.encoder = MLP(spec.obs_shape[0], embed_dim, config.units, config.layers)
+            # State vectors mix scales (reacher: joint angles with std 4, the target offset with std
+            # 0.1); standardised, every dimension weighs the same in the reconstruction loss.
+            self.obs_norm = RunningNorm(spec.obs_shape[0])
         self.rssm = RSSM(config, spec.action_dim, embed_dim)
         feature_dim = self.rssm.feature_dim
         if self.pixels:
@@ -74,12 +84,12 @@ class WorldModel(nn.Module):
         Returns (loss, posteriors, priors, metrics)."""
         config = self.config
         with autocast(self.device, config.amp):
-            embed = self.encoder(batch["obs"])
+            embed = self.encode(batch["obs"])
             post, prior = self.rssm.observe(embed, batch["action"], batch["is_first"])
             feature = self.rssm.feature(post)
             recon = self.decoder(feature)
             reward = self.reward_of(feature)
-        target = image_target(batch["obs"]) if self.pixels else batch["obs"]
+        target = image_target(batch["obs"]) if self.pixels else self.obs_norm(batch["obs"])
         obs_loss = gaussian_nll(recon.float(), target, 3 if self.pixels else 1).mean()
         reward_loss = gaussian_nll(reward.float(), batch["reward"], 0).mean()
         balance = config.kl_balance if config.kl_balancing else None
@@ -93,11 +103,21 @@ class WorldModel(nn.Module):
         }
         return loss, post, prior, metrics
 
+    def update_normaliser(self, batch: Batch) -> None:
+        """Fold a training batch's state vectors into the running standardisation (states only)."""
+        if not self.pixels:
+            self.obs_norm.update(batch["obs"])
+
     def train_step(self, batch: Batch) -> tuple[State, dict[str, float]]:
         """One Adam step on Eq. 4; returns the posterior states (detached) and metrics."""
+        self.update_normaliser(batch)
         loss, post, _, metrics = self.loss(batch)
         metrics["model/grad_norm"] = optimizer_step(self.optimizer, loss, self, self.config.grad_clip)
         return {k: v.detach() for k, v in post.items()}, metrics
+
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
+        """Embeddings of observations (images as uint8, state vectors standardised)."""
+        return self.encoder(obs if self.pixels else self.obs_norm(obs))
 
     @torch.no_grad()
     def filter(self, obs: np.ndarray, state: State | None, action: torch.Tensor | None) -> State:
@@ -112,7 +132,7 @@ class WorldModel(nn.Module):
         if action is None:
             action = torch.zeros(1, self.action_dim, device=self.device)
         is_first = torch.tensor([first], device=self.device)
-        post, _ = self.rssm.obs_step(state, action, self.encoder(obs_t), is_first)
+        post, _ = self.rssm.obs_step(state, action, self.encode(obs_t), is_first)
         return post
 
     @property
