@@ -6,7 +6,8 @@
 Seeds run in parallel (one process and one thread each by default). Each seed has a fixed run
 directory under --root, so rerunning the same command resumes unfinished seeds from their checkpoints
 and skips finished ones. The curve (CSV), a summary (JSON, with the exact command and the machine) and
-a plot (PNG) go to --out.
+a plot (PNG) go to --out. With --report, nothing trains: the files are written from what the seeds have
+logged so far (a run in progress or cut short), and the JSON says so ("finished": false).
 """
 
 from __future__ import annotations
@@ -77,10 +78,18 @@ def main() -> None:
     parser.add_argument("--root", default="runs/learning")
     parser.add_argument("--out", default="results/learning")
     parser.add_argument("--name", help="result name (default: agent-task-obs)")
+    parser.add_argument("--report", action="store_true", help="write the results so far; train nothing")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
     name = args.name or f"{args.agent}-{args.task.split(':')[-1]}-{args.obs}"
     run_dirs = [Path(args.root) / f"{name}-s{seed}" for seed in range(args.seeds)]
+    if not args.report:
+        train(args, run_dirs)
+    report(args, name, run_dirs)
+
+
+def train(args: argparse.Namespace, run_dirs: list[Path]) -> None:
+    """Train (or resume) every seed to args.steps, args.parallel at a time."""
     environment = {
         **os.environ,
         "OMP_NUM_THREADS": str(args.threads),
@@ -113,8 +122,13 @@ def main() -> None:
                 if process.returncode != 0:
                     sys.exit(f"seed {seed} failed; see {run_dirs[seed] / 'train.log'}")
 
+
+def report(args: argparse.Namespace, name: str, run_dirs: list[Path]) -> None:
+    """Write the test-return curve over the test points that every seed has reached."""
     curves = [test_curve(run_dir) for run_dir in run_dirs]
     steps = sorted(set.intersection(*(set(c) for c in curves)))
+    if not steps:
+        sys.exit(f"{name}: no test return logged by every seed yet")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / f"{name}.csv", "w", newline="") as handle:
@@ -124,7 +138,8 @@ def main() -> None:
             values = [c[step] for c in curves]
             writer.writerow([step, *[f"{v:.2f}" for v in values], f"{np.mean(values):.2f}"])
     final = [c[steps[-1]] for c in curves]
-    command = "python benchmarks/learning.py " + shlex.join(sys.argv[1:])
+    # The command that trains these runs (a --report call writes the results of the same command).
+    command = "python benchmarks/learning.py " + shlex.join(a for a in sys.argv[1:] if a != "--report")
     print(
         f"{name}: test return at {steps[-1]} env frames: mean {np.mean(final):.1f} "
         f"(seeds: {', '.join(f'{v:.1f}' for v in final)})"
@@ -140,7 +155,11 @@ def main() -> None:
             "task": args.task,
             "obs": args.obs,
             "env_frames": steps[-1],
+            "steps": args.steps,
+            "finished": steps[-1] >= args.steps,
             "seeds": args.seeds,
+            "parallel_seeds": args.parallel,
+            "threads_per_seed": args.threads,
             "final_test_returns": final,
             "final_mean": float(np.mean(final)),
             "curve": {str(s): [c[s] for c in curves] for s in steps},
