@@ -122,13 +122,17 @@ def main() -> None:
     parser.add_argument("--primals", nargs="*", default=["gauss_newton", "adam"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", default="results/benchmarks/planning.json")
+    parser.add_argument(
+        "--out", help="JSON path (default results/benchmarks/planning.json, or planning_warm_start.json)"
+    )
     parser.add_argument("--warm-start", metavar="RUN_DIR", help="compare random and policy initialisation")
     parser.add_argument("--tolerance", type=float, default=1e-3)
     parser.add_argument("--train-plans", type=int, default=40)
     parser.add_argument("--test-plans", type=int, default=10)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. model.latent=categorical")
     args = parser.parse_args()
+    name = "planning_warm_start" if args.warm_start else "planning"
+    args.out = args.out or f"results/benchmarks/{name}.json"
     if args.warm_start:
         warm_start(args)
         return
