@@ -148,3 +148,17 @@ def test_iqm_and_bootstrap_by_hand():
     low, high = bootstrap_ci(np.array([1.0, 2.0, 3.0, 4.0]))
     assert 1.0 <= low < 2.5 < high <= 4.0
     assert bootstrap_ci(np.array([5.0])) == (5.0, 5.0)
+
+
+def test_table_compares_seeds_at_the_latest_test_point_they_all_reached():
+    from collodreamer.experiments.plots import RunData, results_table
+
+    def run(seed, tests):
+        records = [{"step": s, "test/return": v} for s, v in tests] + [{"step": 30000, "train/return": 5.0}]
+        return RunData(f"s{seed}", "latco", "dmc:reacher_easy", "state", seed, "", records)
+
+    # seed 0 is ahead (tested at 20k), seed 1 was cut short after its 10k test
+    ahead, behind = run(0, [(0, 1.0), (10000, 100.0), (20000, 900.0)]), run(1, [(0, 3.0), (10000, 300.0)])
+    row = results_table([ahead, behind]).splitlines()[-1]
+    assert row.startswith("| reacher_easy | latco | 2 | 30000 | 5.0 [5.0, 5.0] | 5.0 | 10000 | 200.0 [")
+    assert row.endswith("| 200.0 |")

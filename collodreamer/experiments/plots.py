@@ -135,32 +135,40 @@ def final_train_return(run: RunData) -> float | None:
     return float(values[-FINAL_TRAIN_EPISODES:].mean()) if len(values) else None
 
 
-def final_test_return(run: RunData) -> float | None:
-    _, values = run.curve("test/return")
-    return float(values[-1]) if len(values) else None
+def common_test_returns(runs: list[RunData]) -> tuple[int, np.ndarray] | None:
+    """The latest test point that every run has reached (env frames) and the runs' returns there,
+    so that seeds cut short at different frames are compared at the same point; None if there is none."""
+    curves = [dict(zip(*run.curve("test/return"), strict=True)) for run in runs]
+    steps = set.intersection(*(set(curve) for curve in curves))
+    if not steps:
+        return None
+    step = max(steps)
+    return int(step), np.array([curve[step] for curve in curves])
+
+
+def mean_ci_iqm(values: np.ndarray) -> list[str]:
+    low, high = bootstrap_ci(values)
+    return [f"{values.mean():.1f} [{low:.1f}, {high:.1f}]", f"{iqm(values):.1f}"]
 
 
 def results_table(runs: list[RunData]) -> str:
-    """Markdown: per task and line, the seeds, the env frames reached, and the final train and test
-    returns as mean, IQM and 95% bootstrap interval of the mean over seeds."""
+    """Markdown: per task and line, the seeds, the env frames reached, the final train return (mean of
+    the last episodes) and the test return at the latest test point common to all seeds, each as
+    mean, IQM and 95% bootstrap interval of the mean over seeds."""
     rows = [
         "| task | agent | seeds | env frames | train return: mean [95% CI] | train IQM "
-        "| test return: mean [95% CI] | test IQM |",
-        "|---|---|---|---|---|---|---|---|",
+        "| tested at env frames | test return: mean [95% CI] | test IQM |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for task, lines in sorted(group(runs).items()):
         for label, members in sorted(lines.items()):
             frames = min(
                 int(r.curve("train/return")[0][-1]) if len(r.curve("train/return")[0]) else 0 for r in members
             )
-            cells = []
-            for final in (final_train_return, final_test_return):
-                values = np.array([v for v in map(final, members) if v is not None])
-                if not len(values):
-                    cells += ["-", "-"]
-                    continue
-                low, high = bootstrap_ci(values)
-                cells += [f"{values.mean():.1f} [{low:.1f}, {high:.1f}]", f"{iqm(values):.1f}"]
+            train = np.array([v for v in map(final_train_return, members) if v is not None])
+            cells = mean_ci_iqm(train) if len(train) else ["-", "-"]
+            test = common_test_returns(members)
+            cells += [str(test[0]), *mean_ci_iqm(test[1])] if test else ["-", "-", "-"]
             rows.append(
                 f"| {task.split(':', 1)[-1]} | {label} | {len(members)} | {frames} | "
                 + " | ".join(cells)
