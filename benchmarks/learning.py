@@ -26,7 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_json
 
-from collodreamer.training import load_checkpoint, read_metrics
+from collodreamer.experiments.plots import common_test_points, find_runs
+from collodreamer.training import load_checkpoint
 
 
 def seed_command(args: argparse.Namespace, seed: int, run_dir: Path) -> list[str] | None:
@@ -54,14 +55,6 @@ def seed_command(args: argparse.Namespace, seed: int, run_dir: Path) -> list[str
         f"seed={seed}",
         *args.overrides,
     ]
-
-
-def test_curve(run_dir: Path) -> dict[int, float]:
-    """Test return by env frames (the last record wins where a resumed run logged a step twice)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return {}
-    return {r["step"]: r["test/return"] for r in read_metrics(path) if "test/return" in r}
 
 
 def main() -> None:
@@ -125,27 +118,28 @@ def train(args: argparse.Namespace, run_dirs: list[Path]) -> None:
 
 def report(args: argparse.Namespace, name: str, run_dirs: list[Path]) -> None:
     """Write the test-return curve over the test points that every seed has reached."""
-    curves = [test_curve(run_dir) for run_dir in run_dirs]
-    steps = sorted(set.intersection(*(set(c) for c in curves)))
-    if not steps:
+    if not all((run_dir / "metrics.jsonl").exists() for run_dir in run_dirs):
+        sys.exit(f"{name}: not every seed has logged yet")
+    points = common_test_points(find_runs(run_dirs))
+    if not points:
         sys.exit(f"{name}: no test return logged by every seed yet")
+    steps = list(points)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / f"{name}.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["env_frames", *[f"seed{s}" for s in range(args.seeds)], "mean"])
-        for step in steps:
-            values = [c[step] for c in curves]
+        for step, values in points.items():
             writer.writerow([step, *[f"{v:.2f}" for v in values], f"{np.mean(values):.2f}"])
-    final = [c[steps[-1]] for c in curves]
+    final = points[steps[-1]].tolist()
     # The command that trains these runs (a --report call writes the results of the same command).
     command = "python benchmarks/learning.py " + shlex.join(a for a in sys.argv[1:] if a != "--report")
     print(
         f"{name}: test return at {steps[-1]} env frames: mean {np.mean(final):.1f} "
         f"(seeds: {', '.join(f'{v:.1f}' for v in final)})"
     )
-    for step in steps:
-        print(f"  {step:>8d}  {np.mean([c[step] for c in curves]):8.1f}")
+    for step, values in points.items():
+        print(f"  {step:>8d}  {np.mean(values):8.1f}")
     write_json(
         out / f"{name}.json",
         {
@@ -162,23 +156,24 @@ def report(args: argparse.Namespace, name: str, run_dirs: list[Path]) -> None:
             "threads_per_seed": args.threads,
             "final_test_returns": final,
             "final_mean": float(np.mean(final)),
-            "curve": {str(s): [c[s] for c in curves] for s in steps},
+            "curve": {str(step): values.tolist() for step, values in points.items()},
         },
     )
-    plot(out / f"{name}.png", name, steps, curves)
+    plot(out / f"{name}.png", name, points)
 
 
-def plot(path: Path, title: str, steps: list[int], curves: list[dict[int, float]]) -> None:
+def plot(path: Path, title: str, points: dict[int, np.ndarray]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    values = np.array([[c[s] for s in steps] for c in curves])
+    steps = list(points)
+    values = np.stack(list(points.values()), 1)  # [seeds, test points]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for row in values:
         ax.plot(steps, row, color="C0", alpha=0.3)
-    ax.plot(steps, values.mean(0), color="C0", label=f"mean of {len(curves)} seeds")
+    ax.plot(steps, values.mean(0), color="C0", label=f"mean of {len(values)} seeds")
     ax.set(xlabel="env frames", ylabel="test return", title=title)
     ax.legend()
     fig.tight_layout()

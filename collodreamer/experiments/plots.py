@@ -135,15 +135,21 @@ def final_train_return(run: RunData) -> float | None:
     return float(values[-FINAL_TRAIN_EPISODES:].mean()) if len(values) else None
 
 
-def common_test_returns(runs: list[RunData]) -> tuple[int, np.ndarray] | None:
-    """The latest test point that every run has reached (env frames) and the runs' returns there,
-    so that seeds cut short at different frames are compared at the same point; None if there is none."""
+def common_test_points(runs: list[RunData]) -> dict[int, np.ndarray]:
+    """The runs' test returns at each test point (env frames, in order) that every run has reached,
+    so that seeds cut short at different frames are compared at the same points."""
     curves = [dict(zip(*run.curve("test/return"), strict=True)) for run in runs]
-    steps = set.intersection(*(set(curve) for curve in curves))
-    if not steps:
+    steps = sorted(set.intersection(*(set(curve) for curve in curves)))
+    return {int(step): np.array([curve[step] for curve in curves]) for step in steps}
+
+
+def common_test_returns(runs: list[RunData]) -> tuple[int, np.ndarray] | None:
+    """The latest test point that every run has reached and the runs' returns there; None if none."""
+    points = common_test_points(runs)
+    if not points:
         return None
-    step = max(steps)
-    return int(step), np.array([curve[step] for curve in curves])
+    step = max(points)
+    return step, points[step]
 
 
 def mean_ci_iqm(values: np.ndarray) -> list[str]:
