@@ -97,6 +97,11 @@ class ActorConfig:
     init_std: float = 5.0
     min_std: float = 1e-4
     mean_scale: float = 5.0
+    # Weight of the policy's entropy in the actor loss. DreamerV1 has none (entropy=0); without it, on
+    # reacher from states, the actions saturated at +-1 within a few hundred updates (pre-tanh mean
+    # near mean_scale, std ~0.01), where tanh passes almost no gradient back (results/README.md,
+    # Learning). DreamerV2 adds such a bonus.
+    entropy: float = 1e-3
     grad_clip: float = 100.0
 
 

@@ -1,5 +1,7 @@
 """The world model's math against hand computations, and the RSSM's shapes for both latent kinds."""
 
+import math
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ from collodreamer.models.losses import (
     gaussian_nll,
     kl_loss,
     lambda_returns,
+    tanh_gaussian_entropy,
     update_target,
 )
 from collodreamer.models.networks import MLP
@@ -185,3 +188,20 @@ def test_running_norm_matches_the_statistics_of_all_batches():
     assert torch.allclose(norm.var, everything.var(0, unbiased=False))
     standardised = norm(torch.cat(batches))
     assert torch.allclose(standardised.std(0, unbiased=False), torch.ones(3, dtype=torch.float32), atol=1e-3)
+
+
+@pytest.mark.parametrize(("mean", "std"), [(0.0, 1.0), (2.0, 0.5), (4.0, 0.1)])
+def test_tanh_gaussian_entropy_matches_numerical_integration(mean, std):
+    u = torch.linspace(mean - 10 * std, mean + 10 * std, 200_001, dtype=torch.float64)
+    density = torch.exp(-0.5 * ((u - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi))
+    # a = tanh(u) has density p(u) / (1 - tanh(u)^2); H[a] = -E_u[log p_a(tanh(u))]
+    log_density_a = torch.log(density) - torch.log1p(-(torch.tanh(u) ** 2))
+    exact = -(density * log_density_a).sum() * (u[1] - u[0])
+    torch.manual_seed(0)
+    shape = (400_000, 1)
+    estimate = tanh_gaussian_entropy(
+        torch.full(shape, mean, dtype=torch.float64),
+        torch.full(shape, std, dtype=torch.float64),
+        torch.randn(shape, dtype=torch.float64),
+    ).mean()
+    assert estimate.item() == pytest.approx(exact.item(), abs=0.01)

@@ -14,7 +14,7 @@ from torch import nn
 from collodreamer.config import ActorConfig, Config
 from collodreamer.envs import EnvSpec
 from collodreamer.models import MLP, WorldModel, autocast, to_torch
-from collodreamer.models.losses import lambda_returns, update_target
+from collodreamer.models.losses import lambda_returns, tanh_gaussian_entropy, update_target
 from collodreamer.models.networks import frozen, optimizer_step
 from collodreamer.models.rssm import flatten
 from collodreamer.models.value import ValueNetwork
@@ -36,6 +36,11 @@ class Actor(nn.Module):
         mean = scale * torch.tanh(mean / scale)
         std = nn.functional.softplus(std + self.raw_init_std) + self.config.min_std
         return mean, std
+
+    def entropy(self, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One-sample entropy estimate of the policy at each feature, and the pre-tanh std."""
+        mean, std = self._dist(feature)
+        return tanh_gaussian_entropy(mean, std, torch.randn_like(std)), std
 
     def sample(self, feature: torch.Tensor) -> torch.Tensor:
         mean, std = self._dist(feature)
@@ -94,7 +99,8 @@ class DreamerAgent:
         returns = lambda_returns(rewards.float(), values.float(), discounts, value_config.lam)
         # Weight step t by gamma^t: later imagined steps matter less (DreamerV1).
         weights = torch.cumprod(torch.cat([torch.ones_like(discounts[:1]), discounts[:-1]]), 0)
-        actor_loss = -(weights * returns).mean()
+        entropy, std = self.actor.entropy(features[:-1].detach())
+        actor_loss = -(weights * (returns + actor_config.entropy * entropy)).mean()
         actor_norm = optimizer_step(self.actor_optimizer, actor_loss, self.actor, actor_config.grad_clip)
         with autocast(self.device, self.config.model.amp):
             prediction = self.value(features[:-1].detach()).float()
@@ -106,6 +112,8 @@ class DreamerAgent:
         return {
             "actor/loss": actor_loss.item(),
             "actor/grad_norm": actor_norm,
+            "actor/entropy": entropy.mean().item(),
+            "actor/std": std.mean().item(),
             "value/loss": value_loss.item(),
             "value/grad_norm": value_norm,
             "value/mean": prediction.mean().item(),

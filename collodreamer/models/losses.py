@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -54,6 +55,17 @@ def gaussian_nll(mean: torch.Tensor, target: torch.Tensor, event_dims: int) -> t
     ``0.5 * sum (target - mean)^2`` over the last ``event_dims`` axes."""
     squared = 0.5 * (target - mean) ** 2
     return squared.sum(tuple(range(-event_dims, 0))) if event_dims else squared
+
+
+def tanh_gaussian_entropy(mean: torch.Tensor, std: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """One-sample estimate of the entropy of ``a = tanh(u)``, ``u ~ N(mean, std^2)``, summed over the
+    last axis: by the change of variables ``H[a] = H[u] + E[log(1 - tanh(u)^2)]`` (SAC, Haarnoja et al.
+    2018, App. C) with ``u = mean + std * noise``. Saturated actions (``|a|`` near 1) have very low
+    entropy, so a bonus on it keeps the squashed policy out of the flat ends of tanh."""
+    u = mean + std * noise
+    gaussian = torch.log(std) + 0.5 * math.log(2.0 * math.pi * math.e)
+    log_jacobian = 2.0 * (math.log(2.0) - u - nn.functional.softplus(-2.0 * u))  # log(1 - tanh(u)^2)
+    return (gaussian + log_jacobian).sum(-1)
 
 
 def lambda_returns(
