@@ -205,3 +205,13 @@ def test_tanh_gaussian_entropy_matches_numerical_integration(mean, std):
         torch.randn(shape, dtype=torch.float64),
     ).mean()
     assert estimate.item() == pytest.approx(exact.item(), abs=0.01)
+
+
+def test_tanh_gaussian_entropy_gradient_pulls_saturated_actions_back():
+    # d/du log(1 - tanh(u)^2) = -2 tanh(u) and d/dstd log(std) = 1/std: at a saturated mean the bonus
+    # pushes the mean towards 0 with force about 2 and the std up, where tanh itself passes ~1e-4.
+    mean = torch.tensor([4.9, -4.9], requires_grad=True)
+    std = torch.tensor([0.01, 0.01], requires_grad=True)
+    tanh_gaussian_entropy(mean, std, torch.zeros(2)).backward()
+    assert torch.allclose(mean.grad, -2.0 * torch.tanh(mean.detach()), atol=1e-6)
+    assert torch.allclose(std.grad, torch.full((2,), 100.0), rtol=1e-5)
