@@ -8,6 +8,7 @@ the wrong type raises :class:`ConfigError` with a one-line message naming the ke
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -397,8 +400,25 @@ def save_config(config: Config, path: Path) -> None:
 
 
 def load_config(path: Path) -> Config:
+    """Read a saved config; keys it lacks (added to the code after it was saved) take today's defaults,
+    with a warning naming them, since a resumed run then no longer runs quite as it started."""
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
         raise ConfigError(f"cannot read config {path}: {str(error).splitlines()[0]}") from None
-    return from_dict(data or {})
+    config = from_dict(data or {})
+    missing = _missing_keys(to_dict(config), data or {})
+    if missing:
+        values = ", ".join(f"{key}={value}" for key, value in missing)
+        log.warning("%s predates these settings, which take defaults: %s", path, values)
+    return config
+
+
+def _missing_keys(full: dict[str, Any], saved: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    missing = []
+    for key, value in full.items():
+        if key not in saved:
+            missing.append((prefix + key, value))
+        elif isinstance(value, dict) and isinstance(saved[key], dict):
+            missing += _missing_keys(value, saved[key], f"{prefix}{key}.")
+    return missing

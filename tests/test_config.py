@@ -1,8 +1,10 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from collodreamer.config import (
+    ActorConfig,
     Config,
     ConfigError,
     available_presets,
@@ -10,6 +12,7 @@ from collodreamer.config import (
     make_config,
     parse_override,
     save_config,
+    to_dict,
 )
 
 
@@ -73,3 +76,18 @@ def test_saved_config_with_bad_key_is_rejected(tmp_path: Path):
     (tmp_path / "config.yaml").write_text("env:\n  taks: dmc:cheetah_run\n")
     with pytest.raises(ConfigError, match="unknown config key 'env.taks'"):
         load_config(tmp_path / "config.yaml")
+
+
+def test_saved_config_missing_a_newer_key_warns_and_takes_the_default(tmp_path: Path, caplog):
+    config = make_config(["tiny"], ["agent=dreamer"])
+    data = to_dict(config)
+    del data["actor"]["entropy"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    with caplog.at_level("WARNING"):
+        loaded = load_config(tmp_path / "config.yaml")
+    assert loaded.actor.entropy == ActorConfig().entropy
+    assert "actor.entropy=" in caplog.text
+    caplog.clear()
+    save_config(loaded, tmp_path / "config.yaml")
+    load_config(tmp_path / "config.yaml")
+    assert "predates" not in caplog.text
