@@ -21,12 +21,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_json
 
-from collodreamer.agents import make_agent
 from collodreamer.agents.dreamer import DreamerAgent
-from collodreamer.config import ConfigError, load_config
-from collodreamer.envs import DMCEnv
+from collodreamer.config import ConfigError
 from collodreamer.models import to_torch
-from collodreamer.training import load_checkpoint
+from collodreamer.training import load_agent
 
 
 @torch.no_grad()
@@ -35,7 +33,7 @@ def diagnose(agent: DreamerAgent, episode: dict[str, np.ndarray]) -> dict[str, f
     batch = to_torch({key: value[None] for key, value in episode.items()}, model.device)
     post, _ = model.rssm.observe(model.encode(batch["obs"]), batch["action"], batch["is_first"])
     feature = model.rssm.feature(post)[0]
-    mean, std = agent.actor._dist(feature)
+    mean, std = agent.actor.distribution(feature)
     return {
         "pre_tanh_abs_mean": mean.abs().mean().item(),
         "std": std.mean().item(),
@@ -53,12 +51,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="JSON file (default: RUN_DIR/actor_diagnostics.json)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    config = load_config(args.run_dir / "config.yaml")
+    config, agent, counters = load_agent(args.run_dir)
     if config.agent != "dreamer":
         raise ConfigError(f"{args.run_dir} is a {config.agent} run; the diagnostics need a dreamer run")
-    payload = load_checkpoint(args.run_dir / "checkpoint.pt")
-    agent = make_agent(config, DMCEnv(config.env, config.seed).spec)
-    agent.load_state_dict(payload["agent"])
     rows = {}
     header = ("|pre-tanh mean|", "std", "|a|>0.99", "reward", "predicted")
     print(f"{'episode':<22} {header[0]:>15} {header[1]:>7} {header[2]:>9} {header[3]:>7} {header[4]:>9}")
@@ -75,7 +70,7 @@ def main() -> None:
         {
             "benchmark": "actor_diagnostics",
             "run_dir": str(args.run_dir),
-            "env_frames": payload["counters"]["env_frames"],
+            "env_frames": counters["env_frames"],
             "mean_scale": config.actor.mean_scale,
             "min_std": config.actor.min_std,
             "episodes": rows,

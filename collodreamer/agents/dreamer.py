@@ -30,7 +30,8 @@ class Actor(nn.Module):
         self.net = MLP(feature_dim, 2 * action_dim, config.units, config.layers)
         self.raw_init_std = math.log(math.exp(config.init_std) - 1.0)
 
-    def _dist(self, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def distribution(self, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pre-tanh mean and std of the policy at each feature."""
         mean, std = self.net(feature).chunk(2, -1)
         scale = self.config.mean_scale
         mean = scale * torch.tanh(mean / scale)
@@ -39,15 +40,15 @@ class Actor(nn.Module):
 
     def entropy(self, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One-sample entropy estimate of the policy at each feature, and the pre-tanh std."""
-        mean, std = self._dist(feature)
+        mean, std = self.distribution(feature)
         return tanh_gaussian_entropy(mean, std, torch.randn_like(std)), std
 
     def sample(self, feature: torch.Tensor) -> torch.Tensor:
-        mean, std = self._dist(feature)
+        mean, std = self.distribution(feature)
         return torch.tanh(mean + std * torch.randn_like(std))
 
     def mode(self, feature: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self._dist(feature)[0])
+        return torch.tanh(self.distribution(feature)[0])
 
 
 class DreamerAgent:

@@ -2,13 +2,14 @@
 
 from collodreamer.training.checkpoint import CheckpointError, load_checkpoint
 from collodreamer.training.logger import read_metrics
-from collodreamer.training.loop import Trainer, evaluate, evaluate_run, resume, train
+from collodreamer.training.loop import Trainer, evaluate, evaluate_run, load_agent, resume, train
 
 __all__ = [
     "CheckpointError",
     "Trainer",
     "evaluate",
     "evaluate_run",
+    "load_agent",
     "load_checkpoint",
     "read_metrics",
     "resume",

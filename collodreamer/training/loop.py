@@ -313,14 +313,20 @@ def resume(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[s
     return Trainer(make_config(overrides=overrides, base=base), run_dir, resume=True).run()
 
 
-def evaluate_run(run_dir: Path, episodes: int, video_path: Path | None = None) -> list[float]:
-    """Load the checkpoint of ``run_dir`` and return the returns of fresh test episodes."""
+def load_agent(run_dir: Path) -> tuple[Config, Agent, dict[str, int]]:
+    """The config, the agent restored from the checkpoint, and the counters of the run in ``run_dir``."""
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.yaml")
     payload = load_checkpoint(run_dir / "checkpoint.pt")
+    agent = make_agent(config, DMCEnv(config.env, config.seed).spec)
+    agent.load_state_dict(payload["agent"])
+    return config, agent, payload["counters"]
+
+
+def evaluate_run(run_dir: Path, episodes: int, video_path: Path | None = None) -> list[float]:
+    """Load the checkpoint of ``run_dir`` and return the returns of fresh test episodes."""
+    config, agent, _ = load_agent(run_dir)
     seed_everything(config.seed)
     env = DMCEnv(config.env, config.seed + 2 * EVAL_SEED_OFFSET)
-    agent = make_agent(config, env.spec)
-    agent.load_state_dict(payload["agent"])
     returns, _ = evaluate(agent, env, episodes, video_path, config.run.video_size)
     return returns
