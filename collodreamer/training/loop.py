@@ -29,7 +29,7 @@ from collodreamer.config import (
     to_dict,
 )
 from collodreamer.data import Episode, EpisodeStore
-from collodreamer.envs import DMCEnv
+from collodreamer.envs import DMCEnv, EnvSpec
 from collodreamer.training.checkpoint import (
     load_checkpoint,
     rng_states,
@@ -313,20 +313,26 @@ def resume(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[s
     return Trainer(make_config(overrides=overrides, base=base), run_dir, resume=True).run()
 
 
+def _restore_agent(run_dir: Path, config: Config, spec: EnvSpec) -> tuple[Agent, dict[str, int]]:
+    """The agent of ``config`` for ``spec``, with the weights and counters of ``run_dir``'s checkpoint."""
+    payload = load_checkpoint(Path(run_dir) / "checkpoint.pt")
+    agent = make_agent(config, spec)
+    agent.load_state_dict(payload["agent"])
+    return agent, payload["counters"]
+
+
 def load_agent(run_dir: Path) -> tuple[Config, Agent, dict[str, int]]:
     """The config, the agent restored from the checkpoint, and the counters of the run in ``run_dir``."""
-    run_dir = Path(run_dir)
-    config = load_config(run_dir / "config.yaml")
-    payload = load_checkpoint(run_dir / "checkpoint.pt")
-    agent = make_agent(config, DMCEnv(config.env, config.seed).spec)
-    agent.load_state_dict(payload["agent"])
-    return config, agent, payload["counters"]
+    config = load_config(Path(run_dir) / "config.yaml")
+    agent, counters = _restore_agent(run_dir, config, DMCEnv(config.env, config.seed).spec)
+    return config, agent, counters
 
 
 def evaluate_run(run_dir: Path, episodes: int, video_path: Path | None = None) -> list[float]:
     """Load the checkpoint of ``run_dir`` and return the returns of fresh test episodes."""
-    config, agent, _ = load_agent(run_dir)
+    config = load_config(Path(run_dir) / "config.yaml")
     seed_everything(config.seed)
     env = DMCEnv(config.env, config.seed + 2 * EVAL_SEED_OFFSET)
+    agent, _ = _restore_agent(run_dir, config, env.spec)
     returns, _ = evaluate(agent, env, episodes, video_path, config.run.video_size)
     return returns
