@@ -324,7 +324,9 @@ def _restore_agent(run_dir: Path, config: Config, spec: EnvSpec) -> tuple[Agent,
 def load_agent(run_dir: Path) -> tuple[Config, Agent, dict[str, int]]:
     """The config, the agent restored from the checkpoint, and the counters of the run in ``run_dir``."""
     config = load_config(Path(run_dir) / "config.yaml")
-    agent, counters = _restore_agent(run_dir, config, DMCEnv(config.env, config.seed).spec)
+    env = DMCEnv(config.env, config.seed)
+    env.close()
+    agent, counters = _restore_agent(run_dir, config, env.spec)
     return config, agent, counters
 
 
@@ -333,6 +335,9 @@ def evaluate_run(run_dir: Path, episodes: int, video_path: Path | None = None) -
     config = load_config(Path(run_dir) / "config.yaml")
     seed_everything(config.seed)
     env = DMCEnv(config.env, config.seed + 2 * EVAL_SEED_OFFSET)
-    agent, _ = _restore_agent(run_dir, config, env.spec)
-    returns, _ = evaluate(agent, env, episodes, video_path, config.run.video_size)
+    try:
+        agent, _ = _restore_agent(run_dir, config, env.spec)
+        returns, _ = evaluate(agent, env, episodes, video_path, config.run.video_size)
+    finally:
+        env.close()
     return returns
