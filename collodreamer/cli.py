@@ -174,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "plot" and not args.metric:
         args.metric = ["test/return"]
+    # force: importing dm_control has already given the root logger a WARNING-level handler
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s", force=True
     )
     try:
         args.func(args)

@@ -138,6 +138,7 @@ def test_killed_sweep_skips_finished_runs_and_resumes_the_rest(tmp_path: Path):
     assert f"{names[0]}: skipped" in result.stdout
     assert f"{names[1]}: done" in result.stdout and f"{names[2]}: done" in result.stdout
     assert "--resume" in (root / names[1] / "train.log").read_text()
+    assert "2 to run on local" in result.stderr and "finished (2 of 2)" in result.stderr  # progress
     for name in names:
         assert load_checkpoint(root / name / "checkpoint.pt")["counters"]["env_frames"] == 800
 

@@ -29,7 +29,8 @@ import shlex
 import signal
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,7 @@ def _die_with_parent() -> None:
 def execute(command: list[str], run_dir: str, threads: int) -> tuple[int, str]:
     """Run one training command to its end; (exit code, last error line). Used by both backends."""
     Path(run_dir).mkdir(parents=True, exist_ok=True)
+    log.info("run %s started", Path(run_dir).name)
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "CI": "1"}
     with open(Path(run_dir) / "train.log", "a") as log_file:
         log_file.write(f"$ {shlex.join(command)}\n")
@@ -204,21 +206,28 @@ def run_sweep(
         backend,
     )
     jobs = [(run, run_command(run, root), str(root / run.name)) for run in todo]
+
+    def record(run: RunSpec, code: int, error: str) -> None:
+        outcomes[run.name] = "done" if code == 0 else f"failed: {error or f'exit code {code}'}"
+        ended = len(outcomes) - (len(sweep.runs) - len(todo))
+        if code == 0:
+            log.info("run %s finished (%d of %d)", run.name, ended, len(todo))
+        else:
+            log.error("run %s failed: %s (log: %s)", run.name, error, root / run.name / "train.log")
+
     if backend == "ray":
-        results = _run_ray(jobs, address, threads, gpus_per_run)
+        _run_ray(jobs, address, threads, gpus_per_run, record)
     elif backend == "local":
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(lambda job: execute(job[1], job[2], threads), jobs))
+            futures = {pool.submit(execute, command, run_dir, threads): run for run, command, run_dir in jobs}
+            for future in as_completed(futures):
+                record(futures[future], *future.result())
     else:
         raise ConfigError(f"unknown sweep backend '{backend}'; choices: local, ray")
-    for (run, _, _), (code, error) in zip(jobs, results, strict=True):
-        outcomes[run.name] = "done" if code == 0 else f"failed: {error or f'exit code {code}'}"
-        if code != 0:
-            log.error("run %s failed: %s (log: %s)", run.name, error, root / run.name / "train.log")
-    return outcomes
+    return {run.name: outcomes[run.name] for run in sweep.runs}
 
 
-def _run_ray(jobs: list, address: str | None, threads: int, gpus: float) -> list[tuple[int, str]]:
+def _run_ray(jobs: list, address: str | None, threads: int, gpus: float, record: Callable) -> None:
     try:
         import ray
     except ImportError:
@@ -228,7 +237,10 @@ def _run_ray(jobs: list, address: str | None, threads: int, gpus: float) -> list
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     remote = ray.remote(num_cpus=threads, num_gpus=gpus)(execute)
     try:
-        return ray.get([remote.remote(command, run_dir, threads) for _, command, run_dir in jobs])
+        pending = {remote.remote(command, run_dir, threads): run for run, command, run_dir in jobs}
+        while pending:
+            (ready,), _ = ray.wait(list(pending), num_returns=1)
+            record(pending.pop(ready), *ray.get(ready))
     finally:
         if started:
             ray.shutdown()
