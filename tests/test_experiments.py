@@ -139,6 +139,7 @@ def test_killed_sweep_skips_finished_runs_and_resumes_the_rest(tmp_path: Path):
     assert f"{names[1]}: done" in result.stdout and f"{names[2]}: done" in result.stdout
     assert "--resume" in (root / names[1] / "train.log").read_text()
     assert "2 to run on local" in result.stderr and "finished (2 of 2)" in result.stderr  # progress
+    assert "800 env frames: test return" in (root / names[2] / "train.log").read_text()
     for name in names:
         assert load_checkpoint(root / name / "checkpoint.pt")["counters"]["env_frames"] == 800
 

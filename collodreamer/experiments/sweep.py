@@ -154,20 +154,25 @@ def _die_with_parent() -> None:
 
 
 def execute(command: list[str], run_dir: str, threads: int) -> tuple[int, str]:
-    """Run one training command to its end; (exit code, last error line). Used by both backends."""
+    """Run one training command to its end, its output going to the run's ``train.log`` as it comes;
+    (exit code, last line of that output: the error of a failed run). Used by both backends."""
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     log.info("run %s started", Path(run_dir).name)
-    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "CI": "1"}
-    with open(Path(run_dir) / "train.log", "a") as log_file:
+    threads_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    environment = {**os.environ, **threads_env, "CI": "1", "PYTHONUNBUFFERED": "1"}
+    path = Path(run_dir) / "train.log"
+    with open(path, "a") as log_file:
         log_file.write(f"$ {shlex.join(command)}\n")
         log_file.flush()
+        start = log_file.tell()
         preexec = _die_with_parent if sys.platform.startswith("linux") else None
-        result = subprocess.run(
-            command, stdout=log_file, stderr=subprocess.PIPE, text=True, env=environment, preexec_fn=preexec
-        )
-        log_file.write(result.stderr)
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    return result.returncode, (lines[-1] if lines else "")
+        code = subprocess.run(
+            command, stdout=log_file, stderr=subprocess.STDOUT, env=environment, preexec_fn=preexec
+        ).returncode
+    with open(path, errors="replace") as log_file:
+        log_file.seek(start)
+        lines = [line for line in log_file.read().splitlines() if line.strip()]
+    return code, (lines[-1] if lines else "")
 
 
 def run_sweep(
