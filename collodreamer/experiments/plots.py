@@ -101,24 +101,29 @@ def seed_matrix(runs: list[RunData], metric: str) -> tuple[np.ndarray, np.ndarra
 
 
 def plot_metric(runs: list[RunData], metric: str, path: Path, title: str = "") -> Path:
-    """One PNG: a panel per task, a line per label (mean over seeds) with a 95% bootstrap band."""
+    """One PNG: a panel per task, a line per label (mean over seeds) with a 95% bootstrap band; a label
+    keeps its colour in every panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     groups = group(runs)
+    colours = {
+        label: f"C{i}"
+        for i, label in enumerate(sorted({label for lines in groups.values() for label in lines}))
+    }
     fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 3.6), squeeze=False)
     for ax, (task, lines) in zip(axes[0], sorted(groups.items()), strict=True):
-        for index, (label, members) in enumerate(sorted(lines.items())):
+        for label, members in sorted(lines.items()):
             grid, values = seed_matrix(members, metric)
             if not len(grid):
                 continue
             mean = values.mean(0)
-            ax.plot(grid, mean, color=f"C{index}", label=f"{label} (n={len(values)})")
+            ax.plot(grid, mean, color=colours[label], label=f"{label} (n={len(values)})")
             if len(values) > 1:
                 band = np.array([bootstrap_ci(values[:, i]) for i in range(len(grid))])
-                ax.fill_between(grid, band[:, 0], band[:, 1], color=f"C{index}", alpha=0.2)
+                ax.fill_between(grid, band[:, 0], band[:, 1], color=colours[label], alpha=0.2)
         ax.set(title=task.split(":", 1)[-1], xlabel="env frames", ylabel=metric)
         ax.legend(fontsize=8)
     if title:
