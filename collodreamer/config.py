@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import yaml
 
+from collodreamer.files import write_atomic
+
 log = logging.getLogger(__name__)
 
 
@@ -360,12 +362,32 @@ def validate(config: Config) -> None:
         "replay.batch_length": config.replay.batch_length,
         "replay.capacity": config.replay.capacity,
         "run.train_every": config.run.train_every,
+        "run.eval_every": config.run.eval_every,
         "run.eval_episodes": config.run.eval_episodes,
+        "run.checkpoint_every": config.run.checkpoint_every,
         "run.log_every": config.run.log_every,
+        "model.deter": config.model.deter,
+        "model.stoch": config.model.stoch,
+        "model.classes": config.model.classes,
+        "model.hidden": config.model.hidden,
+        "model.units": config.model.units,
+        "value.units": config.value.units,
+        "value.target_period": config.value.target_period,
+        "actor.horizon": config.actor.horizon,
+        "planner.horizon": config.planner.horizon,
+        "planner.iterations": config.planner.iterations,
+        "planner.replan_every": config.planner.replan_every,
+        "planner.plans": config.planner.plans,
+        "latent_objective.target_period": config.latent_objective.target_period,
     }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
+    if config.planner.replan_every > config.planner.horizon:
+        raise ConfigError(
+            f"planner.replan_every ({config.planner.replan_every}) cannot exceed planner.horizon "
+            f"({config.planner.horizon}): a plan holds only that many actions"
+        )
     if config.value.dropout and len(config.value.dropout) != config.value.layers:
         raise ConfigError(
             f"value.dropout needs one probability per hidden layer ({config.value.layers}), "
@@ -396,7 +418,8 @@ def from_dict(data: dict[str, Any]) -> Config:
 
 
 def save_config(config: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    text = yaml.safe_dump(to_dict(config), sort_keys=False).encode()
+    write_atomic(path, lambda handle: handle.write(text))
 
 
 def load_config(path: Path) -> Config:
@@ -406,19 +429,33 @@ def load_config(path: Path) -> Config:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
         raise ConfigError(f"cannot read config {path}: {str(error).splitlines()[0]}") from None
-    config = from_dict(data or {})
-    missing = _missing_keys(to_dict(config), data or {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} is empty or not a mapping of sections; it is damaged")
+    config = from_dict(data)
+    saved = flatten(data)
+    missing = [(key, value) for key, value in flatten(to_dict(config)).items() if key not in saved]
     if missing:
         values = ", ".join(f"{key}={value}" for key, value in missing)
         log.warning("%s predates these settings, which take defaults: %s", path, values)
     return config
 
 
-def _missing_keys(full: dict[str, Any], saved: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    missing = []
-    for key, value in full.items():
-        if key not in saved:
-            missing.append((prefix + key, value))
-        elif isinstance(value, dict) and isinstance(saved[key], dict):
-            missing += _missing_keys(value, saved[key], f"{prefix}{key}.")
-    return missing
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as ``{"section.key": value}``."""
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``"key: old -> new"`` for each setting of nested config dicts that differs."""
+    before = flatten(old)
+    return [
+        f"{key}: {before[key]} -> {value}"
+        for key, value in flatten(new).items()
+        if key in before and before[key] != value
+    ]

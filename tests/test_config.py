@@ -51,6 +51,9 @@ def test_scientific_floats_parse_from_yaml():
         ("run.video=3", "run.video: expected true or false, got 3"),
         ("env=3", "env: is a section"),
         ("replay.batch_size=0", "replay.batch_size must be positive"),
+        ("run.eval_every=0", "run.eval_every must be positive"),
+        ("value.target_period=0", "value.target_period must be positive"),
+        ("planner.replan_every=40", "planner.replan_every (40) cannot exceed planner.horizon (30)"),
         ("nokey", "override 'nokey' must look like key=value"),
     ],
 )
@@ -75,6 +78,13 @@ def test_saved_config_round_trips(tmp_path: Path):
 def test_saved_config_with_bad_key_is_rejected(tmp_path: Path):
     (tmp_path / "config.yaml").write_text("env:\n  taks: dmc:cheetah_run\n")
     with pytest.raises(ConfigError, match="unknown config key 'env.taks'"):
+        load_config(tmp_path / "config.yaml")
+
+
+@pytest.mark.parametrize("text", ["", "- agent\n- dreamer\n"])
+def test_damaged_saved_config_is_rejected(tmp_path: Path, text: str):
+    (tmp_path / "config.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="is empty or not a mapping of sections; it is damaged"):
         load_config(tmp_path / "config.yaml")
 
 

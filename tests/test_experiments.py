@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+from collodreamer.config import ConfigError
 from collodreamer.experiments import expand, load_spec, make_figures, run_sweep
 from collodreamer.experiments.stats import bootstrap_ci, iqm
 from collodreamer.training import load_checkpoint
@@ -48,6 +49,17 @@ def test_spec_expansion_is_the_exact_grid():
         expand({**spec, "variants": {"typo": ["value.gama=0.9"]}})
     with pytest.raises(Exception, match="unknown keys"):
         expand(load_spec_from({**spec, "agent": "x"}))
+    malformed = [
+        ({"seeds": 2.0}, "'seeds' is a positive count or a list of seeds, got 2.0"),
+        ({"tasks": [{"steps": 100}]}, "a task is dmc:<domain>_<task> or {task: ..., steps: N}"),
+        ({"tasks": ["dmc:cheetah_fly"]}, "unknown task 'dmc:cheetah_fly'"),
+        ({"tasks": "dmc:cheetah_run"}, "'tasks' is a list"),
+        ({"variants": ["value.gamma=0.95"]}, "'variants' maps each variant name to a list"),
+    ]
+    for change, message in malformed:
+        with pytest.raises(ConfigError) as error:
+            expand({**spec, **change})
+        assert message in str(error.value)
 
 
 def load_spec_from(spec: dict) -> dict:

@@ -33,7 +33,7 @@ def test_round_trip_to_disk(tmp_path: Path):
         "ep-000002-32.npz",
     ]
     again = EpisodeStore(tmp_path, capacity=10**6, frames_per_step=2, seed=0)
-    assert again.load() == 2 * (29 + 30 + 31)
+    assert again.load() == (2 * (29 + 30 + 31), 3)
     assert again.num_episodes == 3
     for original, loaded in zip(episodes, again._episodes, strict=True):
         for key, value in original.items():
@@ -91,7 +91,7 @@ def test_corrupt_and_truncated_files_are_reported_and_kept(tmp_path: Path, caplo
     garbage = tmp_path / "ep-000002-10.npz"
     garbage.write_bytes(b"not an npz file at all")
     reloaded = EpisodeStore(tmp_path, capacity=10**6, frames_per_step=1, seed=0)
-    assert reloaded.load() == 9
+    assert reloaded.load() == (9, 1)
     assert reloaded.num_episodes == 1
     assert truncated.name in caplog.text and garbage.name in caplog.text
     assert good.exists() and truncated.exists() and garbage.exists()
@@ -104,6 +104,25 @@ def test_malformed_episode_is_rejected(tmp_path: Path):
     with pytest.raises(ValueError, match="different lengths"):
         store.add(episode)
     assert not list(tmp_path.iterdir())
+
+
+def test_episode_file_with_a_single_value_is_skipped_on_load(tmp_path: Path, caplog):
+    episode = make_episode(0, 10)
+    episode["reward"] = np.float32(1.0)
+    np.savez_compressed(tmp_path / "ep-000000-10.npz", **episode)
+    store = EpisodeStore(tmp_path, capacity=10**6, frames_per_step=1, seed=0)
+    assert store.load() == (0, 0)
+    assert "['reward'] hold a single value" in caplog.text
+
+
+def test_episodes_of_other_shapes_are_refused(tmp_path: Path):
+    store = EpisodeStore(tmp_path, capacity=10**6, frames_per_step=1, seed=0)
+    store.add(make_episode(0, 10, action_dim=2))
+    store.check_shapes((1,), 2)
+    with pytest.raises(
+        ReplayError, match=r"observations \(1,\) and 2 actions, this run's task gives \(5,\) and 2"
+    ):
+        store.check_shapes((5,), 2)
 
 
 def test_too_little_data_is_a_clear_error(tmp_path: Path):

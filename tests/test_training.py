@@ -58,6 +58,42 @@ def test_corrupt_checkpoint_is_a_clear_error_and_is_kept(tmp_path: Path, cli):
     assert sorted(p.name for p in (run / "episodes").iterdir()) == episodes
 
 
+def test_resume_that_does_not_fit_the_checkpoint_keeps_the_run(tmp_path: Path, cli):
+    run = tmp_path / "run"
+    cli("train", *TINY, "--obs", "state", "--run-dir", str(run), "run.steps=200")
+    saved = {name: (run / name).read_bytes() for name in ("config.yaml", "checkpoint.pt")}
+    result = cli("train", "--resume", str(run), "agent=dreamer", check=False)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("collodreamer: error: checkpoint") and "does not fit this config" in last
+    assert {name: (run / name).read_bytes() for name in saved} == saved
+    result = cli("train", "--resume", str(run), "run.steps=300")  # a fitting change still resumes
+    assert "settings changed since the checkpoint: run.steps: 200 -> 300" in result.stderr
+    assert load_checkpoint(run / "checkpoint.pt")["counters"]["env_frames"] == 300
+
+
+def test_run_dir_of_another_task_is_refused_and_kept(tmp_path: Path, cli):
+    run = tmp_path / "run"
+    cli("train", *TINY, "--obs", "state", "--run-dir", str(run), "run.steps=200")
+    (run / "checkpoint.pt").unlink()  # as if it had died before its first checkpoint
+    config = (run / "config.yaml").read_bytes()
+    result = cli(
+        "train",
+        "--preset",
+        "tiny",
+        "--task",
+        "dmc:cheetah_run",
+        "--obs",
+        "state",
+        "--run-dir",
+        str(run),
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "belongs to another run" in result.stderr.strip().splitlines()[-1]
+    assert (run / "config.yaml").read_bytes() == config
+
+
 def test_bad_config_is_one_line_error(cli):
     result = cli("train", "--task", "dmc:cheetah_fly", check=False)
     assert result.returncode == 2
@@ -110,7 +146,7 @@ def test_sigkill_then_resume_loses_nothing_checkpointed(tmp_path: Path, cli):
         saved = load_checkpoint(run / "checkpoint.pt")["counters"]
         files = {p.name: p.read_bytes() for p in (run / "episodes").glob("ep-*.npz")}
         store = EpisodeStore(run / "episodes", 10**9, 2, 0)
-        assert store.load() >= saved["env_frames"]  # every checkpointed episode is on disk, whole
+        assert store.load()[0] >= saved["env_frames"]  # every checkpointed episode is on disk, whole
         assert store.num_episodes == len(files)
         if kill < 2:
             process = subprocess.Popen(

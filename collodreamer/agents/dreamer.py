@@ -59,7 +59,7 @@ class DreamerAgent:
         feature_dim = self.world_model.feature_dim
         self.actor = Actor(feature_dim, spec.action_dim, config.actor).to(device)
         self.value = ValueNetwork(feature_dim, config.value).to(device)
-        self.target_value = copy.deepcopy(self.value).requires_grad_(False)
+        self.target_value = copy.deepcopy(self.value).requires_grad_(False).eval()
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor.lr, eps=1e-5)
         self.value_optimizer = torch.optim.Adam(self.value.parameters(), lr=config.value.lr, eps=1e-5)
         self.value_updates = 0

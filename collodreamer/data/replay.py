@@ -10,13 +10,14 @@ one episode into the start of the next; ``is_first`` marks where the model must 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from collodreamer.files import write_atomic
 
 Episode = dict[str, np.ndarray]
 KEYS = ("obs", "action", "reward", "is_first", "is_terminal")
@@ -33,6 +34,9 @@ def check_episode(episode: Episode) -> str | None:
     missing = [k for k in KEYS if k not in episode]
     if missing:
         return f"missing keys {missing}"
+    scalars = [k for k in KEYS if np.ndim(episode[k]) == 0]
+    if scalars:
+        return f"keys {scalars} hold a single value, not one per step"
     lengths = {k: len(episode[k]) for k in KEYS}
     if len(set(lengths.values())) != 1:
         return f"keys have different lengths {lengths}"
@@ -69,16 +73,17 @@ class EpisodeStore:
         """Env frames an episode took: its transitions times the action repeat."""
         return (len(episode["reward"]) - 1) * self.frames_per_step
 
-    def load(self) -> int:
-        """Load the episodes already on disk (newest within capacity); return the env frames they
-        hold in total. A corrupt or truncated file is reported by name and skipped, not removed."""
+    def load(self) -> tuple[int, int]:
+        """Load the episodes already on disk (newest within capacity); return the env frames and the
+        episodes they hold in total. A corrupt or truncated file is reported by name and skipped,
+        not removed."""
         files = []
         for path in self.directory.iterdir():
             match = _NAME.match(path.name)
             if match:
                 files.append((int(match.group(1)), path))
         files.sort()
-        total_frames = 0
+        total_frames = total_episodes = 0
         for index, path in files:
             self._next_index = max(self._next_index, index + 1)
             try:
@@ -92,8 +97,21 @@ class EpisodeStore:
                 log.warning("skipping malformed episode file %s: %s", path, problem)
                 continue
             total_frames += self.frames(episode)
+            total_episodes += 1
             self._insert(episode)
-        return total_frames
+        return total_frames, total_episodes
+
+    def check_shapes(self, obs_shape: tuple[int, ...], action_dim: int) -> None:
+        """Raise :class:`ReplayError` when the loaded episodes were recorded with other observation
+        or action shapes (another task, or pixels against states)."""
+        for episode in self._episodes[:1]:
+            found = (tuple(episode["obs"].shape[1:]), episode["action"].shape[-1])
+            if found != (tuple(obs_shape), action_dim):
+                raise ReplayError(
+                    f"episodes in {self.directory} have observations {found[0]} and {found[1]} actions, "
+                    f"this run's task gives {tuple(obs_shape)} and {action_dim}: the directory "
+                    "belongs to another run"
+                )
 
     def add(self, episode: Episode) -> Path:
         """Save ``episode`` to disk (temp file, then rename) and make it available for sampling."""
@@ -102,12 +120,7 @@ class EpisodeStore:
             raise ValueError(f"malformed episode: {problem}")
         steps = len(episode["reward"])
         path = self.directory / f"ep-{self._next_index:06d}-{steps}.npz"
-        temp = path.with_name(f".{path.name}.tmp")
-        with open(temp, "wb") as handle:
-            np.savez_compressed(handle, **episode)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
+        write_atomic(path, lambda handle: np.savez_compressed(handle, **episode))
         self._next_index += 1
         self._insert(episode)
         return path

@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from collodreamer.config import ConfigError, load_preset, make_config
+from collodreamer.envs import parse_task
 from collodreamer.training.checkpoint import CheckpointError, load_checkpoint
 
 log = logging.getLogger("collodreamer")
@@ -92,15 +93,19 @@ def expand(spec: dict[str, Any]) -> Sweep:
     for key in ("name", "agents", "tasks"):
         if key not in spec:
             raise ConfigError(f"sweep spec: '{key}' is required")
-    seeds = spec.get("seeds", 1)
-    seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    for key in ("agents", "tasks"):
+        if not isinstance(spec[key], list) or not spec[key]:
+            raise ConfigError(f"sweep spec: '{key}' is a list, got {spec[key]!r}")
+    seeds = _seeds(spec.get("seeds", 1))
     variants = spec.get("variants") or {"base": []}
+    if not isinstance(variants, dict) or not all(isinstance(v, list) for v in variants.values()):
+        raise ConfigError("sweep spec: 'variants' maps each variant name to a list of key=value overrides")
     presets = tuple(spec.get("presets", []))
     common = tuple(spec.get("overrides", []))
     obs = spec.get("obs", "pixels")
     runs = []
     for entry in spec["tasks"]:
-        task, steps = (entry["task"], entry.get("steps")) if isinstance(entry, dict) else (entry, None)
+        task, steps = _task(entry)
         for variant, extra in variants.items():
             for agent in spec["agents"]:
                 for seed in seeds:
@@ -123,6 +128,33 @@ def expand(spec: dict[str, Any]) -> Sweep:
                         )
                     )
     return Sweep(spec["name"], runs, list(spec.get("plots", [])))
+
+
+def _seeds(seeds: Any) -> list[int]:
+    """``seeds: 3`` means seeds 0, 1, 2; a list names them."""
+    if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds > 0:
+        return list(range(seeds))
+    if (
+        isinstance(seeds, list)
+        and seeds
+        and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
+        return seeds
+    raise ConfigError(f"sweep spec: 'seeds' is a positive count or a list of seeds, got {seeds!r}")
+
+
+def _task(entry: Any) -> tuple[str, int | None]:
+    """A ``tasks`` entry, ``dmc:cheetah_run`` or ``{task: dmc:cheetah_run, steps: 25000}``, checked."""
+    if isinstance(entry, dict) and set(entry) <= {"task", "steps"} and "task" in entry:
+        task, steps = entry["task"], entry.get("steps")
+    elif isinstance(entry, str):
+        task, steps = entry, None
+    else:
+        raise ConfigError(
+            f"sweep spec: a task is dmc:<domain>_<task> or {{task: ..., steps: N}}, got {entry!r}"
+        )
+    parse_task(str(task))
+    return task, steps
 
 
 def run_state(run: RunSpec, root: Path) -> str:

@@ -135,10 +135,6 @@ class WorldModel(nn.Module):
         post, _ = self.rssm.obs_step(state, action, self.encode(obs_t), is_first)
         return post
 
-    @property
-    def reward_action_dim(self) -> int:
-        return self.rssm.img_in[0].in_features - self.rssm.stoch_dim
-
     def training_state(self) -> dict[str, Any]:
         return {"params": self.state_dict(), "optimizer": self.optimizer.state_dict()}
 

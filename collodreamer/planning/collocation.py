@@ -78,12 +78,11 @@ class Plan:
 
 @dataclass
 class PlanResult:
-    """The plan chosen for each of ``E`` start states: its knots, its actions clipped to [-1, 1],
-    the predicted rewards ``r(z_1..z_H)`` and diagnostics (Fig. 10-11)."""
+    """The plan chosen for each of ``E`` start states: its knots, its actions clipped to [-1, 1]
+    and diagnostics (Fig. 10-11)."""
 
     plan: Plan
     actions: Tensor
-    rewards: Tensor
     diagnostics: dict[str, float]
 
 
@@ -509,7 +508,6 @@ def _choose(objective: Objective, plan: Plan, starts: Tensor, E: int, P: int, it
     index = torch.arange(E, device=starts.device) * P + scores.argmax(1)
     chosen = Plan(*(t[index] for t in (plan.features, plan.actions, plan.lam, plan.nu)))
     dynamics, actions = violations(objective, chosen)
-    rewards = objective.reward(chosen.features[:, 1:])
     diagnostics = {
         "dynamics_violation": dynamics.mean().item(),
         "action_violation": actions.mean().item(),
@@ -520,4 +518,4 @@ def _choose(objective: Objective, plan: Plan, starts: Tensor, E: int, P: int, it
         "iterations": float(iterations),
         "nonfinite_plans": float(bad),
     }
-    return PlanResult(chosen, chosen.actions.clamp(-1.0, 1.0), rewards, diagnostics)
+    return PlanResult(chosen, chosen.actions.clamp(-1.0, 1.0), diagnostics)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from collodreamer.files import write_atomic
 
 
 class CheckpointError(RuntimeError):
@@ -18,13 +21,7 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    path = Path(path)
-    temp = path.with_name(f".{path.name}.tmp")
-    with open(temp, "wb") as handle:
-        torch.save(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
+    write_atomic(Path(path), lambda handle: torch.save(payload, handle))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -40,6 +37,22 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or "counters" not in payload:
         raise CheckpointError(f"checkpoint {path} is not a collodreamer checkpoint")
     return payload
+
+
+@contextmanager
+def restoring(path: Path) -> Iterator[None]:
+    """Report state from ``path`` that does not fit what it is loaded into (a model of another size,
+    another agent, missing entries) as a one-line :class:`CheckpointError`."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        detail = " ".join(str(error).split())[:300]
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this config (changed agent or model settings?): "
+            f"{type(error).__name__}: {detail}"
+        ) from None
 
 
 def rng_states() -> dict[str, Any]:

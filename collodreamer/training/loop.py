@@ -23,6 +23,7 @@ from collodreamer.agents import Agent, make_agent
 from collodreamer.config import (
     Config,
     ConfigError,
+    changed_settings,
     load_config,
     make_config,
     save_config,
@@ -32,6 +33,7 @@ from collodreamer.data import Episode, EpisodeStore
 from collodreamer.envs import DMCEnv, EnvSpec
 from collodreamer.training.checkpoint import (
     load_checkpoint,
+    restoring,
     rng_states,
     save_checkpoint,
     seed_everything,
@@ -135,7 +137,6 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._lock = lock_run(self.run_dir)
         payload = load_checkpoint(self.checkpoint_path) if resume else None
-        save_config(config, self.run_dir / "config.yaml")
         seed_everything(config.seed)
         self.env = DMCEnv(config.env, config.seed)
         self.eval_env = DMCEnv(config.env, config.seed + EVAL_SEED_OFFSET)
@@ -149,7 +150,9 @@ class Trainer:
             self._restore(payload)
         # The data on disk is the truth about how much experience was collected: episodes saved
         # after the last checkpoint are kept, and they count.
-        disk_frames, disk_episodes = self.store.load(), self.store.num_episodes
+        disk_frames, disk_episodes = self.store.load()
+        self.store.check_shapes(self.env.spec.obs_shape, self.env.spec.action_dim)
+        save_config(config, self.run_dir / "config.yaml")  # only once the saved state fits it
         if payload is not None and disk_frames < self.counters.env_frames:
             log.warning(
                 "replay holds %d env frames, checkpoint counted %d: episode files are missing",
@@ -161,14 +164,18 @@ class Trainer:
         self.logger = Logger(self.run_dir)
 
     def _restore(self, payload: dict[str, Any]) -> None:
-        self.agent.load_state_dict(payload["agent"])
-        self.store.load_state_dict(payload["replay"])
-        self.env.load_state_dict(payload["env"])
-        self.eval_env.load_state_dict(payload["eval_env"])
-        self.rng.bit_generator.state = payload["loop_rng"]
-        set_rng_states(payload["rng"])
-        self.counters = Counters(**payload["counters"])
+        with restoring(self.checkpoint_path):
+            self.agent.load_state_dict(payload["agent"])
+            self.store.load_state_dict(payload["replay"])
+            self.env.load_state_dict(payload["env"])
+            self.eval_env.load_state_dict(payload["eval_env"])
+            self.rng.bit_generator.state = payload["loop_rng"]
+            set_rng_states(payload["rng"])
+            self.counters = Counters(**payload["counters"])
         log.info("resumed %s at %d env frames", self.run_dir, self.counters.env_frames)
+        changes = changed_settings(payload.get("config", {}), to_dict(self.config))
+        if changes:
+            log.info("settings changed since the checkpoint: %s", "; ".join(changes))
 
     def save(self) -> None:
         save_checkpoint(
@@ -317,7 +324,8 @@ def _restore_agent(run_dir: Path, config: Config, spec: EnvSpec) -> tuple[Agent,
     """The agent of ``config`` for ``spec``, with the weights and counters of ``run_dir``'s checkpoint."""
     payload = load_checkpoint(Path(run_dir) / "checkpoint.pt")
     agent = make_agent(config, spec)
-    agent.load_state_dict(payload["agent"])
+    with restoring(Path(run_dir) / "checkpoint.pt"):
+        agent.load_state_dict(payload["agent"])
     return agent, payload["counters"]
 
 
