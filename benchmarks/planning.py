@@ -28,7 +28,7 @@ from common import median_ms, write_json
 
 from collodreamer.agents import resolve_device
 from collodreamer.agents.latco import LatCoAgent
-from collodreamer.config import load_config, make_config
+from collodreamer.config import PlannerConfig, load_config, make_config
 from collodreamer.data import EpisodeStore
 from collodreamer.envs import DMCEnv
 from collodreamer.models import to_torch
@@ -152,6 +152,7 @@ def main() -> None:
                     "env.obs=state",
                     f"device={device}",
                     f"planner.horizon={args.horizon}",
+                    f"planner.replan_every={min(args.horizon, PlannerConfig.replan_every)}",
                     f"planner.iterations={args.iterations}",
                     f"planner.primal={primal}",
                     *args.overrides,

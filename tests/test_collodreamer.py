@@ -220,7 +220,13 @@ def test_value_training_styles(style):
 
 def test_amortised_policy_learns_the_plans_and_initialises_them():
     agent = tiny_agent(
-        **{"planner.init": "policy", "planner.horizon": 4, "planner.iterations": 5, "policy.updates": 50}
+        **{
+            "planner.init": "policy",
+            "planner.horizon": 4,
+            "planner.replan_every": 4,
+            "planner.iterations": 5,
+            "policy.updates": 50,
+        }
     )
     feature = torch.randn(1, agent.world_model.feature_dim)
     result = agent.plan(feature, None, training=True)
