@@ -104,14 +104,16 @@ class EpisodeStore:
     def check_shapes(self, obs_shape: tuple[int, ...], action_dim: int) -> None:
         """Raise :class:`ReplayError` when the loaded episodes were recorded with other observation
         or action shapes (another task, or pixels against states)."""
-        for episode in self._episodes[:1]:
-            found = (tuple(episode["obs"].shape[1:]), episode["action"].shape[-1])
-            if found != (tuple(obs_shape), action_dim):
-                raise ReplayError(
-                    f"episodes in {self.directory} have observations {found[0]} and {found[1]} actions, "
-                    f"this run's task gives {tuple(obs_shape)} and {action_dim}: the directory "
-                    "belongs to another run"
-                )
+        if not self._episodes:
+            return
+        episode = self._episodes[0]
+        found = (tuple(episode["obs"].shape[1:]), episode["action"].shape[-1])
+        if found != (tuple(obs_shape), action_dim):
+            raise ReplayError(
+                f"episodes in {self.directory} have observations {found[0]} and {found[1]} actions, "
+                f"this run's task gives {tuple(obs_shape)} and {action_dim}: the directory "
+                "belongs to another run"
+            )
 
     def add(self, episode: Episode) -> Path:
         """Save ``episode`` to disk (temp file, then rename) and make it available for sampling."""

@@ -132,15 +132,15 @@ def expand(spec: dict[str, Any]) -> Sweep:
 
 def _seeds(seeds: Any) -> list[int]:
     """``seeds: 3`` means seeds 0, 1, 2; a list names them."""
-    if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds > 0:
+    if _whole(seeds) and seeds > 0:
         return list(range(seeds))
-    if (
-        isinstance(seeds, list)
-        and seeds
-        and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
-    ):
+    if isinstance(seeds, list) and seeds and all(_whole(seed) for seed in seeds):
         return seeds
     raise ConfigError(f"sweep spec: 'seeds' is a positive count or a list of seeds, got {seeds!r}")
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _task(entry: Any) -> tuple[str, int | None]:

@@ -322,9 +322,10 @@ def resume(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[s
 
 def _restore_agent(run_dir: Path, config: Config, spec: EnvSpec) -> tuple[Agent, dict[str, int]]:
     """The agent of ``config`` for ``spec``, with the weights and counters of ``run_dir``'s checkpoint."""
-    payload = load_checkpoint(Path(run_dir) / "checkpoint.pt")
+    path = Path(run_dir) / "checkpoint.pt"
+    payload = load_checkpoint(path)
     agent = make_agent(config, spec)
-    with restoring(Path(run_dir) / "checkpoint.pt"):
+    with restoring(path):
         agent.load_state_dict(payload["agent"])
     return agent, payload["counters"]
 
