@@ -21,6 +21,7 @@ from collodreamer.models.losses import bellman_targets, update_target
 from collodreamer.models.networks import optimizer_step
 from collodreamer.models.value import ValueNetwork
 from collodreamer.planning import Objective, Plan, PlanResult
+from collodreamer.timing import timed
 
 
 def linear_schedule(start: float, end: float, step: int, steps: int) -> float:
@@ -103,8 +104,8 @@ class ColloDreamerAgent(LatCoAgent):
         """One step on ``0.5 * (V(z_k) - T_k)^2`` over all knots; V' follows by tau every period."""
         config = self.config.value
         features, actions = features.detach(), actions.detach()
-        targets = self.value_targets(features, actions)
-        with torch.enable_grad():
+        with timed("value"), torch.enable_grad():
+            targets = self.value_targets(features, actions)
             self.value.train()
             loss = 0.5 * (self.value(features) - targets).pow(2).mean()
             norm = optimizer_step(self.value_optimizer, loss, self.value, config.grad_clip)
@@ -123,15 +124,16 @@ class ColloDreamerAgent(LatCoAgent):
             return super().train_step(batch)
         data = to_torch(batch, self.device)
         model = self.world_model
-        model.update_normaliser(data)
-        loss, post, prior, metrics = model.loss(data)
         weight = linear_schedule(
             latent.weight_start, latent.weight_end, self.model_updates, latent.schedule_updates
         )
-        j_latent = self.augmented_objective(data, post, prior)
-        metrics["model/grad_norm"] = optimizer_step(
-            model.optimizer, loss - weight * j_latent, model, model.config.grad_clip
-        )
+        with timed("model"):
+            model.update_normaliser(data)
+            loss, post, prior, metrics = model.loss(data)
+            j_latent = self.augmented_objective(data, post, prior)
+            metrics["model/grad_norm"] = optimizer_step(
+                model.optimizer, loss - weight * j_latent, model, model.config.grad_clip
+            )
         self.model_updates += 1
         if self.model_updates % latent.target_period == 0:
             self.old_rssm.load_state_dict(model.rssm.state_dict())

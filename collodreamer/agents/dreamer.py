@@ -18,6 +18,7 @@ from collodreamer.models.losses import lambda_returns, tanh_gaussian_entropy, up
 from collodreamer.models.networks import frozen, optimizer_step
 from collodreamer.models.rssm import flatten
 from collodreamer.models.value import ValueNetwork
+from collodreamer.timing import timed
 
 
 class Actor(nn.Module):
@@ -85,7 +86,8 @@ class DreamerAgent:
             # Imagination costs most of an update on a CPU; a random subset of starts keeps it cheap.
             index = torch.randperm(start["deter"].shape[0], device=self.device)[:count]
             start = {k: v[index] for k, v in start.items()}
-        metrics.update(self.train_behaviour(start))
+        with timed("behaviour"):
+            metrics.update(self.train_behaviour(start))
         return metrics
 
     def train_behaviour(self, start: dict[str, torch.Tensor]) -> dict[str, float]:

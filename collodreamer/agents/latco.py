@@ -23,6 +23,7 @@ from collodreamer.models import MLP, State, WorldModel, to_torch
 from collodreamer.models.networks import frozen, optimizer_step
 from collodreamer.planning import Objective, Plan, PlanResult, collocate, shifted_plan
 from collodreamer.planning.collocation import initial_multipliers
+from collodreamer.timing import timed
 
 
 @dataclass
@@ -114,7 +115,7 @@ class LatCoAgent:
     def plan(self, feature: torch.Tensor, previous: PlanResult | None, training: bool) -> PlanResult:
         """Collocate from ``feature [1, D]``; log the plan's diagnostics and its cost."""
         start = time.perf_counter()
-        with frozen(self.world_model):
+        with frozen(self.world_model), timed("plan"):
             result = collocate(
                 self.objective(),
                 feature,

@@ -21,6 +21,7 @@ from collodreamer.models.networks import (
     optimizer_step,
 )
 from collodreamer.models.rssm import RSSM, State
+from collodreamer.timing import timed
 
 Batch = dict[str, torch.Tensor]
 
@@ -110,9 +111,10 @@ class WorldModel(nn.Module):
 
     def train_step(self, batch: Batch) -> tuple[State, dict[str, float]]:
         """One Adam step on Eq. 4; returns the posterior states (detached) and metrics."""
-        self.update_normaliser(batch)
-        loss, post, _, metrics = self.loss(batch)
-        metrics["model/grad_norm"] = optimizer_step(self.optimizer, loss, self, self.config.grad_clip)
+        with timed("model"):
+            self.update_normaliser(batch)
+            loss, post, _, metrics = self.loss(batch)
+            metrics["model/grad_norm"] = optimizer_step(self.optimizer, loss, self, self.config.grad_clip)
         return {k: v.detach() for k, v in post.items()}, metrics
 
     def encode(self, obs: torch.Tensor) -> torch.Tensor:

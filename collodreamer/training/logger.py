@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,12 @@ from torch.utils.tensorboard import SummaryWriter
 
 
 class Logger:
-    """Collects scalars between writes; averages repeated ones (e.g. per-update losses)."""
+    """Collects scalars between writes; averages repeated ones (e.g. per-update losses). Every record
+    carries ``elapsed_s``, the run's wall-clock seconds so far as ``clock`` tells them."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, clock: Callable[[], float]) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
+        self.clock = clock
         self._file = open(self.path, "a", buffering=1)  # noqa: SIM115 (line-buffered: a kill loses no line)
         self._tensorboard = SummaryWriter(str(Path(run_dir) / "tensorboard"))
         self._sums: dict[str, float] = defaultdict(float)
@@ -41,6 +44,7 @@ class Logger:
         self._emit({"step": step, **values})
 
     def _emit(self, record: dict[str, Any]) -> None:
+        record["elapsed_s"] = round(self.clock(), 3)
         self._file.write(json.dumps(record) + "\n")
         for key, value in record.items():
             if key != "step" and isinstance(value, int | float) and math.isfinite(value):

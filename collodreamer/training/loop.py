@@ -31,6 +31,7 @@ from collodreamer.config import (
 )
 from collodreamer.data import Episode, EpisodeStore
 from collodreamer.envs import DMCEnv, EnvSpec
+from collodreamer.timing import take_seconds, timed
 from collodreamer.training.checkpoint import (
     load_checkpoint,
     restoring,
@@ -54,6 +55,7 @@ class Counters:
     episodes: int = 0
     next_eval: int = 0
     last_checkpoint: int = 0
+    elapsed_s: float = 0.0  # wall-clock seconds up to the last checkpoint, summed across resumes
 
 
 def start_episode(obs: np.ndarray, action_dim: int) -> dict[str, list]:
@@ -161,7 +163,13 @@ class Trainer:
             )
         self.counters.env_frames = disk_frames
         self.counters.episodes = max(self.counters.episodes, disk_episodes)
-        self.logger = Logger(self.run_dir)
+        self._clock = (time.perf_counter(), self.counters.elapsed_s)
+        self.logger = Logger(self.run_dir, self.elapsed)
+
+    def elapsed(self) -> float:
+        """Wall-clock seconds of this run: those before the checkpoint resumed from, plus this process's."""
+        started, before = self._clock
+        return before + time.perf_counter() - started
 
     def _restore(self, payload: dict[str, Any]) -> None:
         with restoring(self.checkpoint_path):
@@ -178,6 +186,7 @@ class Trainer:
             log.info("settings changed since the checkpoint: %s", "; ".join(changes))
 
     def save(self) -> None:
+        self.counters.elapsed_s = self.elapsed()
         save_checkpoint(
             self.checkpoint_path,
             {
@@ -207,8 +216,10 @@ class Trainer:
             return
         start, done = time.perf_counter(), 0
         while self.counters.updates < self._updates_due():
-            batch = self.store.sample(replay.batch_size, replay.batch_length)
-            self.logger.add(self.agent.train_step(batch))
+            with timed("replay"):
+                batch = self.store.sample(replay.batch_size, replay.batch_length)
+            with timed("train"):
+                self.logger.add(self.agent.train_step(batch))
             self.counters.updates += 1
             done += 1
         if done:
@@ -227,7 +238,8 @@ class Trainer:
             (self.run_dir / "videos").mkdir(exist_ok=True)
             video = self.run_dir / "videos" / f"test-{self.counters.env_frames:08d}.mp4"
         start = time.perf_counter()
-        returns, lengths = evaluate(self.agent, self.eval_env, run.eval_episodes, video, run.video_size)
+        with timed("test", absorb=True):
+            returns, lengths = evaluate(self.agent, self.eval_env, run.eval_episodes, video, run.video_size)
         test_metrics = {f"test/{key}": value for key, value in self.agent.metrics().items()}
         self.logger.record(
             self.counters.env_frames,
@@ -268,14 +280,17 @@ class Trainer:
             if counters.env_frames < config.run.prefill:
                 action = self.rng.uniform(-1, 1, self.env.action_dim).astype(np.float32)
             else:
-                action, state = self.agent.act(obs, state, training=True)
-            obs, reward, done, info = self.env.step(action)
+                with timed("act"):
+                    action, state = self.agent.act(obs, state, training=True)
+            with timed("env"):
+                obs, reward, done, info = self.env.step(action)
             counters.env_frames += repeat
             bar.update(repeat)
             episode_return += reward
             add_step(steps, obs, action, reward, info["terminal"])
             if done:
-                self.store.add(finish_episode(steps))
+                with timed("replay"):
+                    self.store.add(finish_episode(steps))
                 counters.episodes += 1
                 length = (len(steps["reward"]) - 1) * repeat
                 self._write(
@@ -287,15 +302,18 @@ class Trainer:
                 )
                 bar.set_postfix(train_return=f"{episode_return:.1f}")
                 if counters.env_frames - counters.last_checkpoint >= config.run.checkpoint_every:
-                    self.save()
+                    with timed("checkpoint"):
+                        self.save()
                 obs = self.env.reset()
                 steps, state, episode_return = start_episode(obs, self.env.action_dim), None, 0.0
             self._train()
             if counters.env_frames >= next_log:
-                now = time.perf_counter()
+                now, frames = time.perf_counter(), counters.env_frames - last_frames
+                per_kilo_frame = {f"perf/{k}_s": v * 1000 / frames for k, v in take_seconds().items()}
                 self._write(
                     {
-                        "perf/env_frames_per_s": (counters.env_frames - last_frames) / (now - last_time),
+                        "perf/env_frames_per_s": frames / (now - last_time),
+                        **per_kilo_frame,
                         "train/updates": counters.updates,
                     }
                 )
