@@ -73,9 +73,9 @@ def main() -> None:
                 agent = DreamerAgent(config, env.spec, device)
                 batch = to_torch(random_batch(env, batch_size, config.replay.batch_length, rng), device)
                 post, _ = agent.world_model.train_step(batch)
-                start = flatten(post)
+                starts = flatten(post)["deter"].shape[0]
                 model_ms, _ = median_ms(partial(agent.world_model.train_step, batch), args.repeats, sync=sync)
-                behaviour_ms, _ = median_ms(partial(agent.train_behaviour, start), args.repeats, sync=sync)
+                behaviour_ms, _ = median_ms(partial(agent.behaviour.train, post), args.repeats, sync=sync)
                 shape = f"{batch_size}x{config.replay.batch_length}"
                 rows.append(
                     {
@@ -84,7 +84,7 @@ def main() -> None:
                         "batch": shape,
                         "world_model_ms": model_ms,
                         "actor_critic_ms": behaviour_ms,
-                        "imagination_starts": start["deter"].shape[0],
+                        "imagination_starts": min(config.actor.starts or starts, starts),
                     }
                 )
                 print(f"{preset:10s} {obs:6s} {shape:>7s} {model_ms:15.1f} {behaviour_ms:16.1f}")

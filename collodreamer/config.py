@@ -117,22 +117,33 @@ class ValueConfig:
     """The value V(z) and its slow target copy V'."""
 
     gamma: float = 0.99
-    lam: float = 0.95  # lambda of Dreamer's lambda-returns
+    lam: float = 0.95  # lambda of the TD(lambda) targets (Dreamer's, and the replay style's)
     lr: float = 8e-5
     units: int = 400
     layers: int = 3
     grad_clip: float = 100.0
     target_period: int = 100  # update V' after every this many value updates ...
     target_tau: float = 1.0  # ... by V' <- tau * V + (1 - tau) * V'
-    # Regularisers of Fig. 1 (each a switch):
-    norm: Literal["none", "before", "after"] = "none"  # batch norm before or after each activation
+    # Regularisers of Fig. 1 (each a switch), and layer norm, which needs no batch statistics:
+    norm: Literal["none", "before", "after", "layer"] = "none"  # before/after: batch norm around ELU
     dropout: list[float] = field(default_factory=list)  # drop probability per hidden layer ([] = none)
     clip: bool = False  # clip V to [clip_low, clip_high]
     clip_low: float = 0.0
     clip_high: float = 200.0
-    # ColloDreamer's value training from plans (Fig. 2):
-    style: Literal["inner", "after"] = "inner"  # every planner iteration, or after executing a plan
+    # hard: the paper's clamp, no gradient outside the range; straight_through: clamped forward,
+    # the network's own gradient backward, so the planner can still climb V where it is clipped
+    clip_mode: Literal["hard", "straight_through"] = "hard"
+    # ColloDreamer: how V learns. inner: from the plan after every planner iteration (Algorithm 1);
+    # after: from the executed segment's posterior states (Fig. 2); replay: TD(lambda) targets of real
+    # rewards on replayed posterior sequences, in every training step; imagination: Dreamer's critic
+    # on imagined rollouts of its actor, which also warm-starts plans (planner.init=policy).
+    style: Literal["inner", "after", "replay", "imagination"] = "inner"
     after_updates: int = 100  # value updates per executed segment in the "after" style
+    update_every: int = 1  # inner style: planner iterations between value updates
+    # inner/after styles: plans (or segments) per value update, the current one and the latest others;
+    # more than one gives batch norm statistics across plans rather than along one plan
+    plan_batch: int = 1
+    weight: float = 1.0  # scales the planner's terminal value term (Eq. 10's gamma^(H+1) V)
 
 
 @dataclass
@@ -159,6 +170,8 @@ class PlannerConfig:
     # N(0, 1) knots (LatCo), the previous plan shifted, or a rollout of the amortised policy
     init: Literal["random", "shift", "policy"] = "random"
     plans: int = 1  # plans optimised in parallel; the one with the best imagined return is used
+    # Action-bound residual: abs, max(|a| - 1, 0); square, max(a^2 - 1, 0) as in LatCo's code
+    action_residual: Literal["abs", "square"] = "abs"
     tolerance: float = 0.0  # stop early once constraints hold and the return changes less (0: never)
 
 
@@ -373,6 +386,8 @@ def validate(config: Config) -> None:
         "model.units": config.model.units,
         "value.units": config.value.units,
         "value.target_period": config.value.target_period,
+        "value.update_every": config.value.update_every,
+        "value.plan_batch": config.value.plan_batch,
         "actor.horizon": config.actor.horizon,
         "planner.horizon": config.planner.horizon,
         "planner.iterations": config.planner.iterations,

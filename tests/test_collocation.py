@@ -11,6 +11,7 @@ from collodreamer.models.rssm import RSSM
 from collodreamer.planning.collocation import (
     AdamPrimal,
     Objective,
+    action_excess,
     block_tridiagonal_solve,
     collocate,
     dual_update,
@@ -22,6 +23,19 @@ from collodreamer.planning.collocation import (
 )
 
 torch.set_default_dtype(torch.float32)
+
+
+def test_action_excess_by_hand():
+    actions = torch.tensor([-1.5, -0.5, 1.0, 1.2])
+    excess, grad = action_excess(actions, "abs")
+    assert torch.allclose(excess, torch.tensor([0.5, 0.0, 0.0, 0.2]))
+    assert torch.allclose(grad, torch.tensor([-1.0, 0.0, 0.0, 1.0]))
+    excess, grad = action_excess(actions, "square")
+    assert torch.allclose(excess, torch.tensor([1.25, 0.0, 0.0, 0.44]))
+    assert torch.allclose(grad, torch.tensor([-3.0, 0.0, 0.0, 2.4]))
+    # At a squared violation of eps = 1e-2, abs allows an overshoot of 0.1, square about 0.049.
+    assert action_excess(torch.tensor([1.1]), "abs")[0].pow(2).item() == pytest.approx(1e-2)
+    assert action_excess(torch.tensor([1.0488]), "square")[0].pow(2).item() == pytest.approx(1e-2, rel=0.01)
 
 
 def test_dual_update_matches_eq7():
@@ -94,12 +108,16 @@ def test_multipliers_stay_bounded():
     assert lam.tolist() == pytest.approx([1e6, 1e-6])
 
 
-def test_action_bounds_hold_after_planning():
+@pytest.mark.parametrize("action_residual", ["abs", "square"])
+def test_action_bounds_hold_after_planning(action_residual):
     """A goal 3 units away tempts actions beyond the bounds; the multipliers nu push them back."""
     torch.manual_seed(0)
     far = torch.tensor([3.0, -3.0])
     objective = Objective(
-        dynamics=lambda z, a: z + a, reward=lambda z: 1.0 - (z - far).pow(2).sum(-1), action_dim=2
+        dynamics=lambda z, a: z + a,
+        reward=lambda z: 1.0 - (z - far).pow(2).sum(-1),
+        action_dim=2,
+        action_residual=action_residual,
     )
     config = PlannerConfig(horizon=8, iterations=150)
     result = collocate(objective, torch.zeros(1, 2), config)
@@ -135,9 +153,11 @@ def test_both_primal_steps_reduce_the_lagrangian(latent):
     assert torch.equal(stepped.features[:, 0], plan.features[:, 0])
 
 
-def test_gauss_newton_solves_the_linearised_least_squares_problem():
+@pytest.mark.parametrize("action_residual", ["abs", "square"])
+def test_gauss_newton_solves_the_linearised_least_squares_problem(action_residual):
     """The block assembly equals the dense normal equations built from autograd's full Jacobian."""
     objective, dim = tiny_world_objective("gaussian")
+    objective = replace(objective, action_residual=action_residual)
     torch.manual_seed(1)
     plan = random_plan(torch.randn(2, dim), horizon=4, action_dim=2, config=PlannerConfig())
     plan = replace(

@@ -13,8 +13,7 @@ from collodreamer.agents.collodreamer import (
     transition_log_ratio,
 )
 from collodreamer.config import PlannerConfig, ValueConfig, make_config
-from collodreamer.envs import EnvSpec
-from collodreamer.models.losses import bellman_targets
+from collodreamer.models.losses import value_targets
 from collodreamer.models.value import ValueNetwork
 from collodreamer.planning.collocation import (
     Objective,
@@ -25,23 +24,64 @@ from collodreamer.planning.collocation import (
     random_plan,
     residuals,
 )
+from collodreamer.spec import EnvSpec
 
 
-def test_bellman_targets_by_hand_on_a_3_step_plan():
-    rewards = torch.tensor([1.0, 2.0, 3.0, 4.0])  # r(z_0..z_3), H = 3
-    bootstrap = torch.tensor(10.0)  # V'(mu(z_3, a_3))
+def test_plan_targets_by_hand_on_a_3_step_plan():
+    """T_k = r_k + gamma T_{k+1} with T_H = r_H + gamma V'(mu(z_H, a_H)): lam = 1 on the knots
+    followed by the bootstrap state."""
+    rewards = torch.tensor([1.0, 2.0, 3.0, 4.0, 0.0])  # r(z_0..z_3), H = 3; the bootstrap state's unused
+    values = torch.tensor([0.0, 0.0, 0.0, 0.0, 10.0])  # V'(mu(z_3, a_3)) last
     g = 0.9
     expected = torch.tensor(
         [
-            1 + g * 2 + g**2 * 3 + g**3 * 4 + g**3 * 10,
-            2 + g * 3 + g**2 * 4 + g**2 * 10,
-            3 + g * 4 + g * 10,
-            4 + 10,
+            1 + g * 2 + g**2 * 3 + g**3 * 4 + g**4 * 10,
+            2 + g * 3 + g**2 * 4 + g**3 * 10,
+            3 + g * 4 + g**2 * 10,
+            4 + g * 10,
         ]
     )
-    assert torch.allclose(bellman_targets(rewards, bootstrap, g), expected)
+    targets, valid = value_targets(rewards, values, g, 1.0)
+    assert torch.allclose(targets, expected) and valid.all()
     # gamma = 1 is Eq. 9: the plain sum of the remaining rewards plus the value.
-    assert torch.allclose(bellman_targets(rewards, bootstrap, 1.0), torch.tensor([20.0, 19.0, 17.0, 14.0]))
+    assert torch.allclose(value_targets(rewards, values, 1.0, 1.0)[0], torch.tensor([20.0, 19.0, 17.0, 14.0]))
+
+
+def test_bellman_fixed_point_is_the_discounted_sum():
+    """With a constant reward r, V = r / (1 - gamma) is the fixed point: targets computed from it
+    reproduce it at every knot (the old targets, without gamma on V', gave about 106 r at 0.99)."""
+    gamma, r = 0.99, 1.5
+    fixed = r / (1 - gamma)
+    rewards = torch.full((31,), r)
+    values = torch.full((31,), fixed)
+    for lam in (1.0, 0.95, 0.0):
+        targets, _ = value_targets(rewards, values, gamma, lam)
+        assert torch.allclose(targets, torch.full((30,), fixed))
+
+
+def test_lambda_targets_by_hand_with_episode_boundaries():
+    r = torch.tensor([0.0, 1.0, 2.0, 0.0, 3.0, 4.0])
+    v = torch.tensor([10.0, 20.0, 30.0, 40.0, 50.0, 60.0])
+    g, lam = 0.5, 0.5
+    # Plain recursion: G_4 = r_4 + g * v_5, G_k = r_k + g ((1 - lam) v_{k+1} + lam G_{k+1}).
+    g4 = 3 + g * 60
+    g3 = 0 + g * (0.5 * 50 + 0.5 * g4)
+    targets, valid = value_targets(r, v, g, lam)
+    assert targets[4] == pytest.approx(g4) and targets[3] == pytest.approx(g3)
+    assert valid.all()
+    # A new episode starts at step 3 (its time limit cut the last one): G_2 is unknown, set to V'_2
+    # and masked; G_1 bootstraps from it.
+    first = torch.tensor([True, False, False, True, False, False])
+    targets, valid = value_targets(r, v, g, lam, is_first=first)
+    assert valid.tolist() == [True, True, False, True, True]
+    assert targets[2] == pytest.approx(30.0)
+    assert targets[1] == pytest.approx(1 + g * (0.5 * 30 + 0.5 * 30))
+    assert targets[3] == pytest.approx(g3)
+    # A terminal state at step 2 ends the future there: G_2 = r_2, and it is a valid target.
+    terminal = torch.tensor([False, False, True, False, False, False])
+    targets, valid = value_targets(r, v, g, lam, is_first=first, is_terminal=terminal)
+    assert targets[2] == pytest.approx(2.0) and valid[2]
+    assert targets[1] == pytest.approx(1 + g * (0.5 * 30 + 0.5 * 2))
 
 
 GOAL = torch.tensor([0.2, 0.4])
@@ -58,17 +98,20 @@ def objective(value=None, gamma=0.9) -> Objective:
 
 
 def test_discounted_objective_by_hand_on_a_3_step_plan():
-    """Eq. 10 (without the constant r(z_0)): sum_k gamma^k r(z_k) + gamma^H V(mu(z_H, a_H))."""
+    """Eq. 10 (without the constant r(z_0)): sum_k gamma^k r(z_k) + w gamma^(H+1) V(mu(z_H, a_H))."""
     plan = random_plan(torch.zeros(1, 2), horizon=3, action_dim=2, config=PlannerConfig())
     value = lambda z: 5.0 * z.sum(-1)  # noqa: E731
     g = 0.9
     z, a = plan.features[0], plan.actions[0]
     r = [1.0 - (z[k] - GOAL).pow(2).sum() for k in range(4)]
     terminal = 5.0 * (0.9 * z[3] + a[3]).sum()
-    expected = g * r[1] + g**2 * r[2] + g**3 * r[3] + g**3 * terminal
+    expected = g * r[1] + g**2 * r[2] + g**3 * r[3] + g**4 * terminal
     assert planned_return(objective(value, g), plan).item() == pytest.approx(expected.item(), rel=1e-5)
     eq9 = r[1] + r[2] + r[3] + terminal
     assert planned_return(objective(value, 1.0), plan).item() == pytest.approx(eq9.item(), rel=1e-5)
+    weighted = replace(objective(value, g), value_weight=0.5)
+    expected = g * r[1] + g**2 * r[2] + g**3 * r[3] + 0.5 * g**4 * terminal
+    assert planned_return(weighted, plan).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_zero_value_plans_exactly_like_latco():
@@ -141,7 +184,7 @@ def test_schedules_hit_their_ends():
 
 def tiny_agent(**overrides) -> ColloDreamerAgent:
     config = make_config(["tiny"], ["agent=collodreamer", *[f"{k}={v}" for k, v in overrides.items()]])
-    return ColloDreamerAgent(config, EnvSpec((5,), torch.float32, 2), torch.device("cpu"))
+    return ColloDreamerAgent(config, EnvSpec((5,), 2), torch.device("cpu"))
 
 
 def test_ratio_is_one_when_the_old_model_is_the_current_one():
@@ -168,7 +211,7 @@ def test_ratio_is_one_when_the_old_model_is_the_current_one():
     objective_value = agent.augmented_objective(batch, post, prior)
     objective_value.backward()
     assert agent.world_model.rssm.img_out[2].weight.grad.abs().sum() > 0
-    assert all(p.grad is None for p in agent.value.parameters())
+    assert all(p.grad is None for p in agent.critic.value.parameters())
 
 
 def test_latent_objective_formula():
@@ -180,15 +223,15 @@ def test_latent_objective_formula():
 
 
 def test_value_update_reduces_value_loss_on_a_fixed_batch():
-    agent = tiny_agent(**{"value.lr": 1e-3, "value.target_period": 1000})
     torch.manual_seed(0)
+    agent = tiny_agent(**{"value.lr": 1e-3, "value.target_period": 1000})
     features = torch.randn(4, 7, agent.world_model.feature_dim)
     actions = torch.rand(4, 7, 2) * 2 - 1
     targets = agent.value_targets(features, actions)  # V' stays fixed (target_period 1000)
 
     def loss() -> float:
         with torch.no_grad():
-            return (0.5 * (agent.value(features) - targets).pow(2).mean()).item()
+            return (0.5 * (agent.critic.value(features) - targets).pow(2).mean()).item()
 
     before = loss()
     for _ in range(100):
@@ -212,9 +255,9 @@ def test_value_training_styles(style):
     for _ in range(5):  # plans at steps 0, 2, 4: the segments of the first two are complete
         _, state = agent.act(obs, state, training=True)
     expected = {"inner": 3 * 5, "after": 2 * 3}[style]
-    assert agent.value_updates == expected
+    assert agent.critic.updates == expected
     _, state = agent.act(obs, None, training=False)  # no value learning while testing
-    assert agent.value_updates == expected
+    assert agent.critic.updates == expected
     assert "value/loss" in agent.metrics()
 
 
@@ -246,3 +289,128 @@ def test_collodreamer_defaults_follow_the_paper():
     assert make_config(overrides=["agent=latco"]).model.latent == "gaussian"
     # Agent defaults come first: presets and overrides still win.
     assert make_config(overrides=["agent=collodreamer", "model.deter=50"]).model.deter == 50
+
+
+def test_straight_through_clip_keeps_the_gradient_that_a_hard_clip_zeroes():
+    x = torch.randn(32, 4)
+    for mode, expect_gradient in (("hard", False), ("straight_through", True)):
+        torch.manual_seed(0)
+        net = ValueNetwork(4, ValueConfig(units=8, layers=1, clip=True, clip_high=1.0, clip_mode=mode))
+        with torch.no_grad():
+            net.net.net[-1].bias.fill_(-100.0)  # every value below clip_low = 0
+        z = x.clone().requires_grad_(True)
+        value = net(z)
+        assert torch.all(value == 0.0)  # the forward is clipped either way
+        value.sum().backward()
+        assert (z.grad.abs().sum() > 0) == expect_gradient
+
+
+def test_layer_norm_option_and_batch_norm_statistics_across_plans():
+    kinds = lambda net: [type(m).__name__ for m in net.net.net]  # noqa: E731
+    assert kinds(ValueNetwork(4, ValueConfig(units=8, layers=1, norm="layer"))) == [
+        "Linear",
+        "LayerNorm",
+        "ELU",
+        "Linear",
+    ]
+    # plan_batch = 3: each value update sees the current plan and the two latest plans before it.
+    agent = tiny_agent(
+        **{"value.plan_batch": 3, "planner.horizon": 4, "planner.replan_every": 4, "planner.iterations": 2}
+    )
+    sizes = []
+    agent.critic.update = lambda features, targets, weights=None: (
+        sizes.append(len(features))
+        or {  # type: ignore[method-assign]
+            "value/loss": 0.0
+        }
+    )
+    for _ in range(4):
+        agent.plan(torch.randn(1, agent.world_model.feature_dim), None, training=True)
+    assert sizes == [5, 5, 10, 10, 15, 15, 15, 15]  # 5 knots per plan, up to 3 plans
+
+
+def replay_batch(length: int = 6) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    first = torch.zeros(2, length, dtype=torch.bool)
+    first[:, 0] = True
+    first[1, 3] = True  # the second sequence crosses into a new episode at step 3
+    return {
+        "obs": torch.randn(2, length, 5),
+        "action": torch.rand(2, length, 2) * 2 - 1,
+        "reward": torch.rand(2, length),
+        "is_first": first,
+        "is_terminal": torch.zeros(2, length, dtype=torch.bool),
+    }
+
+
+def test_replay_style_targets_are_real_discounted_rewards():
+    """With V' = 0 and lambda = 1, the replay style's targets are the discounted sums of the real
+    rewards to the end of the sequence or episode, by hand."""
+    agent = tiny_agent(
+        **{"value.style": "replay", "value.lam": 1.0, "value.gamma": 0.5, "value.clip": "false"}
+    )
+    with torch.no_grad():
+        for p in agent.critic.target.parameters():
+            p.zero_()
+    captured = {}
+
+    def capture(features, targets, weights=None):
+        captured.update(features=features, targets=targets, weights=weights)
+        return {"value/loss": 0.0}
+
+    agent.critic.update = capture  # type: ignore[method-assign]
+    batch = replay_batch()
+    metrics = agent.train_step({k: v.numpy() for k, v in batch.items()})
+    r = batch["reward"]
+    assert captured["features"].shape == (2, 5, agent.world_model.feature_dim)
+    expected0 = [sum(0.5**j * r[0, k + j].item() for j in range(5 - k)) for k in range(5)]
+    assert torch.allclose(captured["targets"][0], torch.tensor(expected0), atol=1e-5)
+    # Sequence 1: steps 0-2 end their episode at the cut (step 2 has no known future: masked).
+    expected1 = [r[1, 0] + 0.5 * r[1, 1], r[1, 1]]
+    assert torch.allclose(captured["targets"][1, :2], torch.stack(expected1), atol=1e-5)
+    assert captured["weights"][1, 2] == 0 and captured["weights"][1, 3] > 0
+    assert "model/loss" in metrics and "value/target" in metrics
+
+
+def test_imagination_style_trains_dreamers_critic_and_warm_starts_plans():
+    agent = tiny_agent(
+        **{
+            "value.style": "imagination",
+            "planner.init": "policy",
+            "planner.horizon": 4,
+            "planner.replan_every": 4,
+            "planner.iterations": 2,
+        }
+    )
+    assert agent.policy is None and agent.behaviour is not None
+    batch = replay_batch()
+    metrics = agent.train_step({k: v.numpy() for k, v in batch.items()})
+    assert agent.critic.updates == 1 and "actor/loss" in metrics
+    # The planner's terminal value counts the reward of its own state: r(z) + gamma V_dreamer(z).
+    feature = torch.randn(3, agent.world_model.feature_dim)
+    expected = agent.world_model.reward_of(feature) + agent.config.value.gamma * agent.critic.value(feature)
+    assert torch.allclose(agent.value_of(feature), expected)
+    # Plans start from the actor's rollout.
+    init = agent.initial_plan(feature[:1], None)
+    assert torch.allclose(init.actions[:, 0], agent.behaviour.actor.mode(feature[:1]))
+    # No value learning inside the planner for this style.
+    agent.plan(feature[:1], None, training=True)
+    assert agent.critic.updates == 1
+
+
+def test_categorical_reward_head_learns_at_mean_features():
+    """The planner scores class probabilities; the reward loss includes the head at the posterior's
+    probabilities, and training lowers the error there."""
+    agent = tiny_agent()  # collodreamer's defaults: categorical latents
+    assert agent.world_model.rssm.categorical
+    batch = replay_batch()
+    _, post, _, metrics = agent.world_model.loss(batch)
+    assert "model/reward_mean_feature_loss" in metrics
+    first = metrics["model/reward_mean_feature_loss"]
+    for _ in range(200):
+        agent.world_model.train_step(batch)
+    _, _, _, metrics = agent.world_model.loss(batch)
+    assert metrics["model/reward_mean_feature_loss"] < 0.5 * first
+    mean = agent.world_model.rssm.mean_feature(post)
+    probs = mean[..., : agent.world_model.rssm.stoch_dim].reshape(2, 6, 4, 4)
+    assert torch.allclose(probs.sum(-1), torch.ones(2, 6, 4), atol=1e-5)  # probabilities, not one-hots

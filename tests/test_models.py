@@ -13,9 +13,9 @@ from collodreamer.models.losses import (
     kl_loss,
     lambda_returns,
     tanh_gaussian_entropy,
-    update_target,
 )
 from collodreamer.models.networks import MLP
+from collodreamer.models.optim import update_target
 from collodreamer.models.rssm import RSSM
 
 

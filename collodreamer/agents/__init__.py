@@ -10,7 +10,7 @@ from collodreamer.agents.dreamer import DreamerAgent
 from collodreamer.agents.latco import LatCoAgent
 from collodreamer.agents.random_agent import RandomAgent
 from collodreamer.config import Config, ConfigError
-from collodreamer.envs import EnvSpec
+from collodreamer.spec import EnvSpec
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,11 +1,19 @@
 """ColloDreamer (the paper): LatCo's planner whose objective adds a learned value of the state after
-the last knot (Eq. 9/10), the value trained by Bellman targets from the plans (Algorithm 1, style
-``inner``) or from the executed segments (style ``after``), optionally with the augmented latent
-objective of Eq. 11 in the world-model loss."""
+the last knot (Eq. 9/10), optionally with the augmented latent objective of Eq. 11 in the world-model
+loss. The value learns in one of four styles (``value.style``):
+
+- ``inner``: Bellman targets from the current plan after every planner iteration (Algorithm 1);
+- ``after``: from the executed segment's posterior states after each plan (Fig. 2);
+- ``replay``: TD(lambda) targets of real rewards on the posterior sequences of every training batch;
+- ``imagination``: Dreamer's critic on imagined rollouts of Dreamer's actor, whose rollout also
+  initialises the plans when ``planner.init=policy``.
+"""
 
 from __future__ import annotations
 
 import copy
+import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -13,14 +21,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from collodreamer.agents.dreamer import ImaginedBehaviour
 from collodreamer.agents.latco import LatCoAgent, PlannerState
 from collodreamer.config import Config, PlannerConfig
-from collodreamer.envs import EnvSpec
 from collodreamer.models import State, to_torch
-from collodreamer.models.losses import bellman_targets, update_target
-from collodreamer.models.networks import optimizer_step
-from collodreamer.models.value import ValueNetwork
+from collodreamer.models.losses import value_targets
+from collodreamer.models.optim import optimizer_step
+from collodreamer.models.value import Critic
 from collodreamer.planning import Objective, Plan, PlanResult
+from collodreamer.spec import EnvSpec
 from collodreamer.timing import timed
 
 
@@ -47,19 +56,44 @@ def latent_objective(ratio: torch.Tensor, advantage: torch.Tensor, multiplier: f
 class ColloDreamerAgent(LatCoAgent):
     def __init__(self, config: Config, spec: EnvSpec, device: torch.device) -> None:
         super().__init__(config, spec, device)
-        feature_dim = self.world_model.feature_dim
-        self.value = ValueNetwork(feature_dim, config.value).to(device)
-        self.target_value = copy.deepcopy(self.value).requires_grad_(False).eval()
-        self.value_optimizer = torch.optim.Adam(self.value.parameters(), lr=config.value.lr, eps=1e-5)
-        self.value_updates = 0
+        style = config.value.style
+        self.behaviour: ImaginedBehaviour | None = None
+        if style == "imagination":
+            self.behaviour = ImaginedBehaviour(config, self.world_model, spec.action_dim)
+            self.critic = self.behaviour.critic
+            self.policy = None  # Dreamer's actor warm-starts the plans, not a cloned policy
+        else:
+            self.critic = Critic(self.world_model.feature_dim, config.value, device, config.model.amp)
+        # inner/after: the latest plans (or segments) besides the current one in each value batch
+        self.recent: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=config.value.plan_batch - 1)
+        self.iterations = 0  # planner iterations while training, for value.update_every
         self.model_updates = 0
         self.last_lambda = 1.0  # the planner's mean dynamics multiplier, for Eq. 11
         self.old_rssm = copy.deepcopy(self.world_model.rssm).requires_grad_(False)
 
     # --- planning ------------------------------------------------------------------------------
     def build_objective(self) -> Objective:
-        """Eq. 10: discounted predicted rewards plus the discounted value after the last knot."""
-        return replace(super().build_objective(), gamma=self.config.value.gamma, value=self.value)
+        """Eq. 10: discounted predicted rewards plus the weighted, discounted value after the last knot."""
+        return replace(
+            super().build_objective(),
+            gamma=self.config.value.gamma,
+            value=self.value_of,
+            value_weight=self.config.value.weight,
+        )
+
+    def value_of(self, feature: torch.Tensor) -> torch.Tensor:
+        """V(z) counting the reward of z itself, as the planner's terminal term needs it. Dreamer's
+        critic (the imagination style) predicts the rewards from the next state on, so its reward is
+        added: ``r(z) + gamma V_dreamer(z)``."""
+        value = self.critic.value(feature)
+        if self.behaviour is None:
+            return value
+        return self.world_model.reward_of(feature) + self.config.value.gamma * value
+
+    def warm_start_policy(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        if self.behaviour is not None:
+            return self.behaviour.actor.mode
+        return super().warm_start_policy()
 
     def planner_config(self) -> PlannerConfig:
         latent = self.config.latent_objective
@@ -71,16 +105,23 @@ class ColloDreamerAgent(LatCoAgent):
         return replace(self.config.planner, eps_dyn=eps)
 
     def plan(self, feature: torch.Tensor, previous: PlanResult | None, training: bool) -> PlanResult:
-        self.value.eval()  # batch norm uses its running statistics and dropout is off while planning
         result = super().plan(feature, previous, training)
         self.last_lambda = result.diagnostics["lambda_mean"]
+        if training and self.config.value.style == "inner":
+            self.recent.append((result.plan.features.detach(), result.plan.actions.detach()))
         return result
 
     def on_iteration(self, training: bool) -> Callable[[Plan], None] | None:
         if not training or self.config.value.style != "inner":
             return None
-        # Algorithm 1: one value update on the current plan after every primal/dual step.
-        return lambda plan: self.update_value(plan.features, plan.actions)
+
+        def update(plan: Plan) -> None:
+            # Algorithm 1: a value update on the current plan after every update_every-th iteration.
+            self.iterations += 1
+            if self.iterations % self.config.value.update_every == 0:
+                self.update_value(plan.features, plan.actions)
+
+        return update
 
     def segment_done(self, state: PlannerState) -> None:
         if self.config.value.style != "after":
@@ -89,40 +130,75 @@ class ColloDreamerAgent(LatCoAgent):
         features, actions = torch.cat(state.visited)[None], torch.cat(state.executed)[None]
         for _ in range(self.config.value.after_updates):
             self.update_value(features, actions)
+        self.recent.append((features, actions))
 
-    # --- value learning ------------------------------------------------------------------------
+    # --- value learning from plans and segments -------------------------------------------------
     def value_targets(self, features: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Bellman targets of Eq. 10 for knots ``[B, K, D]`` with actions ``[B, K, A]``."""
+        """Bellman targets of Eq. 10 for knots ``[B, K, D]`` with actions ``[B, K, A]``:
+        ``T_k = r(z_k) + gamma T_{k+1}``, ``T_{K-1} = r(z_{K-1}) + gamma V'(mu(z_{K-1}, a_{K-1}))``."""
         with torch.no_grad():
             rewards = self.world_model.reward_of(features)
-            bootstrap = self.target_value(
-                self.world_model.rssm.next_feature_mean(features[:, -1], actions[:, -1])
-            )
-            return bellman_targets(rewards, bootstrap, self.config.value.gamma)
+            after = self.world_model.rssm.next_feature_mean(features[:, -1], actions[:, -1])
+            bootstrap = self.critic.target(after)
+            # The state after the last knot only bootstraps: its reward is never read, and with
+            # lam = 1 only the last value enters.
+            rewards = torch.cat([rewards, torch.zeros_like(bootstrap)[:, None]], 1)
+            values = torch.cat([torch.zeros_like(rewards[:, :-1]), bootstrap[:, None]], 1)
+            return value_targets(rewards, values, self.config.value.gamma, 1.0)[0]
 
     def update_value(self, features: torch.Tensor, actions: torch.Tensor) -> float:
-        """One step on ``0.5 * (V(z_k) - T_k)^2`` over all knots; V' follows by tau every period."""
-        config = self.config.value
-        features, actions = features.detach(), actions.detach()
-        with timed("value"), torch.enable_grad():
-            targets = self.value_targets(features, actions)
-            self.value.train()
-            loss = 0.5 * (self.value(features) - targets).pow(2).mean()
-            norm = optimizer_step(self.value_optimizer, loss, self.value, config.grad_clip)
-            self.value.eval()
-        self.value_updates += 1
-        if self.value_updates % config.target_period == 0:
-            update_target(self.target_value, self.value, config.target_tau)
-        self.log({"value/loss": loss.item(), "value/grad_norm": norm, "value/target": targets.mean().item()})
-        return loss.item()
+        """One step on ``0.5 * (V(z_k) - T_k)^2`` over the knots of this plan and of up to
+        ``plan_batch - 1`` recent ones; V' follows by tau every period."""
+        batch = [(features.detach(), actions.detach())]
+        if self.recent:
+            batch += random.sample(list(self.recent), len(self.recent))
+        with timed("value"):
+            targets = [self.value_targets(f, a) for f, a in batch]
+            metrics = self.critic.update(
+                torch.cat([f.flatten(0, 1) for f, _ in batch]), torch.cat([t.flatten() for t in targets])
+            )
+        self.log({**metrics, "value/target": targets[0].mean().item()})
+        return metrics["value/loss"]
+
+    # --- value learning from replay and imagination ---------------------------------------------
+    def train_value_on_replay(self, batch: dict[str, torch.Tensor], post: State) -> dict[str, float]:
+        """TD(lambda) targets of the real rewards along the replayed sequences, bootstrapped by V' at
+        the posterior's mean features (the kind of feature the planner's knots are)."""
+        with timed("value"):
+            features = self.world_model.rssm.mean_feature(post).detach()
+            with torch.no_grad():
+                values = self.critic.target(features)
+            targets, valid = value_targets(
+                batch["reward"].float(),
+                values,
+                self.config.value.gamma,
+                self.config.value.lam,
+                batch["is_first"],
+                batch["is_terminal"],
+            )
+            weights = valid.float() / valid.float().mean().clamp(min=1e-6)
+            metrics = self.critic.update(features[:, :-1], targets, weights)
+        return {**metrics, "value/target": targets[valid].mean().item() if valid.any() else 0.0}
 
     # --- world-model learning ------------------------------------------------------------------
     def train_step(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
-        latent = self.config.latent_objective
-        if not latent.enabled:
-            self.model_updates += 1
-            return super().train_step(batch)
         data = to_torch(batch, self.device)
+        if self.config.latent_objective.enabled:
+            post, metrics = self.train_model_with_latent_objective(data)
+        else:
+            post, metrics = self.world_model.train_step(data)
+            self.model_updates += 1
+        if self.config.value.style == "replay":
+            metrics.update(self.train_value_on_replay(data, post))
+        elif self.behaviour is not None:
+            metrics.update(self.behaviour.train(post))
+        return metrics
+
+    def train_model_with_latent_objective(
+        self, data: dict[str, torch.Tensor]
+    ) -> tuple[State, dict[str, float]]:
+        """One world-model step on Eq. 4 minus the weighted augmented latent objective of Eq. 11."""
+        latent = self.config.latent_objective
         model = self.world_model
         weight = linear_schedule(
             latent.weight_start, latent.weight_end, self.model_updates, latent.schedule_updates
@@ -145,7 +221,7 @@ class ColloDreamerAgent(LatCoAgent):
                 "latent/lambda": self.last_lambda,
             }
         )
-        return metrics
+        return {k: v.detach() for k, v in post.items()}, metrics
 
     def augmented_objective(self, batch: dict[str, torch.Tensor], post: State, prior: State) -> torch.Tensor:
         """Eq. 11 on a replay batch: m(t) from the transitions into ``z_{t-1}`` and ``z_t`` under the
@@ -160,12 +236,11 @@ class ColloDreamerAgent(LatCoAgent):
         ratio = transition_log_ratio(log_prob, old_log_prob).exp()  # m(t) for t = 2..T-1
         feature = rssm.feature(post).detach()
         with torch.no_grad():
-            self.value.eval()
             following = rssm.next_feature_mean(feature[:, 2:-1], batch["action"][:, 3:])  # mu(z_t, a_t)
             advantage = (
                 self.world_model.reward_of(feature[:, 2:-1])
-                + self.value(following)
-                - self.value(feature[:, 2:-1])
+                + self.value_of(following)
+                - self.value_of(feature[:, 2:-1])
             )
         # Transitions across an episode start are resets, not dynamics: leave them out.
         first = batch["is_first"]
@@ -174,14 +249,13 @@ class ColloDreamerAgent(LatCoAgent):
 
     # --- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        learner = self.behaviour if self.behaviour is not None else self.critic
         return {
             **super().state_dict(),
-            "value": self.value.state_dict(),
-            "target_value": self.target_value.state_dict(),
-            "value_optimizer": self.value_optimizer.state_dict(),
+            **learner.state_dict(),
             "old_rssm": self.old_rssm.state_dict(),
             "counters": {
-                "value_updates": self.value_updates,
+                "iterations": self.iterations,
                 "model_updates": self.model_updates,
                 "last_lambda": self.last_lambda,
             },
@@ -189,10 +263,9 @@ class ColloDreamerAgent(LatCoAgent):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.value.load_state_dict(state["value"])
-        self.target_value.load_state_dict(state["target_value"])
-        self.value_optimizer.load_state_dict(state["value_optimizer"])
+        learner = self.behaviour if self.behaviour is not None else self.critic
+        learner.load_state_dict(state)
         self.old_rssm.load_state_dict(state["old_rssm"])
         counters = state["counters"]
-        self.value_updates, self.model_updates = counters["value_updates"], counters["model_updates"]
+        self.iterations, self.model_updates = counters["iterations"], counters["model_updates"]
         self.last_lambda = counters["last_lambda"]

@@ -3,7 +3,6 @@ model, with lambda-returns bootstrapped from a slow target value network."""
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -12,12 +11,12 @@ import torch
 from torch import nn
 
 from collodreamer.config import ActorConfig, Config
-from collodreamer.envs import EnvSpec
 from collodreamer.models import MLP, WorldModel, autocast, to_torch
-from collodreamer.models.losses import lambda_returns, tanh_gaussian_entropy, update_target
-from collodreamer.models.networks import frozen, optimizer_step
-from collodreamer.models.rssm import flatten
-from collodreamer.models.value import ValueNetwork
+from collodreamer.models.losses import lambda_returns, tanh_gaussian_entropy
+from collodreamer.models.optim import frozen, optimizer_step
+from collodreamer.models.rssm import State, flatten
+from collodreamer.models.value import Critic
+from collodreamer.spec import EnvSpec
 from collodreamer.timing import timed
 
 
@@ -52,18 +51,76 @@ class Actor(nn.Module):
         return torch.tanh(self.distribution(feature)[0])
 
 
+class ImaginedBehaviour:
+    """Dreamer's behaviour learning: an actor and a critic trained on imagined trajectories of the
+    world model, with lambda-returns bootstrapped from the critic's slow target. The critic follows
+    Dreamer's convention: ``V(s)`` predicts the rewards from the next state on."""
+
+    def __init__(self, config: Config, world_model: WorldModel, action_dim: int) -> None:
+        self.config = config
+        self.world_model = world_model
+        device = world_model.device
+        feature_dim = world_model.feature_dim
+        self.actor = Actor(feature_dim, action_dim, config.actor).to(device)
+        self.critic = Critic(feature_dim, config.value, device, config.model.amp)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor.lr, eps=1e-5)
+
+    def train(self, post: State) -> dict[str, float]:
+        """One actor and one critic update on imagined trajectories from the posterior states ``post``
+        (``[B, T, ...]``), from ``actor.starts`` random ones of them when that is set."""
+        start = flatten(post)
+        count = self.config.actor.starts
+        if 0 < count < start["deter"].shape[0]:
+            # Imagination costs most of an update on a CPU; a random subset of starts keeps it cheap.
+            index = torch.randperm(start["deter"].shape[0], device=start["deter"].device)[:count]
+            start = {k: v[index] for k, v in start.items()}
+        with timed("behaviour"):
+            return self._update(start)
+
+    def _update(self, start: State) -> dict[str, float]:
+        actor_config, value_config = self.config.actor, self.config.value
+        with frozen(self.world_model), autocast(self.world_model.device, self.config.model.amp):
+            features, _ = self.world_model.rssm.imagine(start, self.actor.sample, actor_config.horizon)
+            rewards = self.world_model.reward_of(features[1:])
+            values = self.critic.target(features[1:])
+        discounts = torch.full_like(rewards, value_config.gamma)
+        returns = lambda_returns(rewards.float(), values.float(), discounts, value_config.lam)
+        # Weight step t by gamma^t: later imagined steps matter less (DreamerV1).
+        weights = torch.cumprod(torch.cat([torch.ones_like(discounts[:1]), discounts[:-1]]), 0)
+        entropy, std = self.actor.entropy(features[:-1].detach())
+        actor_loss = -(weights * (returns + actor_config.entropy * entropy)).mean()
+        actor_norm = optimizer_step(self.actor_optimizer, actor_loss, self.actor, actor_config.grad_clip)
+        metrics = self.critic.update(features[:-1], returns, weights)
+        return {
+            **metrics,
+            "actor/loss": actor_loss.item(),
+            "actor/grad_norm": actor_norm,
+            "actor/entropy": entropy.mean().item(),
+            "actor/std": std.mean().item(),
+            "imagine/reward": rewards.float().mean().item(),
+            "imagine/return": returns.mean().item(),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "actor": self.actor.state_dict(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            **self.critic.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic.load_state_dict(state)
+
+
 class DreamerAgent:
     def __init__(self, config: Config, spec: EnvSpec, device: torch.device) -> None:
         self.config = config
         self.device = device
         self.world_model = WorldModel(config.model, spec, device)
-        feature_dim = self.world_model.feature_dim
-        self.actor = Actor(feature_dim, spec.action_dim, config.actor).to(device)
-        self.value = ValueNetwork(feature_dim, config.value).to(device)
-        self.target_value = copy.deepcopy(self.value).requires_grad_(False).eval()
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor.lr, eps=1e-5)
-        self.value_optimizer = torch.optim.Adam(self.value.parameters(), lr=config.value.lr, eps=1e-5)
-        self.value_updates = 0
+        self.behaviour = ImaginedBehaviour(config, self.world_model, spec.action_dim)
+        self.actor = self.behaviour.actor
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, state: Any, training: bool) -> tuple[np.ndarray, Any]:
@@ -80,66 +137,11 @@ class DreamerAgent:
 
     def train_step(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
         post, metrics = self.world_model.train_step(to_torch(batch, self.device))
-        start = flatten(post)
-        count = self.config.actor.starts
-        if 0 < count < start["deter"].shape[0]:
-            # Imagination costs most of an update on a CPU; a random subset of starts keeps it cheap.
-            index = torch.randperm(start["deter"].shape[0], device=self.device)[:count]
-            start = {k: v[index] for k, v in start.items()}
-        with timed("behaviour"):
-            metrics.update(self.train_behaviour(start))
-        return metrics
-
-    def train_behaviour(self, start: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One actor and one value update on imagined trajectories from every posterior state."""
-        actor_config, value_config = self.config.actor, self.config.value
-        horizon = actor_config.horizon
-        with frozen(self.world_model), autocast(self.device, self.config.model.amp):
-            features, _ = self.world_model.rssm.imagine(start, self.actor.sample, horizon)
-            rewards = self.world_model.reward_of(features[1:])
-            values = self.target_value(features[1:])
-        discounts = torch.full_like(rewards, value_config.gamma)
-        returns = lambda_returns(rewards.float(), values.float(), discounts, value_config.lam)
-        # Weight step t by gamma^t: later imagined steps matter less (DreamerV1).
-        weights = torch.cumprod(torch.cat([torch.ones_like(discounts[:1]), discounts[:-1]]), 0)
-        entropy, std = self.actor.entropy(features[:-1].detach())
-        actor_loss = -(weights * (returns + actor_config.entropy * entropy)).mean()
-        actor_norm = optimizer_step(self.actor_optimizer, actor_loss, self.actor, actor_config.grad_clip)
-        with autocast(self.device, self.config.model.amp):
-            prediction = self.value(features[:-1].detach()).float()
-        value_loss = (weights * 0.5 * (prediction - returns.detach()) ** 2).mean()
-        value_norm = optimizer_step(self.value_optimizer, value_loss, self.value, value_config.grad_clip)
-        self.value_updates += 1
-        if self.value_updates % value_config.target_period == 0:
-            update_target(self.target_value, self.value, value_config.target_tau)
-        return {
-            "actor/loss": actor_loss.item(),
-            "actor/grad_norm": actor_norm,
-            "actor/entropy": entropy.mean().item(),
-            "actor/std": std.mean().item(),
-            "value/loss": value_loss.item(),
-            "value/grad_norm": value_norm,
-            "value/mean": prediction.mean().item(),
-            "imagine/reward": rewards.float().mean().item(),
-            "imagine/return": returns.mean().item(),
-        }
+        return {**metrics, **self.behaviour.train(post)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "world_model": self.world_model.training_state(),
-            "actor": self.actor.state_dict(),
-            "value": self.value.state_dict(),
-            "target_value": self.target_value.state_dict(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-            "value_optimizer": self.value_optimizer.state_dict(),
-            "value_updates": self.value_updates,
-        }
+        return {"world_model": self.world_model.training_state(), **self.behaviour.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.world_model.load_training_state(state["world_model"])
-        self.actor.load_state_dict(state["actor"])
-        self.value.load_state_dict(state["value"])
-        self.target_value.load_state_dict(state["target_value"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.value_optimizer.load_state_dict(state["value_optimizer"])
-        self.value_updates = state["value_updates"]
+        self.behaviour.load_state_dict(state)

@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from collodreamer.config import Config, PlannerConfig
-from collodreamer.envs import EnvSpec
 from collodreamer.models import MLP, State, WorldModel, to_torch
-from collodreamer.models.networks import frozen, optimizer_step
+from collodreamer.models.optim import frozen, optimizer_step
 from collodreamer.planning import Objective, Plan, PlanResult, collocate, shifted_plan
 from collodreamer.planning.collocation import initial_multipliers
+from collodreamer.spec import EnvSpec
 from collodreamer.timing import timed
 
 
@@ -75,6 +75,7 @@ class LatCoAgent:
             self.world_model.reward_of,
             self.action_dim,
             dynamics_jacobian=rssm.next_feature_mean_jacobian,
+            action_residual=self.config.planner.action_residual,
         )
 
     def initial_plan(self, feature: torch.Tensor, previous: PlanResult | None) -> Plan | None:
@@ -95,12 +96,13 @@ class LatCoAgent:
                 )
             )
             return shifted_plan(repeated, config.replan_every, starts, config)
-        if config.init == "policy" and self.policy is not None:
+        if config.init == "policy" and self.warm_start_policy() is not None:
+            policy = self.warm_start_policy()
             features, actions = [starts], []
             for _ in range(config.horizon):
-                actions.append(torch.tanh(self.policy(features[-1])))
+                actions.append(policy(features[-1]))
                 features.append(self.world_model.rssm.next_feature_mean(features[-1], actions[-1]))
-            actions.append(torch.tanh(self.policy(features[-1])))
+            actions.append(policy(features[-1]))
             # The rollout is feasible already: start from the multipliers the last plan ended with
             # rather than relaxing the constraints again.
             lam, nu = initial_multipliers(starts.shape[0], config.horizon, config, starts)
@@ -111,6 +113,14 @@ class LatCoAgent:
                 )
             return Plan(torch.stack(features, 1), torch.stack(actions, 1), lam, nu)
         return None
+
+    def warm_start_policy(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The policy (feature -> action in [-1, 1]) whose rollout initialises plans, if any: here the
+        amortised policy cloned from the plans."""
+        if self.policy is None:
+            return None
+        policy = self.policy
+        return lambda feature: torch.tanh(policy(feature))
 
     def plan(self, feature: torch.Tensor, previous: PlanResult | None, training: bool) -> PlanResult:
         """Collocate from ``feature [1, D]``; log the plan's diagnostics and its cost."""

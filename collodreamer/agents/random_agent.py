@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from collodreamer.envs import EnvSpec
+from collodreamer.spec import EnvSpec
 
 
 class RandomAgent:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import ctypes.util
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from collodreamer.config import ConfigError, EnvConfig
+from collodreamer.spec import EnvSpec
 
 
 def _pick_gl_backend() -> None:
@@ -56,15 +56,6 @@ def parse_task(name: str) -> tuple[str, str]:
     raise ConfigError(f"unknown task '{name}'; valid tasks: {', '.join(list_tasks())}")
 
 
-@dataclass(frozen=True)
-class EnvSpec:
-    """What an agent needs to know of its environment to build its networks."""
-
-    obs_shape: tuple[int, ...]
-    obs_dtype: np.dtype
-    action_dim: int
-
-
 class DMCEnv:
     """One dm_control task with action repeat, an episode limit in env frames and seeding."""
 
@@ -93,7 +84,7 @@ class DMCEnv:
 
     @property
     def spec(self) -> EnvSpec:
-        return EnvSpec(self.obs_shape, self.obs_dtype, self.action_dim)
+        return EnvSpec(self.obs_shape, self.action_dim)
 
     def _observe(self, time_step: Any) -> np.ndarray:
         if self.config.obs == "pixels":

@@ -86,27 +86,36 @@ def lambda_returns(
     return torch.stack(returns[::-1])
 
 
-def bellman_targets(rewards: torch.Tensor, bootstrap: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Value targets from a plan (Eq. 10, as Algorithm 1 trains V): for knots ``k = 0..H``
+def value_targets(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    gamma: float,
+    lam: float,
+    is_first: torch.Tensor | None = None,
+    is_terminal: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """TD(lambda) targets for a value that counts the reward of its own state,
+    ``V(z_k) = r(z_k) + gamma * V(z_{k+1})`` (Eq. 10's terminal value in Bellman form).
 
-        T_k = sum_{j=k}^{H} gamma^(j-k) r(z_j) + gamma^(H-k) V'(mu(z_H, a_H)),
+    ``rewards [..., K]`` are ``r(z_0..z_{K-1})`` and ``values [..., K]`` the target network's
+    ``V'(z_0..z_{K-1})``; the last state only bootstraps. For ``k = 0..K-2``:
 
-    i.e. ``T_H = r_H + V'`` and ``T_k = r_k + gamma * T_{k+1}``. ``rewards [..., H+1]`` are
-    ``r(z_0..z_H)``, ``bootstrap [...]`` is ``V'(mu(z_H, a_H))``; gamma = 1 gives Eq. 9.
+        G_k = r_k + gamma * ((1 - lam) * V'_{k+1} + lam * G_{k+1}),   G_{K-1} := V'_{K-1}
+
+    ``lam = 1`` gives the plain discounted sum ``sum_{j=k}^{K-2} gamma^(j-k) r_j + gamma^(K-1-k) V'_{K-1}``
+    (a plan's targets, with ``z_{K-1} = mu(z_H, a_H)``). Replayed sequences may cross episodes:
+    where ``is_terminal[k]`` the future is zero (``G_k = r_k``); where ``is_first[k+1]`` the episode
+    was cut by its time limit, ``G_k`` is unknown: it is set to ``V'_k`` for the steps before it and
+    left out of the loss. Returns the targets and a mask of valid ones, both ``[..., K-1]``.
     """
-    targets = []
-    target = rewards[..., -1] + bootstrap
-    targets.append(target)
-    for k in reversed(range(rewards.shape[-1] - 1)):
-        target = rewards[..., k] + gamma * target
-        targets.append(target)
-    return torch.stack(targets[::-1], -1)
-
-
-@torch.no_grad()
-def update_target(target: nn.Module, online: nn.Module, tau: float) -> None:
-    """Polyak averaging ``target <- tau * online + (1 - tau) * target`` (``tau=1`` copies)."""
-    for t, o in zip(target.parameters(), online.parameters(), strict=True):
-        t.lerp_(o, tau)
-    for t, o in zip(target.buffers(), online.buffers(), strict=True):
-        t.copy_(o)
+    steps = rewards.shape[-1] - 1
+    terminal = is_terminal[..., :steps] if is_terminal is not None else torch.zeros_like(rewards[..., :steps])
+    terminal = terminal.bool()
+    cut = is_first[..., 1:].bool() & ~terminal if is_first is not None else torch.zeros_like(terminal)
+    base, targets = values[..., -1], []
+    for k in reversed(range(steps)):
+        target = rewards[..., k] + gamma * ((1.0 - lam) * values[..., k + 1] + lam * base)
+        target = torch.where(terminal[..., k], rewards[..., k], target)
+        base = torch.where(cut[..., k], values[..., k], target)
+        targets.append(base)
+    return torch.stack(targets[::-1], -1), ~cut

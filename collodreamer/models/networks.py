@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -12,8 +11,9 @@ from torch import nn
 class MLP(nn.Module):
     """``layers`` hidden layers of ``units`` (ELU), then a linear output of ``out_dim``.
 
-    ``norm`` places a BatchNorm before or after each hidden activation; ``dropout`` gives the drop
-    probability after each hidden layer (one entry per layer, or empty for none).
+    ``norm`` places a BatchNorm before or after each hidden activation, or a LayerNorm before it
+    (``layer``); ``dropout`` gives the drop probability after each hidden layer (one entry per
+    layer, or empty for none).
     """
 
     def __init__(
@@ -26,8 +26,8 @@ class MLP(nn.Module):
         dropout: Sequence[float] = (),
     ) -> None:
         super().__init__()
-        if norm not in ("none", "before", "after"):
-            raise ValueError(f"norm must be none, before or after, got {norm!r}")
+        if norm not in ("none", "before", "after", "layer"):
+            raise ValueError(f"norm must be none, before, after or layer, got {norm!r}")
         if dropout and len(dropout) != layers:
             raise ValueError(f"dropout needs one probability per hidden layer ({layers}), got {len(dropout)}")
         modules: list[nn.Module] = []
@@ -36,6 +36,8 @@ class MLP(nn.Module):
             modules.append(nn.Linear(size, units))
             if norm == "before":
                 modules.append(nn.BatchNorm1d(units))
+            elif norm == "layer":
+                modules.append(nn.LayerNorm(units))
             modules.append(nn.ELU())
             if norm == "after":
                 modules.append(nn.BatchNorm1d(units))
@@ -128,26 +130,3 @@ class RunningNorm(nn.Module):
 def image_target(obs: torch.Tensor) -> torch.Tensor:
     """The decoder's target for uint8 images: the encoder's input scale."""
     return obs.float() / 255.0 - 0.5
-
-
-@contextlib.contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """Let gradients flow through ``module`` without accumulating into its parameters."""
-    flags = [p.requires_grad for p in module.parameters()]
-    module.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(module.parameters(), flags, strict=True):
-            p.requires_grad_(flag)
-
-
-def optimizer_step(
-    optimizer: torch.optim.Optimizer, loss: torch.Tensor, module: nn.Module, clip: float
-) -> float:
-    """Zero, backprop, clip the gradient norm to ``clip``, step; returns the pre-clip norm."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    norm = nn.utils.clip_grad_norm_(module.parameters(), clip)
-    optimizer.step()
-    return norm.item()

@@ -135,6 +135,11 @@ class RSSM(nn.Module):
     def feature(self, state: State) -> torch.Tensor:
         return torch.cat([state["stoch"], state["deter"]], -1)
 
+    def mean_feature(self, state: State) -> torch.Tensor:
+        """The feature with the stochastic latent's mean in place of its sample (class probabilities
+        for categoricals): the kind of feature the planner's knots are, since mu(z, a) is a mean."""
+        return torch.cat([self._mean(state), state["deter"]], -1)
+
     def _deter_step(self, stoch: torch.Tensor, deter: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.gru(self.img_in(torch.cat([stoch, action], -1)), deter)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import numpy as np
@@ -10,7 +9,6 @@ import torch
 from torch import nn
 
 from collodreamer.config import ModelConfig
-from collodreamer.envs import EnvSpec
 from collodreamer.models.losses import gaussian_nll, kl_loss
 from collodreamer.models.networks import (
     MLP,
@@ -18,30 +16,13 @@ from collodreamer.models.networks import (
     ConvEncoder,
     RunningNorm,
     image_target,
-    optimizer_step,
 )
+from collodreamer.models.optim import autocast, optimizer_step
 from collodreamer.models.rssm import RSSM, State
+from collodreamer.spec import EnvSpec
 from collodreamer.timing import timed
 
 Batch = dict[str, torch.Tensor]
-
-
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast on CUDA when enabled; a no-op otherwise."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def to_torch(batch: dict[str, np.ndarray], device: torch.device) -> Batch:
-    """Replay arrays to tensors; float64 becomes float32, uint8 images stay uint8 until encoded."""
-    out = {}
-    for key, value in batch.items():
-        tensor = torch.as_tensor(value)
-        if tensor.dtype == torch.float64:
-            tensor = tensor.float()
-        out[key] = tensor.to(device, non_blocking=True)
-    return out
 
 
 class WorldModel(nn.Module):
@@ -90,9 +71,17 @@ class WorldModel(nn.Module):
             feature = self.rssm.feature(post)
             recon = self.decoder(feature)
             reward = self.reward_of(feature)
+            # Categorical latents: the planner's knots hold class probabilities (mu is a mean), never
+            # one-hot samples, so the reward head also learns at the posterior's probabilities.
+            mean_reward = self.reward_of(self.rssm.mean_feature(post)) if self.rssm.categorical else None
         target = image_target(batch["obs"]) if self.pixels else self.obs_norm(batch["obs"])
         obs_loss = gaussian_nll(recon.float(), target, 3 if self.pixels else 1).mean()
         reward_loss = gaussian_nll(reward.float(), batch["reward"], 0).mean()
+        extra = {}
+        if mean_reward is not None:
+            mean_reward_loss = gaussian_nll(mean_reward.float(), batch["reward"], 0).mean()
+            extra["model/reward_mean_feature_loss"] = mean_reward_loss.item()
+            reward_loss = 0.5 * (reward_loss + mean_reward_loss)
         balance = config.kl_balance if config.kl_balancing else None
         kl, kl_value = kl_loss(self.rssm.kl, _float(post), _float(prior), balance, config.free_nats)
         loss = obs_loss + reward_loss + config.kl_scale * kl
@@ -101,6 +90,7 @@ class WorldModel(nn.Module):
             "model/image_loss" if self.pixels else "model/state_loss": obs_loss.item(),
             "model/reward_loss": reward_loss.item(),
             "model/kl": kl_value.item(),
+            **extra,
         }
         return loss, post, prior, metrics
 

@@ -6,15 +6,18 @@ constraints, enforced through multipliers ``lambda_k`` (one per transition) and 
 knot) that the dual step of Eq. 7 tightens after every primal step. The primal problem is LatCo's
 least-squares form of the Lagrangian of Eq. 6: minimise ``sum ||residual||^2`` with residuals
 
-    dynamics   s * sqrt(lambda_k) * (z_{k+1} - mu(z_k, a_k))        k = 0..H-1
-    actions    s * sqrt(nu_k) * max(|a_k| - 1, 0)                    k = 0..H
-    reward     s * sqrt(gamma^k) * softplus(-r(z_k))                  k = 1..H
-    value      s * sqrt(gamma^H * c) * softplus(-V(mu(z_H, a_H)) / c)   (ColloDreamer only)
+    dynamics   s * sqrt(lambda_k) * (z_{k+1} - mu(z_k, a_k))                  k = 0..H-1
+    actions    s * sqrt(nu_k) * max(|a_k| - 1, 0)   (or max(a_k^2 - 1, 0))     k = 0..H
+    reward     s * sqrt(gamma^k) * softplus(-r(z_k))                            k = 1..H
+    value      s * sqrt(w * gamma^(H+1) * c) * softplus(-V(mu(z_H, a_H)) / c)   (ColloDreamer only)
 
 where ``s = 1 / (mean sqrt(lambda) + mean sqrt(nu) + 1)`` is LatCo's per-plan normaliser and gamma
 the discount of Eq. 10 (``gamma = 1``: the plain reward sum of Eq. 8). The terminal value enters like
 the reward: divided by ``c = 1 / (1 - gamma)`` it is on the scale of one step's reward, and it
-weighs as the ``c`` steps it stands for (Eq. 10 with V; Eq. 9 when gamma = 1, c = 1).
+weighs as the ``c`` steps it stands for, times ``w`` (``value.weight``). V counts the reward of its
+own state (``V(z) = r(z) + gamma V(z')``, the targets of ``models.losses.value_targets``), so the
+state ``mu(z_H, a_H)`` one step after the last knot is discounted by ``gamma^(H+1)``: Eq. 10 as
+printed writes ``gamma^H``, which counts that state's reward at the last knot's discount.
 
 Every residual couples at most two adjacent knots, so ``J^T J`` is block tridiagonal over time and
 the Gauss-Newton step is a block-banded Cholesky solve, linear in H.
@@ -48,11 +51,17 @@ class Objective:
     gamma: float = 1.0
     dynamics_jacobian: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
     value: Callable[[Tensor], Tensor] | None = None  # V(z) of the state after the last knot
+    value_weight: float = 1.0  # w: scales the terminal value term
+    action_residual: str = "abs"  # "abs": max(|a| - 1, 0); "square": max(a^2 - 1, 0)
 
     @property
     def value_scale(self) -> float:
         """c: the number of steps of reward the terminal value stands for, 1 / (1 - gamma)."""
         return 1.0 / (1.0 - self.gamma) if self.gamma < 1.0 else 1.0
+
+    def terminal_discount(self, horizon: int) -> float:
+        """``w * gamma^(H+1)``: the weight of ``V(mu(z_H, a_H))`` in Eq. 10."""
+        return self.value_weight * self.gamma ** (horizon + 1)
 
     def terminal_value(self, features: Tensor, actions: Tensor) -> Tensor:
         """``V(mu(z_H, a_H))`` of the last knots ``[B, D]``, ``[B, A]`` (zeros without a value)."""
@@ -118,22 +127,28 @@ def residual_scales(lam: Tensor, nu: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return normaliser * sqrt_lam, normaliser * sqrt_nu, normaliser
 
 
-def action_excess(actions: Tensor) -> Tensor:
-    """``max(|a| - 1, 0)``: how far each action component lies outside [-1, 1]."""
-    return (actions.abs() - 1.0).clamp(min=0.0)
+def action_excess(actions: Tensor, kind: str = "abs") -> tuple[Tensor, Tensor]:
+    """How far each action component lies outside [-1, 1], ``max(|a| - 1, 0)`` (``abs``) or
+    ``max(a^2 - 1, 0)`` (``square``, LatCo's code: at the same tolerance it allows about half the
+    overshoot, 0.049 against 0.1 at a squared violation of 1e-2), and its derivative."""
+    if kind == "square":
+        excess = (actions.pow(2) - 1.0).clamp(min=0.0)
+        return excess, 2.0 * actions * (excess > 0)
+    excess = (actions.abs() - 1.0).clamp(min=0.0)
+    return excess, torch.sign(actions) * (excess > 0)
 
 
 def violations(objective: Objective, plan: Plan) -> tuple[Tensor, Tensor]:
     """Squared dynamics violations ``||z_{k+1} - mu(z_k, a_k)||^2`` ``[B, H]`` and squared action-bound
-    violations ``||max(|a_k| - 1, 0)||^2`` ``[B, H+1]``."""
+    violations ``||action_excess(a_k)||^2`` ``[B, H+1]``."""
     predicted = objective.dynamics(plan.features[:, :-1], plan.actions[:, :-1])
     dynamics = (plan.features[:, 1:] - predicted).pow(2).sum(-1)
-    return dynamics, action_excess(plan.actions).pow(2).sum(-1)
+    return dynamics, action_excess(plan.actions, objective.action_residual)[0].pow(2).sum(-1)
 
 
-def value_weight(objective: Objective, horizon: int) -> float:
-    """Square root of the terminal value residual's weight, ``sqrt(gamma^H * c)``."""
-    return (objective.gamma**horizon * objective.value_scale) ** 0.5
+def terminal_residual_scale(objective: Objective, horizon: int) -> float:
+    """Square root of the terminal value residual's weight, ``sqrt(w * gamma^(H+1) * c)``."""
+    return (objective.terminal_discount(horizon) * objective.value_scale) ** 0.5
 
 
 def residuals(objective: Objective, plan: Plan, gap: Tensor | None = None) -> Tensor:
@@ -144,13 +159,13 @@ def residuals(objective: Objective, plan: Plan, gap: Tensor | None = None) -> Te
     if gap is None:
         gap = plan.features[:, 1:] - objective.dynamics(plan.features[:, :-1], plan.actions[:, :-1])
     dynamics = s_dyn[..., None] * gap
-    actions = s_act[..., None] * action_excess(plan.actions)
+    actions = s_act[..., None] * action_excess(plan.actions, objective.action_residual)[0]
     weights = reward_weights(plan.horizon, objective.gamma, plan.features).sqrt()
     rewards = s_rew * weights * F.softplus(-objective.reward(plan.features[:, 1:]))
     parts = [dynamics.flatten(1), actions.flatten(1), rewards]
     if objective.value is not None:
         value = objective.terminal_value(plan.features[:, -1], plan.actions[:, -1]) / objective.value_scale
-        parts.append(s_rew * value_weight(objective, plan.horizon) * F.softplus(-value)[:, None])
+        parts.append(s_rew * terminal_residual_scale(objective, plan.horizon) * F.softplus(-value)[:, None])
     return torch.cat(parts, 1)
 
 
@@ -250,7 +265,7 @@ def gauss_newton_step(
     )
     mean, jac = mean.reshape(B, H, D), jac.reshape(B, H, D, n)
     gap = plan.features[:, 1:] - mean
-    excess = action_excess(plan.actions)
+    excess, excess_grad = action_excess(plan.actions, objective.action_residual)
     dyn_violation, act_violation = gap.pow(2).sum(-1), excess.pow(2).sum(-1)
     if dual is not None:
         plan = dual(plan, dyn_violation, act_violation)
@@ -262,7 +277,7 @@ def gauss_newton_step(
     rew = rew_scale * rew.reshape(B, H)
     rew_grad = rew_scale[..., None] * rew_grad.reshape(B, H, D)  # d(reward residual)/dz_{k+1}
     act = s_act[..., None] * excess  # [B, K, A]
-    act_grad = s_act[..., None] * torch.sign(plan.actions) * (excess > 0)  # diagonal of d act / d a
+    act_grad = s_act[..., None] * excess_grad  # diagonal of d act / d a
 
     hessian = plan.features.new_zeros(B, K, n, n)
     gradient = plan.features.new_zeros(B, K, n)
@@ -282,7 +297,7 @@ def gauss_newton_step(
     # Terminal value of the last knot (ColloDreamer).
     if objective.value is not None:
         value, value_grad = _value_residual_grad(objective, plan.features[:, -1], plan.actions[:, -1])
-        scale = s_rew[:, 0] * value_weight(objective, H)
+        scale = s_rew[:, 0] * terminal_residual_scale(objective, H)
         value, value_grad = scale * value, scale[:, None] * value_grad
         hessian[:, -1] += value_grad[:, :, None] * value_grad[:, None, :]
         gradient[:, -1] += value_grad * value[:, None]
@@ -331,7 +346,7 @@ def adam_objective(
     features = torch.cat([first, free], 1)
     gap = features[:, 1:] - objective.dynamics(features[:, :-1], actions[:, :-1])
     dyn_violation = gap.detach().pow(2).sum(-1)
-    act_violation = action_excess(actions.detach()).pow(2).sum(-1)
+    act_violation = action_excess(actions.detach(), objective.action_residual)[0].pow(2).sum(-1)
     if dual is not None:
         eps_dyn, eps_act, alpha, eta, low, high = dual
         lam = dual_update(lam, dyn_violation, eps_dyn, alpha, eta, (low, high))
@@ -418,7 +433,7 @@ def rollout_return(objective: Objective, start: Tensor, actions: Tensor) -> Tens
     for k in range(horizon):
         feature = objective.dynamics(feature, actions[:, k])
         total = total + objective.gamma ** (k + 1) * objective.reward(feature)
-    return total + objective.gamma**horizon * objective.terminal_value(feature, actions[:, -1])
+    return total + objective.terminal_discount(horizon) * objective.terminal_value(feature, actions[:, -1])
 
 
 def collocate(
@@ -480,13 +495,12 @@ def collocate(
 
 
 def planned_return(objective: Objective, plan: Plan) -> Tensor:
-    """The plan's own Eq. 10 objective ``sum_{k=1..H} gamma^k r(z_k) + gamma^H V(mu(z_H, a_H))``
+    """The plan's own Eq. 10 objective ``sum_{k=1..H} gamma^k r(z_k) + w gamma^(H+1) V(mu(z_H, a_H))``
     ``[B]`` (the constant ``r(z_0)`` left out; Eq. 8 without a value)."""
     weights = reward_weights(plan.horizon, objective.gamma, plan.features)
     terminal = objective.terminal_value(plan.features[:, -1], plan.actions[:, -1])
-    return (weights * objective.reward(plan.features[:, 1:])).sum(
-        1
-    ) + objective.gamma**plan.horizon * terminal
+    rewards = (weights * objective.reward(plan.features[:, 1:])).sum(1)
+    return rewards + objective.terminal_discount(plan.horizon) * terminal
 
 
 def _choose(objective: Objective, plan: Plan, starts: Tensor, E: int, P: int, iterations: int) -> PlanResult:

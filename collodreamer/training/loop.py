@@ -30,7 +30,8 @@ from collodreamer.config import (
     to_dict,
 )
 from collodreamer.data import Episode, EpisodeStore
-from collodreamer.envs import DMCEnv, EnvSpec
+from collodreamer.envs import DMCEnv
+from collodreamer.spec import EnvSpec
 from collodreamer.timing import take_seconds, timed
 from collodreamer.training.checkpoint import (
     load_checkpoint,

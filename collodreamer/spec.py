@@ -1,0 +1,13 @@
+"""What an agent needs to know of its environment to build its networks (no simulator imported)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """Observation shape (``(H, W, 3)`` pixels or ``(N,)`` states) and the number of actions."""
+
+    obs_shape: tuple[int, ...]
+    action_dim: int
