@@ -69,6 +69,11 @@ class EpisodeStore:
     def num_steps(self) -> int:
         return sum(self._lengths)
 
+    @property
+    def episodes(self) -> list[Episode]:
+        """The episodes held in memory, oldest first."""
+        return list(self._episodes)
+
     def frames(self, episode: Episode) -> int:
         """Env frames an episode took: its transitions times the action repeat."""
         return (len(episode["reward"]) - 1) * self.frames_per_step

@@ -1,0 +1,81 @@
+"""A trained run's world model and replay, held fixed: what the screening and value benchmarks share.
+
+The world model's weights come from ``RUN_DIR/checkpoint.pt`` (any agent's run); the replay is the
+run's own episodes, filtered once by that model into posterior states, so that value learning on it
+costs only the value network's own steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from collodreamer.agents import make_agent
+from collodreamer.config import Config, load_config, make_config
+from collodreamer.data import EpisodeStore
+from collodreamer.envs import DMCEnv
+from collodreamer.models import State, to_torch
+from collodreamer.training import load_checkpoint
+
+
+@dataclass
+class Replay:
+    """Every replay episode filtered by the held-fixed model: posterior states ``[1, T, ...]`` with the
+    episode's arrays (``reward``, ``action``, ``is_first``, ``is_terminal``) as tensors."""
+
+    posts: list[State]
+    episodes: list[dict[str, torch.Tensor]]
+
+    def windows(self, count: int, length: int, rng: np.random.Generator) -> tuple[dict, State]:
+        """``count`` random windows of ``length`` steps inside episodes: (batch, posterior) ``[B, L]``."""
+        picks = rng.integers(0, len(self.episodes), size=count)
+        batches, posts = [], []
+        for index in picks:
+            steps = self.episodes[index]["reward"].shape[0]
+            start = int(rng.integers(0, steps - length + 1))
+            batches.append({k: v[start : start + length] for k, v in self.episodes[index].items()})
+            posts.append({k: v[0, start : start + length] for k, v in self.posts[index].items()})
+        stack = lambda items: {k: torch.stack([i[k] for i in items]) for k in items[0]}  # noqa: E731
+        return stack(batches), stack(posts)
+
+
+def run_config(run_dir: Path, overrides: list[str] = ()) -> Config:
+    """The run's saved config with ``overrides`` applied (model sizes must stay as trained)."""
+    return make_config(overrides=list(overrides), base=load_config(Path(run_dir) / "config.yaml"))
+
+
+def load_world_model_into(agent: Any, run_dir: Path) -> dict[str, Any]:
+    """Copy the run's trained world model into ``agent``; returns the checkpoint's payload."""
+    payload = load_checkpoint(Path(run_dir) / "checkpoint.pt")
+    agent.world_model.load_training_state(payload["agent"]["world_model"])
+    return payload
+
+
+def build_agent(run_dir: Path, overrides: list[str], seed: int = 0) -> tuple[Config, Any, dict[str, Any]]:
+    """An agent of ``run_dir``'s config plus ``overrides`` holding the run's world model."""
+    config = run_config(run_dir, overrides)
+    env = DMCEnv(config.env, seed)
+    env.close()
+    torch.manual_seed(seed)
+    agent = make_agent(config, env.spec)
+    payload = load_world_model_into(agent, run_dir)
+    return config, agent, payload
+
+
+@torch.no_grad()
+def filter_replay(agent: Any, run_dir: Path, config: Config) -> Replay:
+    """Posterior states of every episode of the run under the agent's (fixed) world model."""
+    store = EpisodeStore(Path(run_dir) / "episodes", 10**9, config.env.action_repeat, 0)
+    store.load()
+    model = agent.world_model
+    posts, episodes = [], []
+    for episode in store.episodes:
+        data = to_torch({k: v[None] for k, v in episode.items()}, agent.device)
+        post, _ = model.rssm.observe(model.encode(data["obs"]), data["action"], data["is_first"])
+        posts.append(post)
+        episodes.append({k: v[0] for k, v in data.items() if k != "obs"})
+    return Replay(posts, episodes)

@@ -1,0 +1,161 @@
+"""Score planner and value variants on one trained world model held fixed, by real test return.
+
+    python benchmarks/screen.py RUN_DIR SPEC.yaml --out DIR [--episodes 10] [--only NAME ...]
+    python benchmarks/screen.py RUN_DIR SPEC.yaml --out DIR --report
+
+A spec names the agent and its variants (lists of key=value overrides on RUN_DIR's config; model
+sizes stay as trained), e.g. ``benchmarks/specs/value_screen.yaml``::
+
+    agent: collodreamer
+    value_updates: 2000     # replay / imagination styles: value (or actor-critic) steps
+    plans: 300              # inner / after styles: plans (or replayed segments) to learn from
+    variants:
+      latco: [agent=latco]
+      replay: [value.style=replay]
+
+Per variant: an agent holding RUN_DIR's world model, which is never updated here. A collodreamer
+value is first trained on the run's replay, filtered once by that model, in the variant's own style
+and with the budget above (``inner``: plans from replayed posterior states, a value step after every
+iteration; ``after``: replayed segments of ``replan_every`` steps; ``replay``: TD(lambda) steps on
+replayed windows; ``imagination``: actor-critic steps from replayed states). Then ``--episodes``
+test episodes in the real environment, without exploration noise, from the same start states for
+every variant (the test environment's seed is fixed). Each variant's result is written to
+``DIR/<variant>.json`` as it ends (rerunning skips those present); ``--report`` writes
+``DIR/screen.json`` and ``DIR/screen.md``: mean test return with a 95% bootstrap interval, the
+paired difference to the first variant (same start states) with its interval, ms and iterations
+per plan, and the seconds spent training the value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine, write_json
+from held_fixed import build_agent, filter_replay
+
+from collodreamer.envs import DMCEnv
+from collodreamer.experiments.stats import bootstrap_ci
+from collodreamer.training import evaluate
+
+TEST_SEED = 424_242  # the test environment's seed: the same start states for every variant
+
+
+def train_value(agent, config, replay, spec: dict, rng: np.random.Generator) -> float:
+    """Train the value of a collodreamer agent on the held-fixed replay in its own style; seconds."""
+    start = time.perf_counter()
+    style, value = config.value.style, config.value
+    batch, length = config.replay.batch_size, config.replay.batch_length
+    if style == "replay":
+        for _ in range(spec.get("value_updates", 2000)):
+            data, post = replay.windows(batch, length, rng)
+            agent.train_value_on_replay(data, post)
+    elif style == "imagination":
+        for _ in range(spec.get("value_updates", 2000)):
+            agent.behaviour.train(replay.windows(batch, length, rng)[1])
+    elif style == "inner":
+        for _ in range(spec.get("plans", 300)):
+            post = replay.windows(1, 1, rng)[1]
+            agent.plan(agent.world_model.rssm.feature({k: v[:, 0] for k, v in post.items()}), None, True)
+    else:  # after
+        steps = config.planner.replan_every
+        for _ in range(spec.get("plans", 300)):
+            data, post = replay.windows(1, steps + 1, rng)
+            features = agent.world_model.rssm.feature(post)[:, :-1]
+            for _ in range(value.after_updates):
+                agent.update_value(features, data["action"][:, 1:])
+    agent.metrics()  # drop what value training logged
+    return time.perf_counter() - start
+
+
+def screen_variant(run_dir: Path, spec: dict, name: str, overrides: list[str], episodes: int) -> dict:
+    agent_name = spec.get("agent", "collodreamer")
+    config, agent, _ = build_agent(run_dir, [f"agent={agent_name}", *overrides])
+    value_seconds = 0.0
+    if config.agent == "collodreamer":
+        replay = filter_replay(agent, run_dir, config)
+        value_seconds = train_value(agent, config, replay, spec, np.random.default_rng(0))
+    torch.manual_seed(0)
+    env = DMCEnv(config.env, TEST_SEED)
+    start = time.perf_counter()
+    try:
+        returns, _ = evaluate(agent, env, episodes)
+    finally:
+        env.close()
+    metrics = agent.metrics()
+    return {
+        "variant": name,
+        "overrides": overrides,
+        "agent": config.agent,
+        "returns": returns,
+        "mean": float(np.mean(returns)),
+        "ci95": bootstrap_ci(returns),
+        "plan_ms": metrics.get("plan/ms"),
+        "plan_iterations": metrics.get("plan/iterations"),
+        "test_seconds": time.perf_counter() - start,
+        "value_train_seconds": value_seconds,
+        "machine": machine(),
+    }
+
+
+def report(spec: dict, out: Path) -> None:
+    rows = [json.loads((out / f"{name}.json").read_text()) for name in spec["variants"] if (out / f"{name}.json").exists()]
+    if not rows:
+        raise SystemExit(f"no variant results in {out}")
+    reference = np.asarray(rows[0]["returns"])
+    lines = [
+        f"| variant | test return (mean, 95% CI) | paired difference to {rows[0]['variant']} | ms per plan "
+        "| iterations per plan | value training (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        returns = np.asarray(row["returns"])
+        row["paired_difference"] = float(np.mean(returns - reference))
+        row["paired_ci95"] = bootstrap_ci(returns - reference) if len(returns) == len(reference) else None
+        low, high = row["ci95"]
+        paired = row["paired_ci95"] or (float("nan"), float("nan"))
+        ms = f"{row['plan_ms']:.0f}" if row["plan_ms"] else "-"
+        iterations = f"{row['plan_iterations']:.1f}" if row["plan_iterations"] else "-"
+        lines.append(
+            f"| {row['variant']} | {row['mean']:.1f} [{low:.1f}, {high:.1f}] | {row['paired_difference']:+.1f} "
+            f"[{paired[0]:+.1f}, {paired[1]:+.1f}] | {ms} | {iterations} | {row['value_train_seconds']:.0f} |"
+        )
+    (out / "screen.md").write_text("\n".join(lines) + "\n")
+    write_json(out / "screen.json", {"benchmark": "screen", "spec": spec, "rows": rows})
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a trained run: its world model and replay")
+    parser.add_argument("spec", metavar="SPEC.yaml")
+    parser.add_argument("--out", required=True, help="folder of the per-variant results")
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--only", nargs="*", help="screen only these variants")
+    parser.add_argument("--report", action="store_true", help="tabulate the results present and stop")
+    args = parser.parse_args()
+    spec = yaml.safe_load(Path(args.spec).read_text())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.report:
+        report(spec, out)
+        return
+    for name, overrides in spec["variants"].items():
+        if (args.only and name not in args.only) or (out / f"{name}.json").exists():
+            continue
+        print(f"{name}: {' '.join(overrides)}", flush=True)
+        row = screen_variant(Path(args.run_dir), spec, name, list(overrides), args.episodes)
+        (out / f"{name}.json").write_text(json.dumps({**row, "run": args.run_dir}, indent=2) + "\n")
+        print(f"{name}: {row['mean']:.1f} {row['ci95']} ({row['test_seconds']:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
