@@ -107,7 +107,11 @@ def screen_variant(run_dir: Path, spec: dict, name: str, overrides: list[str], e
 
 
 def report(spec: dict, out: Path) -> None:
-    rows = [json.loads((out / f"{name}.json").read_text()) for name in spec["variants"] if (out / f"{name}.json").exists()]
+    rows = [
+        json.loads((out / f"{name}.json").read_text())
+        for name in spec["variants"]
+        if (out / f"{name}.json").exists()
+    ]
     if not rows:
         raise SystemExit(f"no variant results in {out}")
     reference = np.asarray(rows[0]["returns"])
@@ -124,8 +128,9 @@ def report(spec: dict, out: Path) -> None:
         paired = row["paired_ci95"] or (float("nan"), float("nan"))
         ms = f"{row['plan_ms']:.0f}" if row["plan_ms"] else "-"
         iterations = f"{row['plan_iterations']:.1f}" if row["plan_iterations"] else "-"
+        difference = row["paired_difference"]
         lines.append(
-            f"| {row['variant']} | {row['mean']:.1f} [{low:.1f}, {high:.1f}] | {row['paired_difference']:+.1f} "
+            f"| {row['variant']} | {row['mean']:.1f} [{low:.1f}, {high:.1f}] | {difference:+.1f} "
             f"[{paired[0]:+.1f}, {paired[1]:+.1f}] | {ms} | {iterations} | {row['value_train_seconds']:.0f} |"
         )
     (out / "screen.md").write_text("\n".join(lines) + "\n")
@@ -134,7 +139,9 @@ def report(spec: dict, out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a trained run: its world model and replay")
     parser.add_argument("spec", metavar="SPEC.yaml")
     parser.add_argument("--out", required=True, help="folder of the per-variant results")

@@ -53,7 +53,9 @@ def train_eval_gap(agent, features: torch.Tensor) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--episodes", type=int, default=10, help="the run's last episodes to measure on")
     parser.add_argument("--tail", type=int, default=300, help="steps before an episode's end left out")
