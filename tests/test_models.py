@@ -126,7 +126,7 @@ def test_observe_and_imagine_shapes(latent):
     is_first[:, 0] = True
     post, prior = rssm.observe(torch.randn(B, T, 5), torch.randn(B, T, 2), is_first)
     assert post["deter"].shape == (B, T, 8) and post["stoch"].shape == (B, T, stoch)
-    assert prior["stoch"].shape == (B, T, stoch)
+    assert set(prior) == ({"deter", "logp"} if latent == "categorical" else {"deter", "mean", "std"})
     assert rssm.kl(post, prior).shape == (B, T)
     start = {k: v[:, -1] for k, v in post.items()}
     features, actions = rssm.imagine(start, lambda f: torch.tanh(f[..., :2]), horizon=5)

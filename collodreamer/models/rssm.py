@@ -150,31 +150,49 @@ class RSSM(nn.Module):
         stoch = self._sample(stats) if sample else self._mean(stats)
         return {"deter": deter, "stoch": stoch, **stats}
 
-    def obs_step(
-        self, state: State, action: torch.Tensor, embed: torch.Tensor, is_first: torch.Tensor
-    ) -> tuple[State, State]:
-        """The posterior p(s_{t+1} | s_t, a_t, o_{t+1}) (Eq. 1) and the prior; resets where is_first."""
+    def _posterior(self, deter: torch.Tensor, embed_in: torch.Tensor) -> State:
+        """The posterior given the new deterministic state and the observation's share of the first
+        layer of ``obs_out`` (``embed_in``, see :meth:`_embed_in`)."""
+        first, rest = self.obs_out[0], self.obs_out[1:]
+        deter_in = F.linear(deter, first.weight[:, : self.config.deter])
+        stats = self._stats(rest(deter_in + embed_in))
+        return {"deter": deter, "stoch": self._sample(stats), **stats}
+
+    def _embed_in(self, embed: torch.Tensor) -> torch.Tensor:
+        """The observation embedding's share of ``obs_out``'s first layer (with its bias): computed for a
+        whole sequence at once, outside the recurrence."""
+        first = self.obs_out[0]
+        return F.linear(embed, first.weight[:, self.config.deter :], first.bias)
+
+    def obs_step(self, state: State, action: torch.Tensor, embed: torch.Tensor, is_first: torch.Tensor) -> State:
+        """The posterior p(s_{t+1} | s_t, a_t, o_{t+1}) (Eq. 1); resets where is_first."""
         keep = (~is_first).to(action.dtype).unsqueeze(-1)
-        state = {k: state[k] * keep for k in ("deter", "stoch")}
-        prior = self.img_step(state, action * keep)
-        stats = self._stats(self.obs_out(torch.cat([prior["deter"], embed], -1)))
-        post = {"deter": prior["deter"], "stoch": self._sample(stats), **stats}
-        return post, prior
+        deter = self._deter_step(state["stoch"] * keep, state["deter"] * keep, action * keep)
+        return self._posterior(deter, self._embed_in(embed))
 
     def observe(
         self, embed: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor, state: State | None = None
     ) -> tuple[State, State]:
-        """Filter a batch of sequences ``[B, T, ...]``; returns posteriors and priors ``[B, T, ...]``.
+        """Filter a batch of sequences ``[B, T, ...]``; returns posteriors and priors ``[B, T, ...]``
+        (the priors' distribution statistics and deterministic states: the KL needs no prior sample).
 
-        ``action[:, t]`` is the action that led to step ``t`` (the replay layout)."""
+        ``action[:, t]`` is the action that led to step ``t`` (the replay layout). Only the recurrence
+        runs step by step; the observation's share of the posterior layer and the prior's statistics
+        are computed for the whole sequence at once."""
         if state is None:
             state = self.initial(embed.shape[:1], embed.device)
-        posts, priors = [], []
+        embed_in = self._embed_in(embed)
+        keep = (~is_first).to(action.dtype).unsqueeze(-1)
+        posts = []
         for t in range(embed.shape[1]):
-            state, prior = self.obs_step(state, action[:, t], embed[:, t], is_first[:, t])
+            deter = self._deter_step(
+                state["stoch"] * keep[:, t], state["deter"] * keep[:, t], action[:, t] * keep[:, t]
+            )
+            state = self._posterior(deter, embed_in[:, t])
             posts.append(state)
-            priors.append(prior)
-        return stack(posts, 1), stack(priors, 1)
+        post = stack(posts, 1)
+        prior = {"deter": post["deter"], **self._stats(self.img_out(post["deter"]))}
+        return post, prior
 
     def imagine(
         self, start: State, actions: torch.Tensor | Callable[[torch.Tensor], torch.Tensor], horizon: int

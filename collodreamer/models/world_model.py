@@ -124,8 +124,7 @@ class WorldModel(nn.Module):
         if action is None:
             action = torch.zeros(1, self.action_dim, device=self.device)
         is_first = torch.tensor([first], device=self.device)
-        post, _ = self.rssm.obs_step(state, action, self.encode(obs_t), is_first)
-        return post
+        return self.rssm.obs_step(state, action, self.encode(obs_t), is_first)
 
     def training_state(self) -> dict[str, Any]:
         return {"params": self.state_dict(), "optimizer": self.optimizer.state_dict()}
