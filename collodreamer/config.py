@@ -64,6 +64,10 @@ class RunConfig:
     log_every: int = 1000
     video: bool = False  # save the first test episode of each evaluation as mp4
     video_size: int = 128
+    # torch's threads for this run (0: torch's default, one per core). One degrades gracefully beside
+    # other processes: a plan's small matrix steps gain little from a second thread on their own,
+    # and lose several times over when that thread has to wait for a busy core.
+    threads: int = 1
 
 
 @dataclass
@@ -398,6 +402,8 @@ def validate(config: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
+    if config.run.threads < 0:
+        raise ConfigError(f"run.threads must be 0 (one per core) or positive, got {config.run.threads}")
     if config.planner.replan_every > config.planner.horizon:
         raise ConfigError(
             f"planner.replan_every ({config.planner.replan_every}) cannot exceed planner.horizon "

@@ -140,7 +140,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._lock = lock_run(self.run_dir)
         payload = load_checkpoint(self.checkpoint_path) if resume else None
-        seed_everything(config.seed)
+        seed_everything(config.seed, config.run.threads)
         self.env = DMCEnv(config.env, config.seed)
         self.eval_env = DMCEnv(config.env, config.seed + EVAL_SEED_OFFSET)
         self.agent = make_agent(config, self.env.spec)
@@ -361,7 +361,7 @@ def load_agent(run_dir: Path) -> tuple[Config, Agent, dict[str, int]]:
 def evaluate_run(run_dir: Path, episodes: int, video_path: Path | None = None) -> list[float]:
     """Load the checkpoint of ``run_dir`` and return the returns of fresh test episodes."""
     config = load_config(Path(run_dir) / "config.yaml")
-    seed_everything(config.seed)
+    seed_everything(config.seed, config.run.threads)
     env = DMCEnv(config.env, config.seed + 2 * EVAL_SEED_OFFSET)
     try:
         agent, _ = _restore_agent(run_dir, config, env.spec)
