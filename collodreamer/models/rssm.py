@@ -164,7 +164,9 @@ class RSSM(nn.Module):
         first = self.obs_out[0]
         return F.linear(embed, first.weight[:, self.config.deter :], first.bias)
 
-    def obs_step(self, state: State, action: torch.Tensor, embed: torch.Tensor, is_first: torch.Tensor) -> State:
+    def obs_step(
+        self, state: State, action: torch.Tensor, embed: torch.Tensor, is_first: torch.Tensor
+    ) -> State:
         """The posterior p(s_{t+1} | s_t, a_t, o_{t+1}) (Eq. 1); resets where is_first."""
         keep = (~is_first).to(action.dtype).unsqueeze(-1)
         deter = self._deter_step(state["stoch"] * keep, state["deter"] * keep, action * keep)
