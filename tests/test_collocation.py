@@ -8,19 +8,17 @@ import torch
 from collodreamer.config import ModelConfig, PlannerConfig
 from collodreamer.models.networks import MLP
 from collodreamer.models.rssm import RSSM
-from collodreamer.planning.collocation import (
-    AdamPrimal,
-    Objective,
-    action_excess,
+from collodreamer.planning import collocate, dual_update, random_plan, shifted_plan
+from collodreamer.planning.adam import AdamPrimal
+from collodreamer.planning.gauss_newton import (
+    STEP_SIZES,
     block_tridiagonal_solve,
-    collocate,
-    dual_update,
     gauss_newton_step,
-    lagrangian,
-    random_plan,
-    residuals,
-    shifted_plan,
+    linearise,
+    normal_equations,
+    step_size,
 )
+from collodreamer.planning.problem import Objective, action_excess, lagrangian, residuals
 
 torch.set_default_dtype(torch.float32)
 
@@ -216,3 +214,54 @@ def test_early_stop_reports_iterations():
     result = collocate(linear_objective(), START, config)
     assert result.diagnostics["iterations"] < 200
     assert result.diagnostics["dynamics_violation"] < config.eps_dyn
+
+
+def test_normal_equations_are_the_dense_jtj_and_jtr_block_by_block():
+    objective, dim = tiny_world_objective("gaussian")
+    torch.manual_seed(2)
+    plan = random_plan(torch.randn(1, dim), horizon=3, action_dim=2, config=PlannerConfig())
+    plan = replace(
+        plan, lam=torch.rand_like(plan.lam) * 3, nu=torch.rand_like(plan.nu) * 3, actions=plan.actions * 2
+    )
+    hessian, upper, gradient = normal_equations(objective, plan, linearise(objective, plan))
+    n = dim + 2
+
+    def res(x):  # all knots' [z, a] as one vector, z_0 included
+        knots = x.reshape(1, 4, n)
+        return residuals(objective, replace(plan, features=knots[..., :dim], actions=knots[..., dim:]))[0]
+
+    x0 = torch.cat([plan.features, plan.actions], -1).flatten()
+    J = torch.autograd.functional.jacobian(res, x0)
+    J[:, :dim] = 0.0  # z_0 is pinned
+    jtj, jtr = J.T @ J, J.T @ res(x0)
+    for k in range(4):
+        block = slice(k * n, (k + 1) * n)
+        assert torch.allclose(hessian[0, k], jtj[block, block], atol=1e-5)
+        assert torch.allclose(gradient[0, k], jtr[block], atol=1e-5)
+        if k < 3:
+            assert torch.allclose(upper[0, k], jtj[block, slice((k + 1) * n, (k + 2) * n)], atol=1e-5)
+
+
+def test_step_size_takes_the_candidate_with_the_lowest_objective():
+    objective, dim = tiny_world_objective("gaussian")
+    torch.manual_seed(3)
+    plan = random_plan(torch.randn(2, dim), horizon=3, action_dim=2, config=PlannerConfig())
+    step = torch.randn(2, 4, dim + 2)
+    step[:, 0, :dim] = 0.0
+    chosen = step_size(objective, plan, step)
+    for b in range(2):
+        single = replace(
+            plan, **{k: getattr(plan, k)[b : b + 1] for k in ("features", "actions", "lam", "nu")}
+        )
+        values = [
+            lagrangian(
+                objective,
+                replace(
+                    single,
+                    features=single.features - size * step[b : b + 1, ..., :dim],
+                    actions=single.actions - size * step[b : b + 1, ..., dim:],
+                ),
+            ).item()
+            for size in STEP_SIZES
+        ]
+        assert chosen[b].item() == pytest.approx(STEP_SIZES[values.index(min(values))])

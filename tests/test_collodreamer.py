@@ -15,15 +15,9 @@ from collodreamer.agents.collodreamer import (
 from collodreamer.config import PlannerConfig, ValueConfig, make_config
 from collodreamer.models.losses import value_targets
 from collodreamer.models.value import ValueNetwork
-from collodreamer.planning.collocation import (
-    Objective,
-    collocate,
-    gauss_newton_step,
-    lagrangian,
-    planned_return,
-    random_plan,
-    residuals,
-)
+from collodreamer.planning import collocate, random_plan
+from collodreamer.planning.gauss_newton import gauss_newton_step
+from collodreamer.planning.problem import Objective, lagrangian, planned_return, residuals
 from collodreamer.spec import EnvSpec
 
 

@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from collodreamer.config import Config, PlannerConfig
 from collodreamer.models import MLP, State, WorldModel, to_torch
 from collodreamer.models.optim import frozen, optimizer_step
-from collodreamer.planning import Objective, Plan, PlanResult, collocate, shifted_plan
-from collodreamer.planning.collocation import initial_multipliers
+from collodreamer.planning import Objective, Plan, PlanResult, collocate, initial_multipliers, shifted_plan
 from collodreamer.spec import EnvSpec
 from collodreamer.timing import timed
 

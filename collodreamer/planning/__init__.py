@@ -1,12 +1,17 @@
-"""Collocation planning: residuals, Gauss-Newton and Adam primal steps, dual multiplier updates."""
+"""Collocation planning (LatCo): the problem and its residuals, Gauss-Newton and Adam primal steps,
+dual multiplier updates, and the planner that alternates them."""
 
-from collodreamer.planning.collocation import (
-    Objective,
-    Plan,
-    PlanResult,
-    collocate,
-    dual_update,
-    shifted_plan,
-)
+from collodreamer.planning.planner import collocate, initial_multipliers, random_plan, shifted_plan
+from collodreamer.planning.problem import DualStep, Objective, Plan, PlanResult, dual_update
 
-__all__ = ["Objective", "Plan", "PlanResult", "collocate", "dual_update", "shifted_plan"]
+__all__ = [
+    "DualStep",
+    "Objective",
+    "Plan",
+    "PlanResult",
+    "collocate",
+    "dual_update",
+    "initial_multipliers",
+    "random_plan",
+    "shifted_plan",
+]

@@ -1,0 +1,134 @@
+"""The planner: initialise the knots, alternate primal and dual steps, keep the best plan (Eq. 6-7)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+
+import torch
+
+from collodreamer.config import PlannerConfig
+from collodreamer.planning.adam import AdamPrimal
+from collodreamer.planning.gauss_newton import gauss_newton_step
+from collodreamer.planning.problem import (
+    DualStep,
+    Objective,
+    Plan,
+    PlanResult,
+    planned_return,
+    rollout_return,
+    violations,
+)
+
+log = logging.getLogger("collodreamer")
+Tensor = torch.Tensor
+
+
+def random_plan(start: Tensor, horizon: int, action_dim: int, config: PlannerConfig) -> Plan:
+    """LatCo's initialisation: every knot N(0, 1) except ``z_0 = start``."""
+    B, D = start.shape
+    features = torch.randn(B, horizon + 1, D, dtype=start.dtype, device=start.device)
+    features[:, 0] = start
+    actions = torch.randn(B, horizon + 1, action_dim, dtype=start.dtype, device=start.device)
+    return Plan(features, actions, *initial_multipliers(B, horizon, config, start))
+
+
+def initial_multipliers(
+    batch: int, horizon: int, config: PlannerConfig, like: Tensor
+) -> tuple[Tensor, Tensor]:
+    lam = torch.full((batch, horizon), config.init_lambda, dtype=like.dtype, device=like.device)
+    nu = torch.full((batch, horizon + 1), config.init_nu, dtype=like.dtype, device=like.device)
+    return lam, nu
+
+
+def shifted_plan(previous: Plan, steps: int, start: Tensor, config: PlannerConfig) -> Plan:
+    """Warm start: the previous plan advanced by the ``steps`` executed, a random tail, ``z_0 = start``
+    and fresh multipliers (so the relax-then-tighten schedule runs again)."""
+    fresh = random_plan(start, previous.horizon, previous.actions.shape[-1], config)
+    keep = previous.horizon + 1 - steps
+    features, actions = fresh.features.clone(), fresh.actions.clone()
+    if keep > 0:
+        features[:, 1:keep] = previous.features[:, steps + 1 :]
+        actions[:, :keep] = previous.actions[:, steps:]
+    features[:, 0] = start
+    return replace(fresh, features=features, actions=actions)
+
+
+def collocate(
+    objective: Objective,
+    start: Tensor,
+    config: PlannerConfig,
+    init: Plan | None = None,
+    on_iteration: Callable[[Plan], None] | None = None,
+) -> PlanResult:
+    """Plan from each start feature ``[S, D]``: ``config.plans`` plans per start are optimised in
+    parallel by ``config.iterations`` primal/dual steps; per start, the plan whose clipped actions
+    score the best imagined return is kept. ``init`` (``[S * plans, ...]``) replaces the random
+    initialisation; ``on_iteration`` sees the plans after every dual step."""
+    starts = start.repeat_interleave(config.plans, 0)
+    plan = init if init is not None else random_plan(starts, config.horizon, objective.action_dim, config)
+    adam = AdamPrimal(plan, config.adam_lr, config.compile) if config.primal == "adam" else None
+    dual = DualStep.of(config, start)
+    previous_return, iterations = None, 0
+    with torch.no_grad():
+        for iterations in range(1, config.iterations + 1):
+            # Each step first finds the violations of the previous step's result and applies that
+            # step's dual update with them: the dynamics are evaluated once per iteration.
+            pending = dual if iterations > 1 else None
+            if adam is not None:
+                plan, dynamics, actions = adam.step(objective, plan, pending)
+            else:
+                plan, dynamics, actions = gauss_newton_step(
+                    objective, plan, config.damping, config.line_search, pending
+                )
+            if on_iteration is not None:
+                on_iteration(plan)
+            if config.tolerance > 0 and iterations > 1:  # violations of the plan before this step
+                planned = planned_return(objective, plan)
+                feasible = bool((dynamics <= config.eps_dyn).all() and (actions <= config.eps_act).all())
+                change = (planned - previous_return).abs() if previous_return is not None else None
+                if (
+                    feasible
+                    and change is not None
+                    and (change <= config.tolerance * planned.abs().clamp(min=1.0)).all()
+                ):
+                    break
+                previous_return = planned
+        plan = dual(plan, *violations(objective, plan))
+        return select_plans(objective, plan, starts, config.plans, iterations)
+
+
+def select_plans(objective: Objective, plan: Plan, starts: Tensor, plans: int, iterations: int) -> PlanResult:
+    """Per start state, the plan of its ``plans`` whose clipped actions score the best imagined
+    return; non-finite plans never win, their actions are zeros. Diagnostics of the chosen plans."""
+    count = starts.shape[0] // plans
+    finite = torch.isfinite(plan.features).flatten(1).all(1) & torch.isfinite(plan.actions).flatten(1).all(1)
+    bad = int((~finite).sum())
+    if bad:
+        log.warning(
+            "collocation: %d of %d plans went non-finite; their actions are replaced by zeros",
+            bad,
+            finite.numel(),
+        )
+        keep = finite[:, None, None]
+        plan = replace(
+            plan, features=torch.where(keep, plan.features, 0.0), actions=torch.where(keep, plan.actions, 0.0)
+        )
+    clipped = plan.actions.clamp(-1.0, 1.0)
+    scores = rollout_return(objective, starts, clipped).reshape(count, plans)
+    scores = torch.where(finite.reshape(count, plans), scores, -torch.inf)
+    index = torch.arange(count, device=starts.device) * plans + scores.argmax(1)
+    chosen = Plan(*(t[index] for t in (plan.features, plan.actions, plan.lam, plan.nu)))
+    dynamics, actions = violations(objective, chosen)
+    diagnostics = {
+        "dynamics_violation": dynamics.mean().item(),
+        "action_violation": actions.mean().item(),
+        "lambda_mean": chosen.lam.mean().item(),
+        "nu_mean": chosen.nu.mean().item(),
+        "planned_return": planned_return(objective, chosen).mean().item(),
+        "rollout_return": scores.max(1).values.mean().item(),
+        "iterations": float(iterations),
+        "nonfinite_plans": float(bad),
+    }
+    return PlanResult(chosen, chosen.actions.clamp(-1.0, 1.0), diagnostics)
