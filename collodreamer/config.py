@@ -187,6 +187,7 @@ class PolicyConfig:
     units: int = 256
     layers: int = 2
     lr: float = 3e-4
+    grad_clip: float = 100.0
     updates: int = 10  # behaviour-cloning steps on each new plan
 
 

@@ -26,7 +26,6 @@ from collodreamer.agents.latco import LatCoAgent, PlannerState
 from collodreamer.config import Config, PlannerConfig
 from collodreamer.models import State, to_torch
 from collodreamer.models.losses import value_targets
-from collodreamer.models.optim import optimizer_step
 from collodreamer.models.value import Critic
 from collodreamer.planning import Objective, Plan, PlanResult
 from collodreamer.spec import EnvSpec
@@ -183,45 +182,34 @@ class ColloDreamerAgent(LatCoAgent):
     # --- world-model learning ------------------------------------------------------------------
     def train_step(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
         data = to_torch(batch, self.device)
-        if self.config.latent_objective.enabled:
-            post, metrics = self.train_model_with_latent_objective(data)
-        else:
-            post, metrics = self.world_model.train_step(data)
-            self.model_updates += 1
+        latent = self.config.latent_objective
+        post, metrics = self.world_model.train_step(data, self.latent_loss if latent.enabled else None)
+        self.model_updates += 1
+        if latent.enabled and self.model_updates % latent.target_period == 0:
+            self.old_rssm.load_state_dict(self.world_model.rssm.state_dict())
         if self.config.value.style == "replay":
             metrics.update(self.train_value_on_replay(data, post))
         elif self.behaviour is not None:
             metrics.update(self.behaviour.train(post))
         return metrics
 
-    def train_model_with_latent_objective(
-        self, data: dict[str, torch.Tensor]
-    ) -> tuple[State, dict[str, float]]:
-        """One world-model step on Eq. 4 minus the weighted augmented latent objective of Eq. 11."""
+    def latent_loss(
+        self, batch: dict[str, torch.Tensor], post: State, prior: State
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The world-model loss term of Eq. 11: minus the augmented latent objective, weighted by
+        a weight that decays over training."""
         latent = self.config.latent_objective
-        model = self.world_model
         weight = linear_schedule(
             latent.weight_start, latent.weight_end, self.model_updates, latent.schedule_updates
         )
-        with timed("model"):
-            model.update_normaliser(data)
-            loss, post, prior, metrics = model.loss(data)
-            j_latent = self.augmented_objective(data, post, prior)
-            metrics["model/grad_norm"] = optimizer_step(
-                model.optimizer, loss - weight * j_latent, model, model.config.grad_clip
-            )
-        self.model_updates += 1
-        if self.model_updates % latent.target_period == 0:
-            self.old_rssm.load_state_dict(model.rssm.state_dict())
-        metrics.update(
-            {
-                "latent/objective": j_latent.item(),
-                "latent/weight": weight,
-                "latent/eps_dyn": self.planner_config().eps_dyn,
-                "latent/lambda": self.last_lambda,
-            }
-        )
-        return {k: v.detach() for k, v in post.items()}, metrics
+        j_latent = self.augmented_objective(batch, post, prior)
+        metrics = {
+            "latent/objective": j_latent.item(),
+            "latent/weight": weight,
+            "latent/eps_dyn": self.planner_config().eps_dyn,
+            "latent/lambda": self.last_lambda,
+        }
+        return -weight * j_latent, metrics
 
     def augmented_objective(self, batch: dict[str, torch.Tensor], post: State, prior: State) -> torch.Tensor:
         """Eq. 11 on a replay batch: m(t) from the transitions into ``z_{t-1}`` and ``z_t`` under the

@@ -13,7 +13,7 @@ from torch import nn
 from collodreamer.config import ActorConfig, Config
 from collodreamer.models import MLP, WorldModel, autocast, to_torch
 from collodreamer.models.losses import lambda_returns, tanh_gaussian_entropy
-from collodreamer.models.optim import frozen, optimizer_step
+from collodreamer.models.optim import adam, explore, frozen, optimizer_step
 from collodreamer.models.rssm import State, flatten
 from collodreamer.models.value import Critic
 from collodreamer.spec import EnvSpec
@@ -63,7 +63,7 @@ class ImaginedBehaviour:
         feature_dim = world_model.feature_dim
         self.actor = Actor(feature_dim, action_dim, config.actor).to(device)
         self.critic = Critic(feature_dim, config.value, device, config.model.amp)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor.lr, eps=1e-5)
+        self.actor_optimizer = adam(self.actor.parameters(), config.actor.lr)
 
     def train(self, post: State) -> dict[str, float]:
         """One actor and one critic update on imagined trajectories from the posterior states ``post``
@@ -128,8 +128,8 @@ class DreamerAgent:
         latent = self.world_model.filter(obs, latent, action)
         feature = self.world_model.rssm.feature(latent)
         action = self.actor.sample(feature) if training else self.actor.mode(feature)
-        if training and self.config.expl_noise > 0:
-            action = (action + self.config.expl_noise * torch.randn_like(action)).clamp(-1.0, 1.0)
+        if training:
+            action = explore(action, self.config.expl_noise)
         return action[0].cpu().numpy(), (latent, action)
 
     def metrics(self) -> dict[str, float]:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from collodreamer.config import Config, PlannerConfig
 from collodreamer.models import MLP, State, WorldModel, to_torch
-from collodreamer.models.optim import frozen, optimizer_step
+from collodreamer.models.optim import adam, explore, frozen, optimizer_step
 from collodreamer.planning import Objective, Plan, PlanResult, collocate, initial_multipliers, shifted_plan
 from collodreamer.spec import EnvSpec
 from collodreamer.timing import timed
@@ -52,7 +52,7 @@ class LatCoAgent:
             self.policy = MLP(feature_dim, spec.action_dim, config.policy.units, config.policy.layers).to(
                 device
             )
-            self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.policy.lr)
+            self.policy_optimizer = adam(self.policy.parameters(), config.policy.lr)
         self._metrics: dict[str, list[float]] = defaultdict(list)
 
     def log(self, metrics: dict[str, float]) -> None:
@@ -153,7 +153,7 @@ class LatCoAgent:
         for _ in range(self.config.policy.updates):
             with torch.enable_grad():
                 loss = F.mse_loss(torch.tanh(self.policy(features)), targets)
-                optimizer_step(self.policy_optimizer, loss, self.policy, 100.0)
+                optimizer_step(self.policy_optimizer, loss, self.policy, self.config.policy.grad_clip)
         self.log({"policy/loss": loss.item()})
 
     # --- acting --------------------------------------------------------------------------------
@@ -171,8 +171,8 @@ class LatCoAgent:
             result = self.plan(feature, state.plan if state else None, training)
             state = PlannerState(latent, torch.zeros(1, self.action_dim, device=self.device), result)
         action = state.plan.actions[:, state.step]
-        if training and self.config.expl_noise > 0:
-            action = (action + self.config.expl_noise * torch.randn_like(action)).clamp(-1.0, 1.0)
+        if training:
+            action = explore(action, self.config.expl_noise)
         state.latent, state.action, state.step = latent, action, state.step + 1
         state.visited.append(feature)
         state.executed.append(action)

@@ -4,11 +4,25 @@ target networks, and replay arrays to tensors on the run's device."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
+
+ADAM_EPS = 1e-5  # DreamerV1's Adam epsilon, for every network
+
+
+def adam(parameters: Iterable[nn.Parameter], lr: float) -> torch.optim.Adam:
+    """The optimiser of every network here: Adam with DreamerV1's epsilon."""
+    return torch.optim.Adam(parameters, lr=lr, eps=ADAM_EPS)
+
+
+def explore(action: torch.Tensor, noise: float) -> torch.Tensor:
+    """An executed action with Gaussian exploration noise of std ``noise``, kept in [-1, 1]."""
+    if noise <= 0:
+        return action
+    return (action + noise * torch.randn_like(action)).clamp(-1.0, 1.0)
 
 
 def optimizer_step(

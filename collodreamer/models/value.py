@@ -11,7 +11,7 @@ from torch import nn
 
 from collodreamer.config import ValueConfig
 from collodreamer.models.networks import MLP
-from collodreamer.models.optim import autocast, optimizer_step, update_target
+from collodreamer.models.optim import adam, autocast, optimizer_step, update_target
 
 
 def straight_through_clip(value: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -53,7 +53,7 @@ class Critic:
         self.amp = amp
         self.value = ValueNetwork(feature_dim, config).to(device).eval()
         self.target = copy.deepcopy(self.value).requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.value.parameters(), lr=config.lr, eps=1e-5)
+        self.optimizer = adam(self.value.parameters(), config.lr)
         self.updates = 0
 
     def update(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,12 +18,13 @@ from collodreamer.models.networks import (
     RunningNorm,
     image_target,
 )
-from collodreamer.models.optim import autocast, optimizer_step
+from collodreamer.models.optim import adam, autocast, optimizer_step
 from collodreamer.models.rssm import RSSM, State
 from collodreamer.spec import EnvSpec
 from collodreamer.timing import timed
 
 Batch = dict[str, torch.Tensor]
+ExtraLoss = Callable[[Batch, State, State], tuple[torch.Tensor, dict[str, float]]]
 
 
 class WorldModel(nn.Module):
@@ -49,7 +51,7 @@ class WorldModel(nn.Module):
             self.decoder = MLP(feature_dim, spec.obs_shape[0], config.units, config.layers)
         self.reward = MLP(feature_dim, 1, config.units, config.layers)
         self.to(device)
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=config.lr, eps=1e-5)
+        self.optimizer = adam(self.parameters(), config.lr)
 
     @property
     def feature_dim(self) -> int:
@@ -99,11 +101,16 @@ class WorldModel(nn.Module):
         if not self.pixels:
             self.obs_norm.update(batch["obs"])
 
-    def train_step(self, batch: Batch) -> tuple[State, dict[str, float]]:
-        """One Adam step on Eq. 4; returns the posterior states (detached) and metrics."""
+    def train_step(self, batch: Batch, extra_loss: ExtraLoss | None = None) -> tuple[State, dict[str, float]]:
+        """One Adam step on Eq. 4, plus ``extra_loss(batch, posteriors, priors) -> (loss, metrics)``
+        when given (ColloDreamer's Eq. 11); returns the posterior states (detached) and metrics."""
         with timed("model"):
             self.update_normaliser(batch)
-            loss, post, _, metrics = self.loss(batch)
+            loss, post, prior, metrics = self.loss(batch)
+            if extra_loss is not None:
+                extra, extra_metrics = extra_loss(batch, post, prior)
+                loss = loss + extra
+                metrics.update(extra_metrics)
             metrics["model/grad_norm"] = optimizer_step(self.optimizer, loss, self, self.config.grad_clip)
         return {k: v.detach() for k, v in post.items()}, metrics
 

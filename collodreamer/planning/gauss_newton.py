@@ -57,11 +57,11 @@ def _dynamics_jacobian(objective: Objective, features: Tensor, actions: Tensor) 
     if objective.dynamics_jacobian is not None:
         return objective.dynamics_jacobian(features, actions)
 
-    def single(z: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
+    def dynamics_twice(z: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
         out = objective.dynamics(z, a)
-        return out, out
+        return out, out  # differentiated, and kept as the value
 
-    (jac_z, jac_a), mean = vmap(jacrev(single, argnums=(0, 1), has_aux=True))(features, actions)
+    (jac_z, jac_a), mean = vmap(jacrev(dynamics_twice, argnums=(0, 1), has_aux=True))(features, actions)
     return mean, torch.cat([jac_z, jac_a], -1)
 
 
@@ -75,10 +75,10 @@ def _value_residual_grad(objective: Objective, features: Tensor, actions: Tensor
     """``softplus(-V(mu(z, a)) / c)`` ``[B]`` and its gradient with respect to ``[z, a]`` ``[B, D+A]``."""
     scale = objective.value_scale
 
-    def single(z: Tensor, a: Tensor) -> Tensor:
+    def value_residual(z: Tensor, a: Tensor) -> Tensor:
         return F.softplus(-objective.terminal_value(z[None], a[None])[0] / scale)
 
-    (grad_z, grad_a), value = vmap(grad_and_value(single, argnums=(0, 1)))(features, actions)
+    (grad_z, grad_a), value = vmap(grad_and_value(value_residual, argnums=(0, 1)))(features, actions)
     return value, torch.cat([grad_z, grad_a], -1)
 
 
