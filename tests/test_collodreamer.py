@@ -408,3 +408,14 @@ def test_categorical_reward_head_learns_at_mean_features():
     mean = agent.world_model.rssm.mean_feature(post)
     probs = mean[..., : agent.world_model.rssm.stoch_dim].reshape(2, 6, 4, 4)
     assert torch.allclose(probs.sum(-1), torch.ones(2, 6, 4), atol=1e-5)  # probabilities, not one-hots
+
+
+def test_latent_objective_enters_the_world_model_step():
+    agent = tiny_agent(**{"latent_objective.enabled": "true", "latent_objective.target_period": 2})
+    batch = {k: v.numpy() for k, v in replay_batch().items()}
+    metrics = agent.train_step(batch)
+    assert {"latent/objective", "latent/weight", "model/loss"} <= set(metrics)
+    rssm, old = agent.world_model.rssm, agent.old_rssm
+    assert not torch.equal(rssm.img_out[2].weight, old.img_out[2].weight)  # the model moved, "old" not
+    agent.train_step(batch)  # the second update copies the dynamics into the old model
+    assert torch.equal(rssm.img_out[2].weight, old.img_out[2].weight)
