@@ -265,3 +265,22 @@ def test_step_size_takes_the_candidate_with_the_lowest_objective():
             for size in STEP_SIZES
         ]
         assert chosen[b].item() == pytest.approx(STEP_SIZES[values.index(min(values))])
+
+
+def test_block_solve_falls_back_to_double_precision_where_single_fails():
+    """A Hilbert block of size 9 is positive definite, but its single-precision Cholesky fails."""
+    n = 9
+    hilbert = torch.tensor([[1.0 / (i + j + 1) for j in range(n)] for i in range(n)])
+    assert torch.linalg.cholesky_ex(hilbert).info.item() != 0
+    assert torch.linalg.cholesky_ex(hilbert.double()).info.item() == 0
+    diag = torch.stack([hilbert, torch.eye(n) * 2.0])[None].repeat(2, 1, 1, 1)
+    diag[1, 0] = torch.eye(n) * 3.0  # the second system factorises in single precision
+    upper = torch.full((2, 1, n, n), 1e-4)
+    rhs = torch.randn(2, 2, n)
+    x = block_tridiagonal_solve(diag, upper, rhs)
+    for b in range(2):
+        dense = torch.zeros(2 * n, 2 * n, dtype=torch.float64)
+        dense[:n, :n], dense[n:, n:] = diag[b, 0], diag[b, 1]
+        dense[:n, n:], dense[n:, :n] = upper[b, 0], upper[b, 0].T
+        expected = torch.linalg.solve(dense, rhs[b].flatten().double()).reshape(2, n)
+        assert torch.allclose(x[b].double(), expected, rtol=1e-2, atol=1e-2 * expected.abs().max().item())

@@ -28,15 +28,30 @@ def block_tridiagonal_solve(diag: Tensor, upper: Tensor, rhs: Tensor) -> Tensor:
     """Solve ``A x = b`` for symmetric positive definite block-tridiagonal ``A`` by block Cholesky.
 
     ``diag [B, K, n, n]`` holds ``A_kk``, ``upper [B, K-1, n, n]`` holds ``A_{k,k+1}``, ``rhs [B, K, n]``.
-    Cost is ``O(K n^3)``: linear in the number of blocks, where a dense solve is cubic in it.
+    Cost is ``O(K n^3)``: linear in the number of blocks, where a dense solve is cubic in it. Where a
+    factorisation fails in single precision (rounding can make a nearly singular block indefinite),
+    that system is solved again in double precision.
     """
+    x, failed = _block_cholesky_solve(diag, upper, rhs)
+    if failed.any():  # one synchronisation per solve
+        again, _ = _block_cholesky_solve(diag.double(), upper.double(), rhs.double())
+        x = torch.where(failed[:, None, None], again.to(x.dtype), x)
+    return x
+
+
+def _block_cholesky_solve(diag: Tensor, upper: Tensor, rhs: Tensor) -> tuple[Tensor, Tensor]:
+    """The solve of :func:`block_tridiagonal_solve` and, per system ``[B]``, whether a factorisation
+    failed."""
     K = diag.shape[1]
-    chol = [torch.linalg.cholesky_ex(diag[:, 0]).L]
+    factor = torch.linalg.cholesky_ex(diag[:, 0])
+    chol, failed = [factor.L], factor.info != 0
     coupling = [None]  # W_k = L_{k-1}^{-1} A_{k-1,k}; the factor's sub-diagonal block is W_k^T
     y = [torch.linalg.solve_triangular(chol[0], rhs[:, 0, :, None], upper=False)]
     for k in range(1, K):
         w = torch.linalg.solve_triangular(chol[k - 1], upper[:, k - 1], upper=False)
-        chol.append(torch.linalg.cholesky_ex(diag[:, k] - w.transpose(-1, -2) @ w).L)
+        factor = torch.linalg.cholesky_ex(diag[:, k] - w.transpose(-1, -2) @ w)
+        chol.append(factor.L)
+        failed = failed | (factor.info != 0)
         coupling.append(w)
         y.append(
             torch.linalg.solve_triangular(
@@ -49,7 +64,7 @@ def block_tridiagonal_solve(diag: Tensor, upper: Tensor, rhs: Tensor) -> Tensor:
         x[k] = torch.linalg.solve_triangular(
             chol[k].transpose(-1, -2), y[k] - coupling[k + 1] @ x[k + 1], upper=True
         )
-    return torch.stack(x, 1).squeeze(-1)
+    return torch.stack(x, 1).squeeze(-1), failed
 
 
 def _dynamics_jacobian(objective: Objective, features: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
