@@ -13,7 +13,7 @@ import yaml
 
 from collodreamer.config import ConfigError
 from collodreamer.experiments import expand, load_spec, make_figures, run_sweep
-from collodreamer.experiments.stats import bootstrap_ci, iqm
+from collodreamer.experiments.stats import aggregate, bootstrap_ci, iqm, probability_of_improvement
 from collodreamer.training import load_checkpoint
 
 TINY_SPEC = {
@@ -176,3 +176,28 @@ def test_table_compares_seeds_at_the_latest_test_point_they_all_reached():
     row = results_table([ahead, behind]).splitlines()[-1]
     assert row.startswith("| reacher_easy | latco | 2 | 30000 | 5.0 [5.0, 5.0] | 5.0 | 10000 | 200.0 [")
     assert row.endswith("| 200.0 |")
+
+
+def test_probability_of_improvement_by_hand():
+    x = {"a": np.array([3.0, 1.0]), "b": np.array([5.0])}
+    y = {"a": np.array([2.0, 1.0]), "b": np.array([4.0, 6.0])}
+    # task a: pairs (3>2, 3>1, 1<2, 1=1) -> (1 + 1 + 0 + 0.5) / 4; task b: (5>4, 5<6) -> 1/2
+    assert probability_of_improvement(x, y) == pytest.approx((2.5 / 4 + 0.5) / 2)
+    assert probability_of_improvement(y, x) == pytest.approx(1 - (2.5 / 4 + 0.5) / 2)
+
+
+def test_aggregate_iqm_and_stratified_intervals():
+    rng = np.random.default_rng(0)
+    scores = {
+        "good": {"t1": rng.normal(0.8, 0.05, 5), "t2": rng.normal(0.6, 0.05, 5)},
+        "bad": {"t1": rng.normal(0.2, 0.05, 5), "t2": rng.normal(0.1, 0.05, 5)},
+    }
+    result = aggregate(scores, samples=500)
+    good = result["agents"]["good"]
+    assert good["iqm"] == pytest.approx(iqm(np.concatenate([scores["good"]["t1"], scores["good"]["t2"]])))
+    assert good["ci"][0] <= good["iqm"] <= good["ci"][1] and good["runs"] == 10
+    assert result["probability_of_improvement"]["good>bad"] == 1.0
+    assert result["probability_of_improvement"]["bad>good"] == 0.0
+    # A resample keeps each task's runs apart: the interval of a task-separated agent stays inside
+    # the range its task means span.
+    assert good["ci"][0] > 0.5 and good["ci"][1] < 0.85

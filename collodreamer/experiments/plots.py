@@ -3,6 +3,7 @@ band, one panel per task, one line per agent or variant) and Markdown tables of 
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +12,11 @@ import numpy as np
 import yaml
 
 from collodreamer.config import ConfigError, load_config
-from collodreamer.experiments.stats import bootstrap_ci, iqm
+from collodreamer.experiments.stats import aggregate, bootstrap_ci, iqm
 from collodreamer.training.logger import read_metrics
 
 FINAL_TRAIN_EPISODES = 3  # the train return of a run is the mean of its last few episodes
+MAX_RETURN = 1000.0  # a DeepMind Control episode's best possible return: the normaliser of scores
 
 
 @dataclass
@@ -188,8 +190,69 @@ def results_table(runs: list[RunData]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def final_scores(runs: list[RunData]) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, int]]]:
+    """label -> task -> each seed's test return at the latest test point all of them reached,
+    normalised by the task's best possible return; and the env frames of that point."""
+    scores: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
+    frames: dict[str, dict[str, int]] = defaultdict(dict)
+    for task, lines in group(runs).items():
+        for label, members in lines.items():
+            test = common_test_returns(members)
+            if test:
+                frames[label][task], returns = test
+                scores[label][task] = returns / MAX_RETURN
+    return dict(scores), dict(frames)
+
+
+def write_aggregate(runs: list[RunData], out: Path) -> list[Path]:
+    """Across tasks (when the runs span several tasks and lines): ``aggregate.json`` with each line's
+    IQM of normalised final test returns and the probabilities of improvement, both with stratified
+    bootstrap intervals, and ``aggregate.png`` drawing them."""
+    scores, frames = final_scores(runs)
+    tasks = {task for by_task in scores.values() for task in by_task}
+    if len(scores) < 2 or len(tasks) < 2:
+        return []
+    result = {**aggregate(scores), "tested_at_env_frames": frames, "normaliser": MAX_RETURN}
+    json_path = out / "aggregate.json"
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.6 * len(scores) + 1.8))
+    labels = sorted(result["agents"])
+    for row, label in enumerate(labels):
+        entry = result["agents"][label]
+        left.errorbar(
+            entry["iqm"],
+            row,
+            xerr=[[entry["iqm"] - entry["ci"][0]], [entry["ci"][1] - entry["iqm"]]],
+            fmt="o",
+            capsize=4,
+        )
+    left.set(yticks=range(len(labels)), yticklabels=labels, xlabel="IQM of normalised test return (95% CI)")
+    pairs = sorted(k for k in result["probability_of_improvement"] if k.split(">")[0] < k.split(">")[1])
+    for row, pair in enumerate(pairs):
+        p, (low, high) = (
+            result["probability_of_improvement"][pair],
+            result["probability_of_improvement_ci"][pair],
+        )
+        right.errorbar(p, row, xerr=[[p - low], [high - p]], fmt="o", capsize=4)
+    right.axvline(0.5, color="grey", lw=0.8, ls="--")
+    right.set(yticks=range(len(pairs)), yticklabels=[p.replace(">", " > ") for p in pairs], xlim=(0, 1))
+    right.set(xlabel="P(X > Y) (95% CI)")
+    fig.suptitle(f"{len(tasks)} tasks: " + ", ".join(sorted(t.split(":", 1)[-1] for t in tasks)))
+    fig.tight_layout()
+    png_path = out / "aggregate.png"
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return [json_path, png_path]
+
+
 def make_figures(paths: list[Path], metrics: list[str], out: Path, name: str) -> list[Path]:
-    """Plots of ``metrics`` and the results table for the runs under ``paths``, written to ``out``."""
+    """Plots of ``metrics``, the results table and (across tasks) the aggregate for the runs under
+    ``paths``, written to ``out``."""
     runs = find_runs(paths)
     out.mkdir(parents=True, exist_ok=True)
     written = [
@@ -197,4 +260,4 @@ def make_figures(paths: list[Path], metrics: list[str], out: Path, name: str) ->
     ]
     table = out / f"{name}_table.md"
     table.write_text(results_table(runs))
-    return [*written, table]
+    return [*written, table, *write_aggregate(runs, out)]
