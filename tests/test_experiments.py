@@ -45,6 +45,10 @@ def test_spec_expansion_is_the_exact_grid():
     assert (run.agent, run.task, run.seed, run.steps) == ("collodreamer", "dmc:cheetah_run", 5, 300)
     assert run.overrides == ("run.eval_start=100", "value.gamma=0.95")
     assert next(r for r in sweep.runs if r.task == "dmc:reacher_easy").steps == 400  # the tiny preset's
+    # Presets for one agent's runs only: the paper's value settings for collodreamer, none for latco.
+    paper = expand({**spec, "agent_presets": {"collodreamer": ["collodreamer_paper"]}})
+    presets = {r.agent: r.presets for r in paper.runs}
+    assert presets == {"latco": ("tiny",), "collodreamer": ("tiny", "collodreamer_paper")}
     with pytest.raises(Exception, match="unknown config key 'value.gama'"):
         expand({**spec, "variants": {"typo": ["value.gama=0.9"]}})
     with pytest.raises(Exception, match="unknown keys"):
@@ -55,6 +59,7 @@ def test_spec_expansion_is_the_exact_grid():
         ({"tasks": ["dmc:cheetah_fly"]}, "unknown task 'dmc:cheetah_fly'"),
         ({"tasks": "dmc:cheetah_run"}, "'tasks' is a list"),
         ({"variants": ["value.gamma=0.95"]}, "'variants' maps each variant name to a list"),
+        ({"agent_presets": ["paper"]}, "'agent_presets' maps an agent to a list of presets"),
     ]
     for change, message in malformed:
         with pytest.raises(ConfigError) as error:

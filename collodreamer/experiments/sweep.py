@@ -11,6 +11,8 @@ A spec (see ``configs/experiments/``)::
     obs: state
     seeds: 2                    # or an explicit list [0, 1, 2]
     presets: [cpu]
+    agent_presets:              # presets for one agent's runs only, after the common ones
+      collodreamer: [collodreamer_paper]
     overrides: [run.eval_start=5000]
     variants:                   # named override lists (default: one variant "base" with none)
       base: []
@@ -42,7 +44,18 @@ from collodreamer.envs import parse_task
 from collodreamer.training.checkpoint import CheckpointError, load_checkpoint
 
 log = logging.getLogger("collodreamer")
-SPEC_KEYS = {"name", "agents", "tasks", "obs", "seeds", "presets", "overrides", "variants", "plots"}
+SPEC_KEYS = {
+    "name",
+    "agents",
+    "tasks",
+    "obs",
+    "seeds",
+    "presets",
+    "agent_presets",
+    "overrides",
+    "variants",
+    "plots",
+}
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,9 @@ def expand(spec: dict[str, Any]) -> Sweep:
     if not isinstance(variants, dict) or not all(isinstance(v, list) for v in variants.values()):
         raise ConfigError("sweep spec: 'variants' maps each variant name to a list of key=value overrides")
     presets = tuple(spec.get("presets", []))
+    agent_presets = spec.get("agent_presets") or {}
+    if not isinstance(agent_presets, dict) or not all(isinstance(v, list) for v in agent_presets.values()):
+        raise ConfigError("sweep spec: 'agent_presets' maps an agent to a list of presets for its runs only")
     common = tuple(spec.get("overrides", []))
     obs = spec.get("obs", "pixels")
     runs = []
@@ -113,7 +129,8 @@ def expand(spec: dict[str, Any]) -> Sweep:
                         (*common, *extra) if steps is None else (*common, *extra, f"run.steps={steps}")
                     )
                     base = [f"agent={agent}", f"env.task={task}", f"env.obs={obs}", f"seed={seed}"]
-                    config = make_config(presets, [*base, *overrides])  # validates every key up front
+                    layers = (*presets, *agent_presets.get(agent, []))
+                    config = make_config(layers, [*base, *overrides])  # validates every key up front
                     runs.append(
                         RunSpec(
                             name=f"{variant}-{agent}-{task.split(':', 1)[-1]}-{obs}-s{seed}",
@@ -123,7 +140,7 @@ def expand(spec: dict[str, Any]) -> Sweep:
                             seed=seed,
                             steps=config.run.steps,
                             variant=variant,
-                            presets=presets,
+                            presets=layers,
                             overrides=(*common, *extra),
                         )
                     )
