@@ -1,4 +1,4 @@
-"""The ``collodreamer`` command: train, eval, sweep, plot, tasks."""
+"""The ``collodreamer`` command: train, eval, sweep, plot, config, tasks."""
 
 from __future__ import annotations
 
@@ -98,6 +98,28 @@ def _plot(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def _config(args: argparse.Namespace) -> None:
+    import yaml
+
+    from collodreamer.config import config_sources, field_help, flatten, to_dict
+
+    overrides = ([f"agent={args.agent}"] if args.agent else []) + args.overrides
+    config = make_config(args.preset, overrides)
+    if args.yaml:
+        print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+        return
+    sources, described = config_sources(args.preset, overrides), field_help()
+    rows = [
+        (key, described[key][0], str(value), sources[key], described[key][1])
+        for key, value in flatten(to_dict(config)).items()
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + "  " + row[4]
+        )
+
+
 def _tasks(args: argparse.Namespace) -> None:
     from collodreamer.envs import list_tasks
 
@@ -164,6 +186,18 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", default="results/plots")
     plot.add_argument("--name", default="runs", help="file name prefix")
     plot.set_defaults(func=_plot)
+
+    settings = commands.add_parser(
+        "config",
+        help="list every setting: type, value, where it comes from, what it does",
+        description="Every setting after layering (defaults, the agent's defaults, presets, overrides): "
+        "its type, value, source and documentation. --yaml prints the resolved config, to reuse as a preset.",
+    )
+    settings.add_argument("--agent", help="agent whose defaults to layer (same as agent=...)")
+    settings.add_argument("--preset", action="append", default=[], help="YAML preset; repeat to layer them")
+    settings.add_argument("--yaml", action="store_true", help="print the resolved config as YAML")
+    settings.add_argument("overrides", nargs="*", metavar="key=value")
+    settings.set_defaults(func=_config)
 
     tasks = commands.add_parser("tasks", help="list the dm_control tasks")
     tasks.set_defaults(func=_tasks)

@@ -32,10 +32,10 @@ class EnvConfig:
     """The environment: a DeepMind Control task seen as pixels or as its state vector."""
 
     task: str = "dmc:reacher_easy"  # "dmc:<domain>_<task>", see `collodreamer tasks`
-    obs: Literal["pixels", "state"] = "pixels"
+    obs: Literal["pixels", "state"] = "pixels"  # 64x64 RGB images, or the task's state vector
     action_repeat: int = 2  # env frames per agent step; rewards are summed over them
     time_limit: int = 1000  # episode length in env frames
-    image_size: int = 64
+    image_size: int = 64  # pixels per side (the CNN takes 64)
     camera: int = -1  # -1: Dreamer's choice (2 for quadruped, 0 otherwise)
     fast_render: bool = True  # offsamples=0, shadowsize=256: ~4x faster software rendering
 
@@ -45,25 +45,25 @@ class ReplayConfig:
     """The on-disk episode store and its sequence sampler."""
 
     capacity: int = 1_000_000  # env frames kept in memory; oldest episodes leave first
-    batch_size: int = 50
-    batch_length: int = 50
+    batch_size: int = 50  # sequences per training batch
+    batch_length: int = 50  # agent steps per sequence
 
 
 @dataclass
 class RunConfig:
     """The training loop's schedule. Every count is in env frames (action repeat included)."""
 
-    steps: int = 1_000_000
+    steps: int = 1_000_000  # env frames to train for
     prefill: int = 5000  # random-action env frames before the first gradient step
     train_every: int = 1000  # env frames collected between training phases
     train_steps: int = 100  # gradient steps per training phase
     eval_start: int = 0  # first test at this many env frames, then every eval_every
-    eval_every: int = 10_000
-    eval_episodes: int = 5
+    eval_every: int = 10_000  # env frames between tests
+    eval_episodes: int = 5  # episodes per test
     checkpoint_every: int = 10_000  # checkpoints are written at the next episode end
-    log_every: int = 1000
+    log_every: int = 1000  # env frames between metrics records
     video: bool = False  # save the first test episode of each evaluation as mp4
-    video_size: int = 128
+    video_size: int = 128  # pixels per side of test videos
     # torch's threads for this run (0: torch's default, one per core). One degrades gracefully beside
     # other processes: a plan's small matrix steps gain little from a second thread on their own,
     # and lose several times over when that thread has to wait for a busy core.
@@ -74,23 +74,23 @@ class RunConfig:
 class ModelConfig:
     """The world model: encoder, RSSM, decoder and reward head, trained by Eq. 4 (DreamerV1 defaults)."""
 
-    latent: Literal["gaussian", "categorical"] = "gaussian"
+    latent: Literal["gaussian", "categorical"] = "gaussian"  # stochastic latent: DreamerV1 or DreamerV2
     deter: int = 200  # GRU state size (the paper's "latent vector length")
     stoch: int = 30  # Gaussian dimensions, or number of categorical variables
     classes: int = 32  # classes per categorical variable
     hidden: int = 200  # RSSM hidden layers
     units: int = 400  # width of the MLP encoder (states), decoder (states) and reward head
     layers: int = 2  # hidden layers of those MLPs
-    cnn_depth: int = 32
+    cnn_depth: int = 32  # channels of the first conv layer (pixels)
     min_std: float = 0.1  # Gaussian latents: lower bound of the std
     unimix: float = 0.0  # categorical latents: mix of the uniform distribution into the probabilities
     gru_norm: bool = False  # layer norm inside the GRU (DreamerV2)
     kl_balancing: bool = False  # Listing 1; off is DreamerV1's plain KL(post || prior)
     kl_balance: float = 0.8  # alpha of Listing 1
-    free_nats: float = 3.0
+    free_nats: float = 3.0  # KL below this many nats is not penalised
     kl_scale: float = 1.0  # beta of Eq. 4
-    lr: float = 6e-4
-    grad_clip: float = 100.0
+    lr: float = 6e-4  # Adam learning rate
+    grad_clip: float = 100.0  # gradient norm clip
     amp: bool = False  # bfloat16 autocast on CUDA (ignored on CPU)
 
 
@@ -98,42 +98,38 @@ class ModelConfig:
 class ActorConfig:
     """Dreamer's actor: a tanh-Gaussian policy trained through imagined trajectories."""
 
-    horizon: int = 15  # imagination horizon
+    horizon: int = 15  # imagination horizon in agent steps
     starts: int = 0  # imagine from this many random posterior states of the batch (0: all of them)
-    lr: float = 8e-5
-    units: int = 400
-    layers: int = 4
-    init_std: float = 5.0
-    min_std: float = 1e-4
-    mean_scale: float = 5.0
-    # Weight of the policy's entropy in the actor loss. DreamerV1 has none (entropy=0); without it, on
-    # reacher from states, the actions saturated at +-1 within a few hundred updates (pre-tanh mean
-    # near mean_scale, std ~0.01), where tanh passes almost no gradient back (results/README.md,
-    # Learning). Per imagined action the bonus pulls the pre-tanh sample u back with force
-    # 2 * entropy * |tanh u|, the return pushes with |dR/da| (1 - tanh(u)^2), and |dR/da| measured about
-    # 3 there: at 0.03 they balance near |a| = 0.99; at 1e-3 the actor still collapsed.
+    lr: float = 8e-5  # Adam learning rate
+    units: int = 400  # hidden units per layer
+    layers: int = 4  # hidden layers
+    init_std: float = 5.0  # initial std of the pre-tanh Gaussian
+    min_std: float = 1e-4  # lower bound of that std
+    mean_scale: float = 5.0  # the pre-tanh mean is mean_scale * tanh(mean / mean_scale)
+    # Weight of the policy's entropy in the actor loss (DreamerV1: none, 0). Without it the actor's
+    # actions saturated at +-1 on reacher from states; results/README.md (Learning) derives 0.03.
     entropy: float = 0.03
-    grad_clip: float = 100.0
+    grad_clip: float = 100.0  # gradient norm clip
 
 
 @dataclass
 class ValueConfig:
     """The value V(z) and its slow target copy V'."""
 
-    gamma: float = 0.99
+    gamma: float = 0.99  # discount per agent step (Eq. 10)
     lam: float = 0.95  # lambda of the TD(lambda) targets (Dreamer's, and the replay style's)
-    lr: float = 8e-5
-    units: int = 400
-    layers: int = 3
-    grad_clip: float = 100.0
+    lr: float = 8e-5  # Adam learning rate
+    units: int = 400  # hidden units per layer
+    layers: int = 3  # hidden layers
+    grad_clip: float = 100.0  # gradient norm clip
     target_period: int = 100  # update V' after every this many value updates ...
     target_tau: float = 1.0  # ... by V' <- tau * V + (1 - tau) * V'
     # Regularisers of Fig. 1 (each a switch), and layer norm, which needs no batch statistics:
     norm: Literal["none", "before", "after", "layer"] = "none"  # before/after: batch norm around ELU
     dropout: list[float] = field(default_factory=list)  # drop probability per hidden layer ([] = none)
     clip: bool = False  # clip V to [clip_low, clip_high]
-    clip_low: float = 0.0
-    clip_high: float = 200.0
+    clip_low: float = 0.0  # lower bound of the clip
+    clip_high: float = 200.0  # upper bound of the clip
     # hard: the paper's clamp, no gradient outside the range; straight_through: clamped forward,
     # the network's own gradient backward, so the planner can still climb V where it is clipped
     clip_mode: Literal["hard", "straight_through"] = "hard"
@@ -158,17 +154,17 @@ class PlannerConfig:
     horizon: int = 30  # H: knots z_0..z_H, a_0..a_H with z_0 the current posterior
     iterations: int = 100  # primal steps per plan, each followed by a dual step
     replan_every: int = 15  # agent steps executed from each plan
-    primal: Literal["gauss_newton", "adam"] = "gauss_newton"
+    primal: Literal["gauss_newton", "adam"] = "gauss_newton"  # second-order (LatCo) or first-order step
     damping: float = 1e-3  # delta of (2 J^T J + delta I) dx = 2 J^T r
     line_search: bool = True  # pick the Gauss-Newton step size that lowers the objective (off: full step)
-    adam_lr: float = 0.1
+    adam_lr: float = 0.1  # learning rate of the Adam primal
     compile: bool = False  # torch.compile the Adam primal's objective (one-off compile, then ~2x faster)
     dual_alpha: float = 0.1  # alpha of Eq. 7
     dual_eta: float = 0.1  # eta of Eq. 7
     eps_dyn: float = 1e-2  # dynamics violation the multipliers drive towards
     eps_act: float = 1e-2  # action-bound violation the multipliers drive towards
-    init_lambda: float = 1.0
-    init_nu: float = 1.0
+    init_lambda: float = 1.0  # dynamics multipliers at the start of a plan
+    init_nu: float = 1.0  # action-bound multipliers at the start of a plan
     min_multiplier: float = 1e-6  # multipliers stay in [min, max]: no underflow while a constraint
     max_multiplier: float = 1e6  # holds, no overflow while a slow primal step lags behind
     # N(0, 1) knots (LatCo), the previous plan shifted, or a rollout of the amortised policy
@@ -184,10 +180,10 @@ class PolicyConfig:
     """The amortised policy (beyond the paper): trained to output the planner's actions, its
     rollout initialises the plan when ``planner.init=policy``."""
 
-    units: int = 256
-    layers: int = 2
-    lr: float = 3e-4
-    grad_clip: float = 100.0
+    units: int = 256  # hidden units per layer
+    layers: int = 2  # hidden layers
+    lr: float = 3e-4  # Adam learning rate
+    grad_clip: float = 100.0  # gradient norm clip
     updates: int = 10  # behaviour-cloning steps on each new plan
 
 
@@ -196,11 +192,11 @@ class LatentObjectiveConfig:
     """The augmented latent objective of Eq. 11 (Fig. 3): (1 / lambda) m(t) A(t) added to the
     world-model objective with a weight that decays while eps_dyn tightens."""
 
-    enabled: bool = False
-    weight_start: float = 1.0
-    weight_end: float = 0.0
+    enabled: bool = False  # add Eq. 11 to the world-model loss
+    weight_start: float = 1.0  # its weight at the first world-model update ...
+    weight_end: float = 0.0  # ... and from schedule_updates on
     eps_dyn_start: float = 0.1  # the planner's eps_dyn follows this schedule while enabled
-    eps_dyn_end: float = 0.01
+    eps_dyn_end: float = 0.01  # ... and its end value
     schedule_updates: int = 10_000  # world-model updates over which both move linearly
     target_period: int = 100  # copy the dynamics into the "old" model every this many updates
 
@@ -209,8 +205,8 @@ class LatentObjectiveConfig:
 class Config:
     """The whole configuration of a run."""
 
-    agent: Literal["random", "dreamer", "latco", "collodreamer"] = "random"
-    seed: int = 0
+    agent: Literal["random", "dreamer", "latco", "collodreamer"] = "random"  # how to act (see README)
+    seed: int = 0  # seeds torch, numpy, the replay sampler and the environments
     device: str = "auto"  # "auto" picks cuda when present, else cpu
     expl_noise: float = 0.3  # std of Gaussian noise on executed actions while training
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -368,6 +364,52 @@ def make_config(
             config = _layer(_merge(Config(), load_preset(str(agent_defaults))), presets, overrides)
     validate(config)
     return config
+
+
+def config_sources(
+    presets: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = ()
+) -> dict[str, str]:
+    """Where each key's value comes from under :func:`make_config`'s layering: ``default``, ``agent
+    defaults``, ``preset NAME`` or ``override`` (the last layer that sets the key)."""
+    config = make_config(presets, overrides)
+    sources = dict.fromkeys(flatten(to_dict(config)), "default")
+    agent_defaults = preset_dir() / "agents" / f"{config.agent}.yaml"
+    layers = [("agent defaults", load_preset(str(agent_defaults)))] if agent_defaults.exists() else []
+    layers += [(f"preset {name}", load_preset(name)) for name in presets]
+    layers += [("override", parse_override(text)) for text in overrides]
+    for source, data in layers:
+        for key in flatten(data):
+            sources[key] = source
+    return sources
+
+
+def field_help() -> dict[str, tuple[str, str]]:
+    """``{"section.key": (type, help)}`` for every setting: its type as written, and the comment beside
+    its field in this file (or the comment block just above it): the settings' one documentation."""
+    import inspect
+    import re
+
+    field_line = re.compile(r"^\s+(\w+): ([^=]+?) = .*?(?:#\s*(.*))?$")
+    sections = [("", Config)] + [
+        (f"{f.name}.", f.default_factory)
+        for f in dataclasses.fields(Config)
+        if dataclasses.is_dataclass(f.default_factory)
+    ]
+    described: dict[str, tuple[str, str]] = {}
+    for prefix, cls in sections:
+        names = {f.name for f in dataclasses.fields(cls)}
+        above: list[str] = []
+        for line in inspect.getsource(cls).splitlines():
+            stripped = line.strip()
+            if stripped.startswith("#"):
+                above.append(stripped.lstrip("# "))
+                continue
+            match = field_line.match(line)
+            if match and match.group(1) in names and (prefix or f"{match.group(1)}." not in dict(sections)):
+                name, hint, comment = match.groups()
+                described[prefix + name] = (hint.strip(), comment or " ".join(above))
+            above = []
+    return described
 
 
 def validate(config: Config) -> None:

@@ -8,6 +8,7 @@ from collodreamer.config import (
     Config,
     ConfigError,
     available_presets,
+    flatten,
     load_config,
     make_config,
     parse_override,
@@ -101,3 +102,20 @@ def test_saved_config_missing_a_newer_key_warns_and_takes_the_default(tmp_path: 
     save_config(loaded, tmp_path / "config.yaml")
     load_config(tmp_path / "config.yaml")
     assert "predates" not in caplog.text
+
+
+def test_config_listing_names_type_value_source_and_help(capsys, tmp_path):
+    from collodreamer.cli import main
+
+    assert main(["config", "--agent", "collodreamer", "--preset", "cpu", "value.weight=0.5"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert len(rows) == len(flatten(to_dict(make_config())))
+    assert "preset cpu" in rows["model.latent"] and "gaussian" in rows["model.latent"]
+    assert "override" in rows["value.weight"] and "0.5" in rows["value.weight"]
+    assert "agent defaults" in rows["value.gamma"] and "discount" in rows["value.gamma"]
+    assert "default" in rows["run.steps"] and "env frames" in rows["run.steps"]
+    # --yaml prints the resolved config, which reused as a preset gives the same config back.
+    assert main(["config", "--agent", "latco", "--preset", "cpu", "--yaml", "seed=7"]) == 0
+    preset = tmp_path / "mine.yaml"
+    preset.write_text(capsys.readouterr().out)
+    assert make_config([str(preset)]) == make_config(["cpu"], ["agent=latco", "seed=7"])
