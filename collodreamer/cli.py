@@ -1,4 +1,4 @@
-"""The ``collodreamer`` command: train, eval, sweep, plot, config, tasks."""
+"""The ``collodreamer`` command: train, eval, sweep, plot, report, config, tasks."""
 
 from __future__ import annotations
 
@@ -98,6 +98,14 @@ def _plot(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def _report(args: argparse.Namespace) -> None:
+    from collodreamer.experiments.report import write_report
+
+    out = Path(args.out or Path(args.run_dir) / "report")
+    for path in write_report(Path(args.run_dir), out, args.episodes, args.plans):
+        print(f"wrote {path}")
+
+
 def _config(args: argparse.Namespace) -> None:
     import yaml
 
@@ -186,6 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", default="results/plots")
     plot.add_argument("--name", default="runs", help="file name prefix")
     plot.set_defaults(func=_plot)
+
+    report = commands.add_parser(
+        "report", help="open-loop predictions and plans of a trained run, beside what really happened"
+    )
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("--episodes", type=int, default=2, help="replayed episodes to predict")
+    report.add_argument("--plans", type=int, default=1, help="plans to trace (planning agents)")
+    report.add_argument("--out", help="folder for the pictures (default RUN_DIR/report)")
+    report.set_defaults(func=_report)
 
     settings = commands.add_parser(
         "config",

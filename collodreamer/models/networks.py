@@ -126,6 +126,10 @@ class RunningNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean.to(x.dtype)) / (self.var.to(x.dtype) + self.eps).sqrt()
 
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised vectors back in their own units."""
+        return x * (self.var.to(x.dtype) + self.eps).sqrt() + self.mean.to(x.dtype)
+
 
 def image_target(obs: torch.Tensor) -> torch.Tensor:
     """The decoder's target for uint8 images: the encoder's input scale."""

@@ -114,6 +114,14 @@ class WorldModel(nn.Module):
             metrics["model/grad_norm"] = optimizer_step(self.optimizer, loss, self, self.config.grad_clip)
         return {k: v.detach() for k, v in post.items()}, metrics
 
+    def decode(self, feature: torch.Tensor) -> torch.Tensor:
+        """The decoder's mean observation in the environment's units: images as floats in [0, 255]
+        (channels last), state vectors unstandardised."""
+        recon = self.decoder(feature)
+        if self.pixels:
+            return ((recon + 0.5) * 255.0).clamp(0.0, 255.0)
+        return self.obs_norm.inverse(recon)
+
     def encode(self, obs: torch.Tensor) -> torch.Tensor:
         """Embeddings of observations (images as uint8, state vectors standardised)."""
         return self.encoder(obs if self.pixels else self.obs_norm(obs))

@@ -1,0 +1,65 @@
+"""collodreamer report on real tiny runs: open-loop predictions and plan traces."""
+
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+
+from collodreamer.config import make_config
+from collodreamer.data import EpisodeStore
+from collodreamer.envs import DMCEnv
+from collodreamer.experiments.report import open_loop, pixel_triptych, trace_plan, write_report
+from collodreamer.training import Trainer, load_agent
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_run(tmp_path: Path, agent: str, obs: str) -> Path:
+    config = make_config(
+        ["tiny"],
+        [
+            f"agent={agent}",
+            "env.task=dmc:reacher_easy",
+            f"env.obs={obs}",
+            "run.steps=200",
+            "planner.iterations=5",
+        ],
+    )
+    Trainer(config, tmp_path / f"{agent}-{obs}").run()
+    return tmp_path / f"{agent}-{obs}"
+
+
+def test_state_report_predicts_open_loop_and_traces_a_plan(tmp_path):
+    run = tiny_run(tmp_path, "collodreamer", "state")
+    config, agent, _ = load_agent(run)
+    store = EpisodeStore(run / "episodes", 10**9, 2, 0)
+    store.load()
+    episode = store.episodes[-1]
+    prediction = open_loop(agent, episode, context=5)
+    assert prediction.predicted_obs.shape == episode["obs"].shape
+    assert np.array_equal(prediction.real_obs, episode["obs"])
+    assert len(prediction.predicted_reward) == len(episode["reward"])
+    env = DMCEnv(config.env, 123)
+    trace = trace_plan(agent, env, warmup=3)
+    env.close()
+    horizon = config.planner.horizon
+    assert trace.planned_obs.shape == trace.real_obs.shape == (horizon + 1, episode["obs"].shape[1])
+    assert len(trace.lambda_mean) == len(trace.dynamics_violation) == config.planner.iterations
+    files = write_report(run, tmp_path / "report", episodes=1, plans=1)
+    assert sorted(p.name for p in files) == ["plan_0.png", "prediction_0.png"]
+    assert all(p.stat().st_size > 0 for p in files)
+
+
+def test_pixel_report_writes_truth_prediction_and_error(tmp_path):
+    run = tiny_run(tmp_path, "latco", "pixels")
+    files = write_report(run, tmp_path / "report", episodes=1, plans=1)
+    names = sorted(p.name for p in files)
+    assert names == ["plan_0.png", "plan_0_frames.png", "prediction_0.gif", "prediction_0.png"]
+    gif = imageio.mimread(tmp_path / "report" / "prediction_0.gif")
+    assert gif[0].shape[:2] == (64, 3 * 64)  # truth | prediction | error
+    _, agent, _ = load_agent(run)
+    store = EpisodeStore(run / "episodes", 10**9, 2, 0)
+    store.load()
+    frames = pixel_triptych(open_loop(agent, store.episodes[-1], context=5))
+    assert np.array_equal(frames[:, :, :64], store.episodes[-1]["obs"])  # the left third is the truth
