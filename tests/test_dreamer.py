@@ -12,6 +12,8 @@ from collodreamer.models import to_torch
 from collodreamer.training import Trainer
 from collodreamer.training.loop import add_step, finish_episode, start_episode
 
+pytestmark = pytest.mark.slow  # trains on real dm_control
+
 
 def held_out_batch(config, episodes: int = 2) -> dict[str, np.ndarray]:
     """Random-action episodes from a differently seeded env, as one batch of sequences."""

@@ -81,6 +81,7 @@ def test_paper_experiment_specs_expand():
         assert expand(load_spec(Path(name))).runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["local", "ray"])
 def test_tiny_sweep_end_to_end(tmp_path: Path, backend):
     sweep = expand(TINY_SPEC)
@@ -99,6 +100,7 @@ def test_tiny_sweep_end_to_end(tmp_path: Path, backend):
     assert "| reacher_easy | dreamer | 1 | 200 |" in table and "| reacher_easy | random | 1 | 200 |" in table
 
 
+@pytest.mark.slow
 def test_a_failing_run_does_not_stop_the_sweep(tmp_path: Path):
     sweep = expand({**TINY_SPEC, "seeds": 2, "agents": ["random"]})
     run_sweep(sweep, tmp_path, workers=2)
@@ -114,6 +116,7 @@ def test_a_failing_run_does_not_stop_the_sweep(tmp_path: Path):
     assert broken.read_bytes() == b"garbage"
 
 
+@pytest.mark.slow
 def test_killed_sweep_skips_finished_runs_and_resumes_the_rest(tmp_path: Path):
     # Dreamer's updates make each run last seconds, long enough to be caught in the middle.
     spec = {

@@ -8,6 +8,8 @@ import pytest
 from collodreamer.config import make_config
 from collodreamer.training import Trainer, load_checkpoint, read_metrics
 
+pytestmark = pytest.mark.slow  # trains on real dm_control
+
 PLANNER = ["planner.horizon=6", "planner.iterations=5", "planner.replan_every=3"]
 
 

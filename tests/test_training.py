@@ -8,9 +8,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from collodreamer.data import EpisodeStore
 from collodreamer.training import load_checkpoint, read_metrics
+
+pytestmark = pytest.mark.slow  # trains on real dm_control
 
 TINY = ["--preset", "tiny", "--task", "dmc:reacher_easy"]
 
