@@ -107,7 +107,7 @@ class ColloDreamerAgent(LatCoAgent):
     def plan(self, feature: torch.Tensor, previous: PlanResult | None, training: bool) -> PlanResult:
         result = super().plan(feature, previous, training)
         self.last_lambda = result.diagnostics["lambda_mean"]
-        if training and self.config.value.style == "inner":
+        if training and self.config.value.style == "inner" and self.plan_is_finite(result):
             self.recent.append((result.plan.features.detach(), result.plan.actions.detach()))
         return result
 
@@ -208,7 +208,7 @@ class ColloDreamerAgent(LatCoAgent):
             loss, post, prior, metrics = model.loss(data)
             j_latent = self.augmented_objective(data, post, prior)
             metrics["model/grad_norm"] = optimizer_step(
-                model.optimizer, loss - weight * j_latent, model, model.config.grad_clip
+                model.optimizer, loss - weight * j_latent, model, model.config.grad_clip, "world_model"
             )
         self.model_updates += 1
         if self.model_updates % latent.target_period == 0:
