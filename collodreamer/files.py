@@ -24,6 +24,10 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None], exclusive: bool
             os.link(temp, path)
         else:
             os.replace(temp, path)
+    except FileExistsError:
+        raise
+    except OSError as error:  # name the file, not its temp
+        raise OSError(error.errno, error.strerror, str(path)) from error
     finally:
         temp.unlink(missing_ok=True)
 

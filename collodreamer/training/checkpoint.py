@@ -62,10 +62,7 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     disk left as it is) when it holds a non-finite tensor."""
     bad, total = nonfinite_tensors(payload)
     if bad:
-        raise DivergenceError(
-            f"training diverged: {describe(bad, total)} are non-finite; {path} was not overwritten "
-            "and holds the last finite state"
-        )
+        raise DivergenceError(f"{describe(bad, total)} are non-finite, so they were not saved to {path}")
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     data = buffer.getvalue()

@@ -194,9 +194,9 @@ class Trainer:
             payload = load_checkpoint(self.checkpoint_path)
             saved = payload.get("config", {}).get("agent", config.agent)
             if saved != config.agent:
-                raise ConfigError(
-                    f"{self.checkpoint_path} holds a {saved} run, which cannot go on as {config.agent} "
-                    "(the checkpoint would lose its state); start a new run instead"
+                raise CheckpointError(
+                    f"checkpoint {self.checkpoint_path} holds a {saved} run, which cannot go on as "
+                    f"{config.agent} (the checkpoint would lose its state); start a new run instead"
                 )
         elif resume:
             log.warning("%s has no checkpoint: training starts anew on the episodes on disk", self.run_dir)
@@ -279,19 +279,20 @@ class Trainer:
 
     def save(self) -> None:
         self.counters.elapsed_s = self.elapsed()
-        save_checkpoint(
-            self.checkpoint_path,
-            {
-                "config": to_dict(self.config),
-                "counters": vars(self.counters).copy(),
-                "agent": self.agent.state_dict(),
-                "replay": self.store.state_dict(),
-                "env": self.env.state_dict(),
-                "eval_env": self.eval_env.state_dict(),
-                "loop_rng": self.rng.bit_generator.state,
-                "rng": rng_states(),
-            },
-        )
+        payload = {
+            "config": to_dict(self.config),
+            "counters": vars(self.counters).copy(),
+            "agent": self.agent.state_dict(),
+            "replay": self.store.state_dict(),
+            "env": self.env.state_dict(),
+            "eval_env": self.eval_env.state_dict(),
+            "loop_rng": self.rng.bit_generator.state,
+            "rng": rng_states(),
+        }
+        try:
+            save_checkpoint(self.checkpoint_path, payload)
+        except DivergenceError as error:
+            raise self._diverged(str(error)) from None
         self.counters.last_checkpoint = self.counters.env_frames
 
     def _checkpoint(self, final: bool) -> None:
