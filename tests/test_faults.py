@@ -3,6 +3,7 @@ overrides on resume, damaged files, signals, a full disk and a second writer."""
 
 from __future__ import annotations
 
+import os
 import resource
 import shutil
 import signal
@@ -422,3 +423,27 @@ def test_a_second_writer_never_overwrites_an_episode(tmp_path: Path, dreamer_run
     assert len(written) == 4
     for path, reward in written.items():
         np.testing.assert_array_equal(np.load(path)["reward"], reward)
+
+
+# --- 12: what cannot be written or read ----------------------------------------------------------
+
+
+def test_unwritable_run_directory_and_odd_metrics_lines(tmp_path: Path, cli, dreamer_run):
+    line = error_line(cli("train", *STATE, "seed=-1", check=False))
+    assert line == "collodreamer: error: seed must be in [0, 4294947295], got -1"
+    run = copy_of(dreamer_run, tmp_path)
+    if os.geteuid() == 0:  # root writes into read-only directories: a lock that cannot be opened instead
+        (run / ".lock").unlink()
+        (run / ".lock").mkdir()
+        expected = f"collodreamer: error: Is a directory: {run / '.lock'}"
+    else:
+        run.chmod(0o555)
+        expected = f"collodreamer: error: Permission denied: {run / 'config.yaml'}"
+    assert error_line(cli("train", "--resume", str(run), check=False)) == expected
+    run.chmod(0o755)
+    with open(run / "metrics.jsonl", "ab") as handle:
+        handle.write(b'42\n{"train/return": 1.0}\n\xff\xfe\x00 binary\n{"step": "soon"}\n')
+    records = read_metrics(run / "metrics.jsonl")
+    assert records and all(isinstance(r, dict) and isinstance(r["step"], int) for r in records)
+    cli("plot", str(run), "--out", str(tmp_path / "plots"))
+    assert list((tmp_path / "plots").glob("*.png"))
