@@ -110,6 +110,7 @@ def test_injected_nan_is_skipped_counted_and_stops_the_run(tmp_path: Path, agent
     with pytest.raises(DivergenceError, match=r"^training diverged at 400 env frames: 3 world_model updates"):
         trainer.run()
     assert trainer.counters.skipped["world_model"] >= 3
+    assert any(r.get("train/skipped/world_model", 0) >= 2 for r in read_metrics(run / "metrics.jsonl"))
     assert nonfinite_tensors(trainer.agent.state_dict())[0] == []  # no NaN reached the weights
     assert load_checkpoint(run / "checkpoint.pt")["counters"]["env_frames"] == 300  # before the streak
 

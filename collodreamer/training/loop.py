@@ -497,7 +497,7 @@ class Trainer:
                         "perf/env_frames_per_s": frames / (now - last_time),
                         **per_kilo_frame,
                         "train/updates": counters.updates,
-                        "train/skipped_updates": sum(counters.skipped.values()),
+                        "replay/memory_mib": self.store.nbytes / 2**20,
                         **skipped,
                     }
                 )
