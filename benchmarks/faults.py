@@ -267,13 +267,20 @@ def main() -> None:
         root = Path(args.root or temporary)
         root.mkdir(parents=True, exist_ok=True)
         base = finished_run(root)
-        rows = {
-            "SIGKILL at a random moment": probe_kills(root, args.kills, rng, signals=False),
-            "SIGINT / SIGTERM at a random moment": probe_kills(root, args.signals, rng, signals=True),
-            "bit flip in an episode file": probe_episode_flips(root, base, args.episode_flips, rng),
-            "bit flip in the checkpoint": probe_checkpoint_flips(root, base, args.checkpoint_flips, rng),
-            "disk full (file size limit)": probe_disk_full(root, args.disk_full, rng),
+        probes = {
+            "SIGKILL at a random moment": lambda: probe_kills(root, args.kills, rng, signals=False),
+            "SIGINT / SIGTERM at a random moment": lambda: probe_kills(root, args.signals, rng, signals=True),
+            "bit flip in an episode file": lambda: probe_episode_flips(root, base, args.episode_flips, rng),
+            "bit flip in the checkpoint": lambda: probe_checkpoint_flips(
+                root, base, args.checkpoint_flips, rng
+            ),
+            "disk full (file size limit)": lambda: probe_disk_full(root, args.disk_full, rng),
         }
+        rows = {}
+        for name, probe in probes.items():
+            start = time.perf_counter()
+            rows[name] = {**probe(), "seconds": round(time.perf_counter() - start, 1)}
+            print(f"{name}: {rows[name]}", flush=True)
     markdown = table(rows)
     print(markdown)
     seconds = time.perf_counter() - started

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,9 @@ class EpisodeStore:
         self._lengths: list[int] = []
         self._layout: dict[str, tuple[tuple[int, ...], str]] | None = None
         self._next_index = 0
+        # Sequences are sliced in threads: zlib decompresses images without holding the GIL (a 50x50
+        # batch of cheetah_run frames: 87 ms on one thread, 60 ms on four, on a busy 2-core CPU).
+        self._pool = ThreadPoolExecutor(min(8, os.cpu_count() or 1))
 
     @property
     def num_episodes(self) -> int:
@@ -211,7 +216,7 @@ class EpisodeStore:
             raise ReplayError(f"the store holds {total} steps, fewer than one sequence of {length}")
         ends = np.cumsum(self._lengths)
         starts = self.rng.integers(0, total - length + 1, size=batch_size)
-        sequences = [self._slice(int(s), length, ends) for s in starts]
+        sequences = list(self._pool.map(lambda start: self._slice(int(start), length, ends), starts))
         return {k: np.stack([seq[k] for seq in sequences]) for k in KEYS}
 
     def _slice(self, start: int, length: int, ends: np.ndarray) -> Episode:
