@@ -1,8 +1,10 @@
 """Fault injection on real tiny runs (reacher_easy from states): kills, signals, damaged files and a
 full disk, each repeated; prints a table and writes results/faults.json and results/faults.md.
 
-python benchmarks/faults.py [--kills 15] [--signals 6] [--episode-flips 80] [--checkpoint-flips 40]
-                            [--disk-full 10] [--seed 0] [--root DIR] [--out results/faults]
+python benchmarks/faults.py [--kills 20] [--signals 8] [--episode-flips 300] [--checkpoint-flips 150]
+                            [--disk-full 12] [--seed 0] [--root DIR] [--out results/faults]
+
+About 10 minutes on one core.
 
 Probes (dreamer, latco and collodreamer in turn where a run is started):
 - kill: SIGKILL at a random moment of a run (start-up, training, a checkpoint or episode write);
@@ -252,11 +254,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--kills", type=int, default=15)
-    parser.add_argument("--signals", type=int, default=6)
-    parser.add_argument("--episode-flips", type=int, default=80)
-    parser.add_argument("--checkpoint-flips", type=int, default=40)
-    parser.add_argument("--disk-full", type=int, default=10)
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--signals", type=int, default=8)
+    parser.add_argument("--episode-flips", type=int, default=300)
+    parser.add_argument("--checkpoint-flips", type=int, default=150)
+    parser.add_argument("--disk-full", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", help="folder for the runs (default: a temporary one, removed after)")
     parser.add_argument("--out", default="results/faults", help="writes OUT.json and OUT.md")

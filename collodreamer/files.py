@@ -33,8 +33,23 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None], exclusive: bool
 
 
 def remove_temp_files(directory: Path) -> list[Path]:
-    """Remove the temp files that writes cut short by a kill left in ``directory``; returns them."""
-    stale = [p for p in Path(directory).glob(f".*{TEMP_SUFFIX}") if p.is_file()]
-    for path in stale:
-        path.unlink(missing_ok=True)
+    """Remove the temp files that writes cut short by a kill left in ``directory`` (those of a process
+    still running stay: a second writer must not break the first's writes); returns them."""
+    stale = []
+    for path in Path(directory).glob(f".*{TEMP_SUFFIX}"):
+        pid = path.name.removesuffix(TEMP_SUFFIX).rsplit(".", 1)[-1]
+        if path.is_file() and not (pid.isdigit() and running(int(pid))):
+            path.unlink(missing_ok=True)
+            stale.append(path)
     return stale
+
+
+def running(pid: int) -> bool:
+    """Whether a process ``pid`` exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True

@@ -356,6 +356,16 @@ def test_a_kill_before_the_final_checkpoint_loses_no_updates(tmp_path: Path, dre
     assert load_checkpoint(run / "checkpoint.pt")["counters"]["updates"] == 6
 
 
+def test_temp_files_of_cut_writes_are_removed_on_resume_but_not_a_live_writers(tmp_path: Path, dreamer_run):
+    run = copy_of(dreamer_run, tmp_path)
+    stale = run / ".checkpoint.pt.999999999.tmp"  # of a process that no longer runs
+    stale.write_bytes(b"half a checkpoint")
+    live = run / "episodes" / f".ep-000009-51.npz.{os.getpid()}.tmp"
+    live.write_bytes(b"an episode being written")
+    resumed(run)
+    assert not stale.exists() and live.exists()
+
+
 # --- 9: damaged checkpoints ----------------------------------------------------------------------
 
 
