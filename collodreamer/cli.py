@@ -12,7 +12,7 @@ import numpy as np
 
 from collodreamer.config import ConfigError, make_config
 from collodreamer.data import ReplayError
-from collodreamer.training import CheckpointError
+from collodreamer.training import CheckpointError, DivergenceError, Interrupted
 
 
 class SweepFailure(RuntimeError):
@@ -32,6 +32,7 @@ def _train(args: argparse.Namespace) -> None:
     if args.resume:
         if args.preset or args.agent or args.task or args.obs:
             raise ConfigError("--resume takes the run's saved config; change it with key=value only")
+        args.run_dir = args.resume
         result = resume(Path(args.resume), args.overrides)
         print(f"run {args.resume}: {result['env_frames']} env frames, {result['updates']} updates")
         return
@@ -50,6 +51,7 @@ def _train(args: argparse.Namespace) -> None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         name = f"{config.agent}-{task}-{config.env.obs}-s{config.seed}-{stamp}"
         run_dir = Path(args.logdir) / name
+    args.run_dir = str(run_dir)  # for the hint after a Ctrl-C
     print(f"run directory: {run_dir}")
     result = train(config, run_dir)
     print(f"run {run_dir}: {result['env_frames']} env frames, {result['updates']} updates")
@@ -231,11 +233,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         args.func(args)
-    except (ConfigError, CheckpointError, ReplayError, SweepFailure) as error:
+    except (ConfigError, CheckpointError, DivergenceError, ReplayError, SweepFailure) as error:
         print(f"collodreamer: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a full disk, a read-only run directory
+        where = f": {error.filename}" if error.filename else ""
+        print(f"collodreamer: error: {error.strerror or error}{where}", file=sys.stderr)
+        return 2
+    except Interrupted as stop:
+        print(f"collodreamer: {stop}", file=sys.stderr)
+        return 128 + stop.signum
     except KeyboardInterrupt:
-        print("collodreamer: interrupted; resume with --resume RUN_DIR", file=sys.stderr)
+        run_dir = args.run_dir if args.command == "train" else None
+        hint = f"; continue with: collodreamer train --resume {run_dir}" if run_dir else ""
+        print(f"collodreamer: interrupted{hint}", file=sys.stderr)
         return 130
     return 0
 

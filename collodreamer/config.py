@@ -7,8 +7,10 @@ the wrong type raises :class:`ConfigError` with a one-line message naming the ke
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +23,8 @@ import yaml
 from collodreamer.files import write_atomic
 
 log = logging.getLogger(__name__)
+# numpy seeds below 2**32; the loop adds offsets of up to 20000 for its test environments
+MAX_SEED = 2**32 - 1 - 20_000
 
 
 class ConfigError(ValueError):
@@ -62,6 +66,9 @@ class RunConfig:
     eval_episodes: int = 5  # episodes per test
     checkpoint_every: int = 10_000  # checkpoints are written at the next episode end
     log_every: int = 1000  # env frames between metrics records
+    # Updates (or plans) of one network in a row that may go non-finite, each skipped, before the run
+    # stops with an error naming it; its last finite checkpoint stays on disk.
+    max_nonfinite: int = 100
     video: bool = False  # save the first test episode of each evaluation as mp4
     video_size: int = 128  # pixels per side of test videos
     # torch's threads for this run (0: torch's default, one per core). One degrades gracefully beside
@@ -284,11 +291,9 @@ def _check_value(key: str, value: Any, hint: Any) -> Any:
         return value
     if hint is float:
         if isinstance(value, str):  # YAML 1.1 reads "6e-4" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
     if hint is str:
@@ -415,6 +420,17 @@ def field_help() -> dict[str, tuple[str, str]]:
 def validate(config: Config) -> None:
     """Checks that involve more than one key or a range; types are checked on assignment."""
     positive = {
+        "run.steps": config.run.steps,
+        "run.max_nonfinite": config.run.max_nonfinite,
+        "model.lr": config.model.lr,
+        "actor.lr": config.actor.lr,
+        "value.lr": config.value.lr,
+        "policy.lr": config.policy.lr,
+        "planner.adam_lr": config.planner.adam_lr,
+        "planner.damping": config.planner.damping,
+        "model.grad_clip": config.model.grad_clip,
+        "actor.grad_clip": config.actor.grad_clip,
+        "value.grad_clip": config.value.grad_clip,
         "env.action_repeat": config.env.action_repeat,
         "env.time_limit": config.env.time_limit,
         "env.image_size": config.env.image_size,
@@ -443,10 +459,23 @@ def validate(config: Config) -> None:
         "latent_objective.target_period": config.latent_objective.target_period,
     }
     for key, value in positive.items():
-        if value <= 0:
+        if not 0 < value < math.inf:
             raise ConfigError(f"{key} must be positive, got {value}")
     if config.run.threads < 0:
         raise ConfigError(f"run.threads must be 0 (one per core) or positive, got {config.run.threads}")
+    for key, value in {
+        "run.prefill": config.run.prefill,
+        "run.train_steps": config.run.train_steps,
+        "run.eval_start": config.run.eval_start,
+    }.items():
+        if value < 0:
+            raise ConfigError(f"{key} cannot be negative, got {value}")
+    if not 0 <= config.seed <= MAX_SEED:
+        raise ConfigError(f"seed must be in [0, {MAX_SEED}], got {config.seed}")
+    if not 0 < config.value.gamma <= 1:
+        raise ConfigError(f"value.gamma must be in (0, 1], got {config.value.gamma}")
+    if not 0 <= config.value.lam <= 1:
+        raise ConfigError(f"value.lam must be in [0, 1], got {config.value.lam}")
     if config.planner.replan_every > config.planner.horizon:
         raise ConfigError(
             f"planner.replan_every ({config.planner.replan_every}) cannot exceed planner.horizon "
@@ -491,7 +520,7 @@ def load_config(path: Path) -> Config:
     with a warning naming them, since a resumed run then no longer runs quite as it started."""
     try:
         data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         raise ConfigError(f"cannot read config {path}: {str(error).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} is empty or not a mapping of sections; it is damaged")

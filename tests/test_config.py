@@ -56,6 +56,19 @@ def test_scientific_floats_parse_from_yaml():
         ("value.target_period=0", "value.target_period must be positive"),
         ("planner.replan_every=40", "planner.replan_every (40) cannot exceed planner.horizon (30)"),
         ("nokey", "override 'nokey' must look like key=value"),
+        ("run.steps=0", "run.steps must be positive, got 0"),
+        ("run.steps=-5", "run.steps must be positive, got -5"),
+        ("model.lr=-1e-3", "model.lr must be positive, got -0.001"),
+        ("actor.lr=.nan", "actor.lr: expected a number, got nan"),
+        ("value.lr=nan", "value.lr: expected a number, got nan"),
+        ("policy.lr=.inf", "policy.lr must be positive, got inf"),
+        ("planner.damping=0", "planner.damping must be positive, got 0.0"),
+        ("value.gamma=0", "value.gamma must be in (0, 1], got 0.0"),
+        ("value.gamma=1.01", "value.gamma must be in (0, 1], got 1.01"),
+        ("value.lam=-0.1", "value.lam must be in [0, 1], got -0.1"),
+        ("seed=-1", "seed must be in [0, 4294947295], got -1"),
+        ("run.prefill=-1", "run.prefill cannot be negative, got -1"),
+        ("run.max_nonfinite=0", "run.max_nonfinite must be positive, got 0"),
     ],
 )
 def test_errors_are_one_line_and_name_the_key(override, message):
@@ -79,6 +92,12 @@ def test_saved_config_round_trips(tmp_path: Path):
 def test_saved_config_with_bad_key_is_rejected(tmp_path: Path):
     (tmp_path / "config.yaml").write_text("env:\n  taks: dmc:cheetah_run\n")
     with pytest.raises(ConfigError, match="unknown config key 'env.taks'"):
+        load_config(tmp_path / "config.yaml")
+
+
+def test_saved_config_that_is_not_utf8_is_rejected(tmp_path: Path):
+    (tmp_path / "config.yaml").write_bytes(b"agent: dreamer\nseed: \xff\xfe\n")
+    with pytest.raises(ConfigError, match="cannot read config .*config.yaml: 'utf-8' codec can't decode"):
         load_config(tmp_path / "config.yaml")
 
 

@@ -14,6 +14,7 @@ import yaml
 from collodreamer.config import ConfigError
 from collodreamer.experiments import expand, load_spec, make_figures, run_sweep
 from collodreamer.experiments.stats import aggregate, bootstrap_ci, iqm, probability_of_improvement
+from collodreamer.experiments.sweep import check_memory, memory_needed
 from collodreamer.training import load_checkpoint
 
 TINY_SPEC = {
@@ -209,3 +210,25 @@ def test_aggregate_iqm_and_stratified_intervals():
     # A resample keeps each task's runs apart: the interval of a task-separated agent stays inside
     # the range its task means span.
     assert good["ci"][0] > 0.5 and good["ci"][1] < 0.85
+
+
+def test_sweep_whose_runs_cannot_fit_in_memory_is_refused(tmp_path: Path):
+    spec = {**TINY_SPEC, "obs": "pixels", "agents": ["random"], "seeds": 4}
+    sweep = expand({**spec, "tasks": [{"task": "dmc:reacher_easy", "steps": 1_000_000}]})
+    # a million env frames at action repeat 2, images held at most 1 / 2.4 of 12 KiB each, plus 1 GiB
+    assert memory_needed(sweep.runs[0]) == int(500_000 * (64 * 64 * 3 / 2.4 + 1024)) + 2**30
+    with pytest.raises(
+        ConfigError, match=r"^4 runs at once may need 15\.4 GiB of memory, 8\.0 GiB are available"
+    ):
+        check_memory(sweep.runs, 4, 8 * 2**30)
+    check_memory(sweep.runs, 2, 8 * 2**30)  # two at a time fit
+    huge = expand(
+        {
+            **spec,
+            "overrides": ["replay.capacity=1000000000"],
+            "tasks": [{"task": "dmc:reacher_easy", "steps": 10**9}],
+        }
+    )
+    with pytest.raises(ConfigError, match="lower --workers or replay.capacity"):
+        run_sweep(huge, tmp_path / "sweep", workers=1)
+    assert not (tmp_path / "sweep").exists()  # refused before anything was written

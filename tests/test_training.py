@@ -68,7 +68,10 @@ def test_resume_that_does_not_fit_the_checkpoint_keeps_the_run(tmp_path: Path, c
     result = cli("train", "--resume", str(run), "agent=dreamer", check=False)
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("collodreamer: error: checkpoint") and "does not fit this config" in last
+    assert (
+        last.startswith("collodreamer: error: checkpoint")
+        and "holds a random run, which cannot go on" in last
+    )
     assert {name: (run / name).read_bytes() for name in saved} == saved
     result = cli("train", "--resume", str(run), "run.steps=300")  # a fitting change still resumes
     assert "settings changed since the checkpoint: run.steps: 200 -> 300" in result.stderr

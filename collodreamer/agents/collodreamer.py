@@ -106,7 +106,7 @@ class ColloDreamerAgent(LatCoAgent):
     def plan(self, feature: torch.Tensor, previous: PlanResult | None, training: bool) -> PlanResult:
         result = super().plan(feature, previous, training)
         self.last_lambda = result.diagnostics["lambda_mean"]
-        if training and self.config.value.style == "inner":
+        if training and self.config.value.style == "inner" and self.plan_is_finite(result):
             self.recent.append((result.plan.features.detach(), result.plan.actions.detach()))
         return result
 

@@ -13,7 +13,7 @@ from torch import nn
 from collodreamer.config import ActorConfig, Config
 from collodreamer.models import MLP, WorldModel, autocast, to_torch
 from collodreamer.models.losses import lambda_returns, tanh_gaussian_entropy
-from collodreamer.models.optim import adam, explore, frozen, optimizer_step
+from collodreamer.models.optim import adam, explore, frozen, load_optimizer, optimizer_step
 from collodreamer.models.rssm import State, flatten
 from collodreamer.models.value import Critic
 from collodreamer.spec import EnvSpec
@@ -89,7 +89,9 @@ class ImaginedBehaviour:
         weights = torch.cumprod(torch.cat([torch.ones_like(discounts[:1]), discounts[:-1]]), 0)
         entropy, std = self.actor.entropy(features[:-1].detach())
         actor_loss = -(weights * (returns + actor_config.entropy * entropy)).mean()
-        actor_norm = optimizer_step(self.actor_optimizer, actor_loss, self.actor, actor_config.grad_clip)
+        actor_norm = optimizer_step(
+            self.actor_optimizer, actor_loss, self.actor, actor_config.grad_clip, "actor"
+        )
         metrics = self.critic.update(features[:-1], returns, weights)
         return {
             **metrics,
@@ -110,7 +112,7 @@ class ImaginedBehaviour:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.actor.load_state_dict(state["actor"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        load_optimizer(self.actor_optimizer, state["actor_optimizer"], self.config.actor.lr)
         self.critic.load_state_dict(state)
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from collodreamer.config import Config, PlannerConfig
 from collodreamer.models import MLP, State, WorldModel, to_torch
-from collodreamer.models.optim import adam, explore, frozen, optimizer_step
+from collodreamer.models.optim import adam, explore, frozen, load_optimizer, nonfinite, optimizer_step
 from collodreamer.planning import Objective, Plan, PlanResult, collocate, initial_multipliers, shifted_plan
 from collodreamer.spec import EnvSpec
 from collodreamer.timing import timed
@@ -133,11 +133,19 @@ class LatCoAgent:
                 on_iteration=self.on_iteration(training),
             )
         self.log({"plan/ms": 1000 * (time.perf_counter() - start)})
+        # A start whose plans all went non-finite acts with zeros (collocate replaces them); a run of
+        # such plans in a row stops the run (run.max_nonfinite).
+        nonfinite.count("planner", self.plan_is_finite(result))
         self.last_multipliers = (result.diagnostics["lambda_mean"], result.diagnostics["nu_mean"])
         self.log({f"plan/{key}": value for key, value in result.diagnostics.items()})
         if training and self.policy is not None:
             self.train_policy(result.plan)
         return result
+
+    def plan_is_finite(self, result: PlanResult) -> bool:
+        """Whether the plan chosen for the one start state of ``act`` is finite (at least one of its
+        ``planner.plans`` parallel plans was)."""
+        return result.diagnostics["nonfinite_plans"] < self.config.planner.plans
 
     def planner_config(self) -> PlannerConfig:
         return self.config.planner
@@ -153,7 +161,9 @@ class LatCoAgent:
         for _ in range(self.config.policy.updates):
             with torch.enable_grad():
                 loss = F.mse_loss(torch.tanh(self.policy(features)), targets)
-                optimizer_step(self.policy_optimizer, loss, self.policy, self.config.policy.grad_clip)
+                optimizer_step(
+                    self.policy_optimizer, loss, self.policy, self.config.policy.grad_clip, "policy"
+                )
         self.log({"policy/loss": loss.item()})
 
     # --- acting --------------------------------------------------------------------------------
@@ -202,4 +212,4 @@ class LatCoAgent:
         self.world_model.load_training_state(state["world_model"])
         if self.policy is not None:
             self.policy.load_state_dict(state["policy"])
-            self.policy_optimizer.load_state_dict(state["policy_optimizer"])
+            load_optimizer(self.policy_optimizer, state["policy_optimizer"], self.config.policy.lr)

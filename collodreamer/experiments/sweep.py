@@ -56,6 +56,11 @@ SPEC_KEYS = {
     "variants",
     "plots",
 }
+RUN_BYTES = 2**30  # a run's memory besides its replay: torch, dm_control, the renderer, the networks
+# Replay bytes per agent step: images as held in memory, compressed at least 2.4x (the worst paper task,
+# quadruped_walk); a state vector with its action and reward, rounded up.
+PIXEL_COMPRESSION = 2.4
+STATE_STEP_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,40 @@ def run_state(run: RunSpec, root: Path) -> str:
     return "done" if frames >= run.steps else "resume"
 
 
+def memory_needed(run: RunSpec) -> int:
+    """Bytes a run may hold at most: its replay, ``min(replay.capacity, run.steps)`` env frames in
+    memory, plus :data:`RUN_BYTES`."""
+    config = make_config(run.presets, run.config_overrides())
+    steps = min(config.replay.capacity, config.run.steps) // config.env.action_repeat
+    if config.env.obs == "pixels":
+        step_bytes = config.env.image_size**2 * 3 / PIXEL_COMPRESSION + STATE_STEP_BYTES
+    else:
+        step_bytes = STATE_STEP_BYTES
+    return int(steps * step_bytes) + RUN_BYTES
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new processes (Linux's MemAvailable, else the free pages)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_memory(runs: list[RunSpec], workers: int, available: int) -> None:
+    """Refuse (one-line :class:`ConfigError`) a local sweep whose ``workers`` largest runs at once may
+    need more than ``available`` bytes: a machine out of memory kills runs at random."""
+    needed = sum(sorted((memory_needed(run) for run in runs), reverse=True)[:workers])
+    if needed > available:
+        gib = 2**30
+        raise ConfigError(
+            f"{min(workers, len(runs))} runs at once may need {needed / gib:.1f} GiB of memory, "
+            f"{available / gib:.1f} GiB are available: lower --workers or replay.capacity (env frames kept "
+            "in memory)"
+        )
+
+
 def run_command(run: RunSpec, root: Path) -> list[str]:
     base = [sys.executable, "-m", "collodreamer", "train"]
     run_dir = root / run.name
@@ -234,6 +273,10 @@ def run_sweep(
 ) -> dict[str, str]:
     """Run every unfinished run of ``sweep`` under ``root``; returns each run's outcome
     (``done``, ``skipped`` or ``failed: <error>``)."""
+    todo = [run for run in sweep.runs if run_state(run, root) != "done"]
+    workers = workers or os.cpu_count() or 1
+    if backend == "local":
+        check_memory(todo, workers, available_memory())
     root.mkdir(parents=True, exist_ok=True)
     (root / "sweep.yaml").write_text(
         yaml.safe_dump(
@@ -247,9 +290,7 @@ def run_sweep(
             sort_keys=False,
         )
     )
-    todo = [run for run in sweep.runs if run_state(run, root) != "done"]
     outcomes = {run.name: "skipped" for run in sweep.runs if run not in todo}
-    workers = workers or os.cpu_count() or 1
     threads = max(1, (os.cpu_count() or 1) // max(1, min(workers, len(todo) or 1)))
     log.info(
         "sweep %s: %d runs, %d finished already, %d to run on %s",

@@ -1,10 +1,12 @@
-"""Training plumbing shared by every network: the optimiser step, frozen modules, mixed precision,
-target networks, and replay arrays to tensors on the run's device."""
+"""Training plumbing shared by every network: the optimiser step (which skips non-finite updates),
+frozen modules, mixed precision, target networks, and replay arrays to tensors on the run's device."""
 
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,15 +27,67 @@ def explore(action: torch.Tensor, noise: float) -> torch.Tensor:
     return (action + noise * torch.randn_like(action)).clamp(-1.0, 1.0)
 
 
+class NonFiniteCounter:
+    """Updates (and plans) that went non-finite, per network: how many since the last :meth:`take`,
+    and the longest run of them in a row. The training loop logs the first and stops a run whose
+    second reaches ``run.max_nonfinite``."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self._skipped: Counter[str] = Counter()
+        self._in_a_row: Counter[str] = Counter()
+        self._longest: Counter[str] = Counter()
+
+    def count(self, name: str, finite: bool) -> bool:
+        """Record one update of ``name``; a finite one ends its run of non-finite ones. Returns ``finite``."""
+        if finite:
+            self._in_a_row[name] = 0
+        else:
+            self._skipped[name] += 1
+            self._in_a_row[name] += 1
+            self._longest[name] = max(self._longest[name], self._in_a_row[name])
+        return finite
+
+    def failing(self) -> dict[str, int]:
+        """The networks whose latest update was non-finite, with how many in a row."""
+        return {name: count for name, count in self._in_a_row.items() if count}
+
+    def take(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Per network: the non-finite updates since the last call, and the longest run of them in a row
+        seen since then (a run still going counts from its start)."""
+        skipped, longest = dict(self._skipped), dict(self._longest)
+        self._skipped.clear()
+        self._longest = Counter(self.failing())
+        return skipped, longest
+
+
+nonfinite = NonFiniteCounter()
+
+
 def optimizer_step(
-    optimizer: torch.optim.Optimizer, loss: torch.Tensor, module: nn.Module, clip: float
+    optimizer: torch.optim.Optimizer, loss: torch.Tensor, module: nn.Module, clip: float, name: str
 ) -> float:
-    """Zero, backprop, clip the gradient norm to ``clip``, step; returns the pre-clip norm."""
+    """Zero, backprop, clip the gradient norm to ``clip``, step; returns the pre-clip norm. A non-finite
+    loss or gradient norm never reaches the weights: that step is skipped (the optimiser's state stays
+    as it was too) and counted under ``name`` in :data:`nonfinite`."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     norm = nn.utils.clip_grad_norm_(module.parameters(), clip)
-    optimizer.step()
+    if nonfinite.count(name, bool(torch.isfinite(norm) & torch.isfinite(loss.detach()))):
+        optimizer.step()
+    else:
+        optimizer.zero_grad(set_to_none=True)
     return norm.item()
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any], lr: float) -> None:
+    """Restore ``optimizer`` from a checkpoint's ``state`` at the configured learning rate ``lr``: a rate
+    changed on ``--resume`` wins over the one saved with the state."""
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 @contextlib.contextmanager

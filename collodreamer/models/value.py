@@ -4,6 +4,7 @@ critic that trains it: V with its slow target copy V', optimiser and update sche
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
@@ -11,7 +12,14 @@ from torch import nn
 
 from collodreamer.config import ValueConfig
 from collodreamer.models.networks import MLP
-from collodreamer.models.optim import adam, autocast, optimizer_step, update_target
+from collodreamer.models.optim import (
+    adam,
+    autocast,
+    load_optimizer,
+    nonfinite,
+    optimizer_step,
+    update_target,
+)
 
 
 def straight_through_clip(value: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -59,14 +67,19 @@ class Critic:
     def update(
         self, features: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
     ) -> dict[str, float]:
-        """One step on ``mean(weights * 0.5 * (V(z) - T)^2)``; returns the loss and gradient norm."""
+        """One step on ``mean(weights * 0.5 * (V(z) - T)^2)``; returns the loss and gradient norm.
+        Non-finite features or targets (from a diverged plan or model) skip the step before V sees
+        them, so they reach neither its weights nor its batch-norm statistics."""
+        if not bool(torch.isfinite(features).all() & torch.isfinite(targets).all()):
+            nonfinite.count("value", False)
+            return {"value/loss": math.nan, "value/grad_norm": math.nan, "value/mean": math.nan}
         with torch.enable_grad():
             self.value.train()
             with autocast(self.device, self.amp):
                 prediction = self.value(features.detach()).float()
             squared = 0.5 * (prediction - targets.detach()) ** 2
             loss = (squared if weights is None else weights * squared).mean()
-            norm = optimizer_step(self.optimizer, loss, self.value, self.config.grad_clip)
+            norm = optimizer_step(self.optimizer, loss, self.value, self.config.grad_clip, "value")
             self.value.eval()
         self.updates += 1
         if self.updates % self.config.target_period == 0:
@@ -84,5 +97,5 @@ class Critic:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.value.load_state_dict(state["value"])
         self.target.load_state_dict(state["target_value"])
-        self.optimizer.load_state_dict(state["value_optimizer"])
+        load_optimizer(self.optimizer, state["value_optimizer"], self.config.lr)
         self.updates = state["value_updates"]

@@ -18,7 +18,7 @@ from collodreamer.models.networks import (
     RunningNorm,
     image_target,
 )
-from collodreamer.models.optim import adam, autocast, optimizer_step
+from collodreamer.models.optim import adam, autocast, load_optimizer, optimizer_step
 from collodreamer.models.rssm import RSSM, State
 from collodreamer.spec import EnvSpec
 from collodreamer.timing import timed
@@ -111,7 +111,9 @@ class WorldModel(nn.Module):
                 extra, extra_metrics = extra_loss(batch, post, prior)
                 loss = loss + extra
                 metrics.update(extra_metrics)
-            metrics["model/grad_norm"] = optimizer_step(self.optimizer, loss, self, self.config.grad_clip)
+            metrics["model/grad_norm"] = optimizer_step(
+                self.optimizer, loss, self, self.config.grad_clip, "world_model"
+            )
         return {k: v.detach() for k, v in post.items()}, metrics
 
     def decode(self, feature: torch.Tensor) -> torch.Tensor:
@@ -146,7 +148,7 @@ class WorldModel(nn.Module):
 
     def load_training_state(self, state: dict[str, Any]) -> None:
         self.load_state_dict(state["params"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer(self.optimizer, state["optimizer"], self.config.lr)
 
 
 def _float(state: State) -> State:

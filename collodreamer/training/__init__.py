@@ -1,11 +1,21 @@
 """The training loop shared by every agent: collect, train, evaluate, log, checkpoint, resume."""
 
-from collodreamer.training.checkpoint import CheckpointError, load_checkpoint
+from collodreamer.training.checkpoint import CheckpointError, DivergenceError, load_checkpoint
 from collodreamer.training.logger import read_metrics
-from collodreamer.training.loop import Trainer, evaluate, evaluate_run, load_agent, resume, train
+from collodreamer.training.loop import (
+    Interrupted,
+    Trainer,
+    evaluate,
+    evaluate_run,
+    load_agent,
+    resume,
+    train,
+)
 
 __all__ = [
     "CheckpointError",
+    "DivergenceError",
+    "Interrupted",
     "Trainer",
     "evaluate",
     "evaluate_run",

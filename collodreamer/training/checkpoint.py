@@ -1,41 +1,111 @@
-"""Atomic checkpoints: a temp file that replaces ``checkpoint.pt`` only once fully written."""
+"""Atomic checkpoints with a checksum: a temp file replaces ``checkpoint.pt`` only once fully written,
+its first line holds the SHA-256 of the rest, and no checkpoint ever holds a non-finite tensor."""
 
 from __future__ import annotations
 
-import pickle
+import hashlib
+import io
+import logging
 import random
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 
 from collodreamer.files import write_atomic
 
+log = logging.getLogger("collodreamer")
+HEADER = b"collodreamer-checkpoint sha256="
+ZIP = b"PK"  # how torch.save's files start: a checkpoint from before checksums
+
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, corrupt or truncated; the message is one line."""
+    """A checkpoint that is missing, corrupt, truncated or non-finite; the message is one line."""
+
+
+class DivergenceError(RuntimeError):
+    """Training went non-finite and cannot go on; the message is one line."""
+
+
+def nonfinite_tensors(tree: Any, prefix: str = "") -> tuple[list[str], int]:
+    """The names of the floating-point tensors in nested dicts and lists that hold a NaN or an infinity,
+    and how many floating-point tensors there are in all."""
+    if isinstance(tree, torch.Tensor):
+        if not tree.is_floating_point():
+            return [], 0
+        return ([] if bool(torch.isfinite(tree).all()) else [prefix]), 1
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, list | tuple):
+        items = enumerate(tree)
+    else:
+        return [], 0
+    bad, total = [], 0
+    for key, value in items:
+        names, count = nonfinite_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+        bad += names
+        total += count
+    return bad, total
+
+
+def describe(names: list[str], total: int) -> str:
+    """``"90 of 123 tensors (a, b, c, ...)"`` for a one-line message."""
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return f"{len(names)} of {total} tensors ({shown})"
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    write_atomic(Path(path), lambda handle: torch.save(payload, handle))
+    """Write ``payload`` atomically under a checksum line; refuse (:class:`DivergenceError`, the file on
+    disk left as it is) when it holds a non-finite tensor."""
+    bad, total = nonfinite_tensors(payload)
+    if bad:
+        raise DivergenceError(f"{describe(bad, total)} are non-finite, so they were not saved to {path}")
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+
+    def write(handle: IO[bytes]) -> None:
+        handle.write(HEADER + hashlib.sha256(data).hexdigest().encode() + b"\n")
+        handle.write(data)
+
+    write_atomic(Path(path), write)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The payload of the checkpoint at ``path``, once its checksum and its tensors are checked; any
+    problem is a one-line :class:`CheckpointError` and the file is left as it is."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: {error.strerror}") from None
+    if data.startswith(HEADER):
+        header, _, data = data.partition(b"\n")
+        if hashlib.sha256(data).hexdigest().encode() != header[len(HEADER) :]:
+            raise CheckpointError(f"checkpoint {path} is corrupt or truncated: its checksum does not match")
+    elif data.startswith(ZIP):
+        log.warning("checkpoint %s has no checksum (written by an older version): it is not verified", path)
+    else:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: it has no checkpoint header")
+    try:
         # Our own files: they hold numpy RNG states, which weights_only loading refuses.
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except Exception as error:  # whatever unpickling a damaged file raises
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {first}") from None
     if not isinstance(payload, dict) or "counters" not in payload:
         raise CheckpointError(f"checkpoint {path} is not a collodreamer checkpoint")
+    bad, total = nonfinite_tensors(payload)
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {path} holds non-finite weights, {describe(bad, total)}: it was saved by a "
+            "diverged run and cannot be used"
+        )
     return payload
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 
+from collodreamer.files import write_atomic
+
 
 class Logger:
     """Collects scalars between writes; averages repeated ones (e.g. per-update losses). Every record
@@ -56,11 +58,32 @@ class Logger:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl``; a line cut short by a kill is ignored."""
+    """The records of a ``metrics.jsonl``: JSON objects with a numeric ``step``. Any other line (one
+    cut short by a kill or a full disk, stray bytes) is ignored."""
     records = []
-    for line in Path(path).read_text().splitlines():
+    for line in Path(path).read_bytes().splitlines():
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except ValueError:  # not JSON, or not UTF-8
             continue
+        step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(step, int | float) and not isinstance(step, bool):
+            records.append(record)
     return records
+
+
+def keep_metrics_until(path: Path, step: int) -> tuple[list[dict[str, Any]], int]:
+    """Rewrite ``metrics.jsonl`` (atomically) with only its records up to ``step`` env frames, where a
+    resumed run goes on from: later ones, written after the state it resumes, it writes again. Lines
+    that are no records go too, so a line cut short cannot swallow the next record. Returns the records
+    kept and the number of lines removed."""
+    path = Path(path)
+    if not path.exists():
+        return [], 0
+    data = path.read_bytes()
+    lines = data.splitlines()
+    records = [record for record in read_metrics(path) if record["step"] <= step]
+    if len(records) < len(lines) or not data.endswith(b"\n"):
+        text = "".join(json.dumps(record) + "\n" for record in records).encode()
+        write_atomic(path, lambda handle: handle.write(text))
+    return records, len(lines) - len(records)

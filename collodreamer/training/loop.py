@@ -1,7 +1,8 @@
 """The training loop: prefill, then collect / train / evaluate / log / checkpoint, resumable.
 
 Every count is in env frames (agent steps times the action repeat). The loop knows nothing of the
-agent beyond :class:`collodreamer.agents.Agent`.
+agent beyond :class:`collodreamer.agents.Agent`. SIGINT and SIGTERM end a run after its current step
+or update, with a checkpoint.
 """
 
 from __future__ import annotations
@@ -9,10 +10,15 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import signal
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import IO, Any
 
 import imageio.v2 as imageio
@@ -31,20 +37,34 @@ from collodreamer.config import (
 )
 from collodreamer.data import Episode, EpisodeStore
 from collodreamer.envs import DMCEnv
+from collodreamer.files import remove_temp_files
+from collodreamer.models.optim import nonfinite
 from collodreamer.spec import EnvSpec
 from collodreamer.timing import take_seconds, timed
 from collodreamer.training.checkpoint import (
+    CheckpointError,
+    DivergenceError,
+    describe,
     load_checkpoint,
+    nonfinite_tensors,
     restoring,
     rng_states,
     save_checkpoint,
     seed_everything,
     set_rng_states,
 )
-from collodreamer.training.logger import Logger
+from collodreamer.training.logger import Logger, keep_metrics_until
 
 log = logging.getLogger("collodreamer")
 EVAL_SEED_OFFSET = 10_000
+
+
+class Interrupted(RuntimeError):
+    """A run stopped by SIGINT or SIGTERM after saving its checkpoint; the message is one line."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 @dataclass
@@ -57,6 +77,27 @@ class Counters:
     next_eval: int = 0
     last_checkpoint: int = 0
     elapsed_s: float = 0.0  # wall-clock seconds up to the last checkpoint, summed across resumes
+    skipped: dict[str, int] = field(default_factory=dict)  # non-finite updates (plans) skipped, per network
+
+
+def next_eval_after(frames: int, eval_start: int, eval_every: int) -> int:
+    """The first test of the schedule ``eval_start + k * eval_every`` after ``frames`` env frames."""
+    if frames < eval_start:
+        return eval_start
+    return eval_start + ((frames - eval_start) // eval_every + 1) * eval_every
+
+
+def in_a_row(counts: dict[str, int]) -> str:
+    """``{"world_model": 3, "planner": 2}`` as ``"3 world_model updates, 2 planner plans"``."""
+    units = {name: "plans" if name == "planner" else "updates" for name in counts}
+    return ", ".join(f"{n} {name} {units[name]}" for name, n in counts.items())
+
+
+def check_action(action: np.ndarray) -> np.ndarray:
+    """``action`` once it is known finite: a non-finite one would break the physics (MuJoCo refuses it)."""
+    if not np.all(np.isfinite(action)):
+        raise DivergenceError(f"the agent chose a non-finite action {np.asarray(action).tolist()}")
+    return action
 
 
 def start_episode(obs: np.ndarray, action_dim: int) -> dict[str, list]:
@@ -94,16 +135,24 @@ def finish_episode(steps: dict[str, list]) -> Episode:
 
 
 def evaluate(
-    agent: Agent, env: DMCEnv, episodes: int, video_path: Path | None = None, video_size: int = 128
+    agent: Agent,
+    env: DMCEnv,
+    episodes: int,
+    video_path: Path | None = None,
+    video_size: int = 128,
+    stop: Callable[[], bool] = lambda: False,
 ) -> tuple[list[float], list[int]]:
-    """Run ``episodes`` test episodes without exploration noise; optionally film the first."""
+    """Run ``episodes`` test episodes without exploration noise; optionally film the first. Once
+    ``stop()`` is true, return the episodes finished so far."""
     returns, lengths = [], []
     for index in range(episodes):
         obs, state, done, total, length = env.reset(), None, False, 0.0, 0
         frames = [env.render(video_size)] if video_path and index == 0 else None
         while not done:
+            if stop():
+                return returns, lengths
             action, state = agent.act(obs, state, training=False)
-            obs, reward, done, _ = env.step(action)
+            obs, reward, done, _ = env.step(check_action(action))
             total += reward
             length += env.config.action_repeat
             if frames is not None:
@@ -129,7 +178,8 @@ def lock_run(run_dir: Path) -> IO:
 
 class Trainer:
     """One run: its directory holds ``config.yaml``, ``episodes/``, ``metrics.jsonl``,
-    ``tensorboard/``, ``checkpoint.pt`` and ``videos/``."""
+    ``tensorboard/``, ``checkpoint.pt`` and ``videos/``. ``resume`` continues from the checkpoint, or,
+    where a run stopped before its first one, starts training anew on the episodes on disk."""
 
     def __init__(self, config: Config, run_dir: Path, resume: bool = False) -> None:
         self.run_dir = Path(run_dir)
@@ -139,7 +189,17 @@ class Trainer:
         self.config = config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._lock = lock_run(self.run_dir)
-        payload = load_checkpoint(self.checkpoint_path) if resume else None
+        payload = None
+        if resume and self.checkpoint_path.exists():
+            payload = load_checkpoint(self.checkpoint_path)
+            saved = payload.get("config", {}).get("agent", config.agent)
+            if saved != config.agent:
+                raise CheckpointError(
+                    f"checkpoint {self.checkpoint_path} holds a {saved} run, which cannot go on as "
+                    f"{config.agent} (the checkpoint would lose its state); start a new run instead"
+                )
+        elif resume:
+            log.warning("%s has no checkpoint: training starts anew on the episodes on disk", self.run_dir)
         seed_everything(config.seed, config.run.threads)
         self.env = DMCEnv(config.env, config.seed)
         self.eval_env = DMCEnv(config.env, config.seed + EVAL_SEED_OFFSET)
@@ -155,7 +215,11 @@ class Trainer:
         # after the last checkpoint are kept, and they count.
         disk_frames, disk_episodes = self.store.load()
         self.store.check_shapes(self.env.spec.obs_shape, self.env.spec.action_dim)
-        save_config(config, self.run_dir / "config.yaml")  # only once the saved state fits it
+        # Only once the saved state fits this config is anything written.
+        save_config(config, self.run_dir / "config.yaml")
+        for directory in (self.run_dir, self.store.directory):
+            for path in remove_temp_files(directory):
+                log.info("removed %s, left by a write cut short", path)
         if payload is not None and disk_frames < self.counters.env_frames:
             log.warning(
                 "replay holds %d env frames, checkpoint counted %d: episode files are missing",
@@ -164,7 +228,10 @@ class Trainer:
             )
         self.counters.env_frames = disk_frames
         self.counters.episodes = max(self.counters.episodes, disk_episodes)
+        self._last_test = self._keep_metrics()
         self._clock = (time.perf_counter(), self.counters.elapsed_s)
+        self._stop = 0  # the signal that asked the run to stop, once one did
+        nonfinite.clear()
         self.logger = Logger(self.run_dir, self.elapsed)
 
     def elapsed(self) -> float:
@@ -181,27 +248,64 @@ class Trainer:
             self.rng.bit_generator.state = payload["loop_rng"]
             set_rng_states(payload["rng"])
             self.counters = Counters(**payload["counters"])
+        dropped = sorted(set(payload["agent"]) - set(self.agent.state_dict()))
+        if dropped:
+            raise CheckpointError(
+                f"checkpoint {self.checkpoint_path} does not fit this config (changed agent or model "
+                f"settings?): this agent has no place for its {', '.join(dropped)}"
+            )
         log.info("resumed %s at %d env frames", self.run_dir, self.counters.env_frames)
         changes = changed_settings(payload.get("config", {}), to_dict(self.config))
         if changes:
             log.info("settings changed since the checkpoint: %s", "; ".join(changes))
 
+    def _keep_metrics(self) -> int | None:
+        """Cut ``metrics.jsonl`` back to where the run goes on from (what was logged later is logged
+        again, tests included); schedule the next test after the last one logged, whose env frames
+        this returns (None before the first)."""
+        path = self.run_dir / "metrics.jsonl"
+        records, removed = keep_metrics_until(path, self.counters.env_frames)
+        if removed:
+            frames = self.counters.env_frames
+            log.info("%s: removed %d lines past %d env frames, or unreadable", path, removed, frames)
+        tests = [record["step"] for record in records if "test/return" in record]
+        if not tests:
+            return None
+        run = self.config.run
+        self.counters.next_eval = max(
+            self.counters.next_eval, next_eval_after(int(tests[-1]), run.eval_start, run.eval_every)
+        )
+        return int(tests[-1])
+
     def save(self) -> None:
         self.counters.elapsed_s = self.elapsed()
-        save_checkpoint(
-            self.checkpoint_path,
-            {
-                "config": to_dict(self.config),
-                "counters": vars(self.counters).copy(),
-                "agent": self.agent.state_dict(),
-                "replay": self.store.state_dict(),
-                "env": self.env.state_dict(),
-                "eval_env": self.eval_env.state_dict(),
-                "loop_rng": self.rng.bit_generator.state,
-                "rng": rng_states(),
-            },
-        )
+        payload = {
+            "config": to_dict(self.config),
+            "counters": vars(self.counters).copy(),
+            "agent": self.agent.state_dict(),
+            "replay": self.store.state_dict(),
+            "env": self.env.state_dict(),
+            "eval_env": self.eval_env.state_dict(),
+            "loop_rng": self.rng.bit_generator.state,
+            "rng": rng_states(),
+        }
+        try:
+            save_checkpoint(self.checkpoint_path, payload)
+        except DivergenceError as error:
+            raise self._diverged(str(error)) from None
         self.counters.last_checkpoint = self.counters.env_frames
+
+    def _checkpoint(self, final: bool) -> None:
+        """Save, unless the latest update (or plan) of a network was non-finite: a state that gives
+        non-finite losses is never saved. A run's last save raises then; others wait for a later episode."""
+        failing = in_a_row(nonfinite.failing())
+        if failing and final:
+            raise self._diverged(f"it ended with {failing} non-finite in a row")
+        if failing:
+            log.warning("no checkpoint while updates are non-finite (%s in a row)", failing)
+            return
+        with timed("checkpoint"):
+            self.save()
 
     def _updates_due(self) -> int:
         """Gradient steps owed so far: ``train_steps`` at the end of prefill and after every
@@ -216,15 +320,45 @@ class Trainer:
         if self.store.num_steps < replay.batch_length:
             return
         start, done = time.perf_counter(), 0
-        while self.counters.updates < self._updates_due():
+        while self.counters.updates < self._updates_due() and not self._stop:
             with timed("replay"):
                 batch = self.store.sample(replay.batch_size, replay.batch_length)
             with timed("train"):
                 self.logger.add(self.agent.train_step(batch))
             self.counters.updates += 1
             done += 1
+            self._check_finite()
         if done:
             self.logger.add({"perf/updates_per_s": done / (time.perf_counter() - start)})
+
+    def _check_finite(self) -> None:
+        """Count the updates (and plans) skipped as non-finite; stop the run once one network's run of
+        them in a row reaches ``run.max_nonfinite``."""
+        skipped, longest = nonfinite.take()
+        for name, count in skipped.items():
+            self.counters.skipped[name] = self.counters.skipped.get(name, 0) + count
+        limit = self.config.run.max_nonfinite
+        if max(longest.values(), default=0) >= limit:
+            raise self._diverged(f"{in_a_row(longest)} non-finite in a row (run.max_nonfinite={limit})")
+
+    def _diverged(self, what: str) -> DivergenceError:
+        """A one-line error saying what diverged, and which checkpoint holds the last finite state."""
+        if self.checkpoint_path.exists():
+            kept = f"{self.checkpoint_path} holds the last finite state, at {self.counters.last_checkpoint}"
+            kept += " env frames: resume it with smaller learning rates"
+        else:
+            kept = "no checkpoint was written yet"
+        return DivergenceError(f"training diverged at {self.counters.env_frames} env frames: {what}; {kept}")
+
+    def _act(self, obs: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
+        with timed("act"):
+            action, state = self.agent.act(obs, state, training=True)
+        self._check_finite()
+        if not np.all(np.isfinite(action)):
+            bad, total = nonfinite_tensors(self.agent.state_dict())
+            weights = f"{describe(bad, total)} are non-finite" if bad else "its weights are finite, too large"
+            raise self._diverged(f"the {self.config.agent} agent chose a non-finite action ({weights})")
+        return action, state
 
     def _write(self, extra: dict[str, Any]) -> None:
         """Log what training collected so far, with the agent's acting metrics and ``extra``."""
@@ -240,7 +374,11 @@ class Trainer:
             video = self.run_dir / "videos" / f"test-{self.counters.env_frames:08d}.mp4"
         start = time.perf_counter()
         with timed("test", absorb=True):
-            returns, lengths = evaluate(self.agent, self.eval_env, run.eval_episodes, video, run.video_size)
+            returns, lengths = evaluate(
+                self.agent, self.eval_env, run.eval_episodes, video, run.video_size, lambda: bool(self._stop)
+            )
+        if self._stop:  # cut short: the test runs again when the run is resumed
+            return
         test_metrics = {f"test/{key}": value for key, value in self.agent.metrics().items()}
         self.logger.record(
             self.counters.env_frames,
@@ -252,6 +390,8 @@ class Trainer:
                 "perf/eval_seconds": time.perf_counter() - start,
             },
         )
+        self._last_test = self.counters.env_frames
+        self.counters.next_eval = next_eval_after(self.counters.env_frames, run.eval_start, run.eval_every)
         log.info(
             "%d env frames: test return %.1f +- %.1f",
             self.counters.env_frames,
@@ -259,8 +399,49 @@ class Trainer:
             np.std(returns),
         )
 
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self._stop:  # asked twice: stop at once
+            raise KeyboardInterrupt
+        self._stop = signum
+        log.warning("%s: stopping after the current step, with a checkpoint", signal.Signals(signum).name)
+
+    @contextmanager
+    def _stopping_on_signals(self) -> Iterator[None]:
+        """While training, SIGINT and SIGTERM ask the loop to stop (signals reach the main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
     def run(self) -> dict[str, Any]:
-        """Train until ``run.steps`` env frames; return the final counts."""
+        """Train until ``run.steps`` env frames; return the final counts. Raises :class:`Interrupted`
+        after saving a checkpoint when a signal stopped the run."""
+        try:
+            with self._stopping_on_signals():
+                self._collect()
+                self._train()  # updates owed for episodes a kill left without their training
+                if not self._stop and self._last_test != self.counters.env_frames:
+                    self._evaluate()
+                self._checkpoint(final=True)
+        finally:
+            self.logger.close()
+            self._lock.close()
+        if self._stop:
+            name = signal.Signals(self._stop).name
+            raise Interrupted(
+                f"stopped by {name} at {self.counters.env_frames} env frames, checkpoint saved; "
+                f"continue with: collodreamer train --resume {self.run_dir}",
+                self._stop,
+            )
+        return {"env_frames": self.counters.env_frames, "updates": self.counters.updates}
+
+    def _collect(self) -> None:
+        """Collect env frames up to ``run.steps``, training, testing, logging and checkpointing on the way."""
         config, counters = self.config, self.counters
         repeat = config.env.action_repeat
         bar = tqdm(
@@ -274,15 +455,15 @@ class Trainer:
         steps, state, episode_return = start_episode(obs, self.env.action_dim), None, 0.0
         next_log = counters.env_frames + config.run.log_every
         last_time, last_frames = time.perf_counter(), counters.env_frames
-        while counters.env_frames < config.run.steps:
+        while counters.env_frames < config.run.steps and not self._stop:
             if counters.env_frames >= counters.next_eval:
                 self._evaluate()
-                counters.next_eval += config.run.eval_every
+                if self._stop:
+                    break
             if counters.env_frames < config.run.prefill:
                 action = self.rng.uniform(-1, 1, self.env.action_dim).astype(np.float32)
             else:
-                with timed("act"):
-                    action, state = self.agent.act(obs, state, training=True)
+                action, state = self._act(obs, state)
             with timed("env"):
                 obs, reward, done, info = self.env.step(action)
             counters.env_frames += repeat
@@ -303,29 +484,26 @@ class Trainer:
                 )
                 bar.set_postfix(train_return=f"{episode_return:.1f}")
                 if counters.env_frames - counters.last_checkpoint >= config.run.checkpoint_every:
-                    with timed("checkpoint"):
-                        self.save()
+                    self._checkpoint(final=False)
                 obs = self.env.reset()
                 steps, state, episode_return = start_episode(obs, self.env.action_dim), None, 0.0
             self._train()
             if counters.env_frames >= next_log:
                 now, frames = time.perf_counter(), counters.env_frames - last_frames
                 per_kilo_frame = {f"perf/{k}_s": v * 1000 / frames for k, v in take_seconds().items()}
+                skipped = {f"train/skipped/{name}": count for name, count in counters.skipped.items()}
                 self._write(
                     {
                         "perf/env_frames_per_s": frames / (now - last_time),
                         **per_kilo_frame,
                         "train/updates": counters.updates,
+                        "replay/memory_mib": self.store.nbytes / 2**20,
+                        **skipped,
                     }
                 )
                 last_time, last_frames = now, counters.env_frames
                 next_log += config.run.log_every
-        self._evaluate()
-        self.save()
         bar.close()
-        self.logger.close()
-        self._lock.close()
-        return {"env_frames": counters.env_frames, "updates": counters.updates}
 
 
 def train(config: Config, run_dir: Path) -> dict[str, Any]:

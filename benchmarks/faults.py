@@ -1,0 +1,301 @@
+"""Fault injection on real tiny runs (reacher_easy from states): kills, signals, damaged files and a
+full disk, each repeated; prints a table and writes results/faults.json and results/faults.md.
+
+python benchmarks/faults.py [--kills 20] [--signals 8] [--episode-flips 300] [--checkpoint-flips 150]
+                            [--disk-full 12] [--seed 0] [--root DIR] [--out results/faults]
+
+About 10 minutes on one core.
+
+Probes (dreamer, latco and collodreamer in turn where a run is started):
+- kill: SIGKILL at a random moment of a run (start-up, training, a checkpoint or episode write);
+- signal: SIGINT or SIGTERM at a random moment: the run saves a checkpoint and exits 130 or 143;
+- episode flip: one random bit of a random episode file of a finished run flipped;
+- checkpoint flip: one random bit of its checkpoint flipped: a resume must refuse it in one line and
+  leave it as it is; moved aside by hand, the run then goes on from its episodes;
+- disk full: files may not grow past a random size (RLIMIT_FSIZE, 1 to 256 kB, log-uniform): the run
+  stops with one line and leaves no temp file.
+
+After each fault the run is resumed (``--resume RUN_DIR run.steps=...``) to a finite end. Columns:
+``resumed``, trials whose run then reached its end; ``one line``, trials that ended with a one-line
+message where one was due (signals, damaged checkpoints, a full disk); ``tracebacks``; ``data lost``,
+episode files that loaded before the fault and not after (a damaged file itself excepted: it is
+reported by name and kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import math
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import write_json
+
+from collodreamer import cli
+from collodreamer.data.replay import check_episode
+from collodreamer.training import load_checkpoint, read_metrics
+
+AGENTS = ("dreamer", "latco", "collodreamer")
+TINY = ["--preset", "tiny", "--task", "dmc:reacher_easy", "--obs", "state"]
+PLANNER = ["planner.horizon=6", "planner.iterations=5", "planner.replan_every=3"]
+ENDLESS = ["run.steps=1000000", "run.checkpoint_every=100", "run.eval_every=100000"]
+ENVIRONMENT = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "collodreamer", *args]
+
+
+def loadable(run: Path) -> set[str]:
+    """The episode files of ``run`` that load whole and well formed."""
+    names = set()
+    for path in (run / "episodes").glob("ep-*.npz"):
+        with contextlib.suppress(Exception), np.load(path, allow_pickle=False) as data:
+            if check_episode({k: data[k] for k in data.files}) is None:
+                names.add(path.name)
+    return names
+
+
+def one_line(output: str) -> bool:
+    """Whether the output holds exactly one line besides the log, and no traceback."""
+    lines = [
+        line for line in output.splitlines() if line.strip() and not line.startswith(("INFO", "WARNING"))
+    ]
+    return len(lines) == 1 and lines[0].startswith("collodreamer: ") and "Traceback" not in output
+
+
+def disk_frames(run: Path) -> int:
+    """Env frames in the episode files of ``run`` that load (action repeat 2)."""
+    frames = 0
+    for name in loadable(run):
+        frames += 2 * (int(name.rsplit("-", 1)[1].split(".")[0]) - 1)
+    return frames
+
+
+def finish(run: Path, extra: int = 100, start: list[str] | None = None) -> tuple[bool, str]:
+    """Resume ``run`` to ``extra`` env frames beyond its episodes (where a fault came before the run's
+    config was written, rerun its ``start`` command instead); (reached its end, output)."""
+    steps = disk_frames(run) + extra
+    if (run / "config.yaml").exists() or start is None:
+        args = command("train", "--resume", str(run), f"run.steps={steps}")
+    else:
+        args = [*start, f"run.steps={steps}"]
+    result = subprocess.run(args, capture_output=True, text=True, env=ENVIRONMENT, timeout=600)
+    ok = result.returncode == 0 and load_checkpoint(run / "checkpoint.pt")["counters"]["env_frames"] >= steps
+    return ok, result.stderr
+
+
+def start_command(agent: str, run: Path) -> list[str]:
+    return command("train", *TINY, "--agent", agent, "--run-dir", str(run), *PLANNER, *ENDLESS[1:])
+
+
+def interrupt(run: Path, agent: str, signum: int, delay: float) -> tuple[int, str]:
+    """Start (or resume) an endless run, send ``signum`` after ``delay`` seconds; (exit code, output)."""
+    if (run / "config.yaml").exists():
+        args = command("train", "--resume", str(run), *ENDLESS)
+    else:
+        args = [*start_command(agent, run), ENDLESS[0]]
+    with tempfile.TemporaryFile("w+") as output:
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=output, env=ENVIRONMENT, text=True)
+        time.sleep(delay)
+        process.send_signal(signum)
+        code = process.wait(timeout=600)
+        output.seek(0)
+        return code, output.read()
+
+
+def probe_kills(root: Path, trials: int, rng: np.random.Generator, signals: bool) -> dict[str, Any]:
+    """SIGKILL (or SIGINT / SIGTERM with ``signals``) at random moments, each followed by a resume."""
+    row = {
+        "trials": trials,
+        "resumed": 0,
+        "one_line": 0 if signals else None,
+        "tracebacks": 0,
+        "data_lost": 0,
+    }
+    for trial in range(trials):
+        agent = AGENTS[trial % len(AGENTS)]
+        run = root / f"{'signal' if signals else 'kill'}-{agent}"
+        signum = (signal.SIGINT, signal.SIGTERM)[trial % 2] if signals else signal.SIGKILL
+        code, output = interrupt(run, agent, signum, float(rng.uniform(2.0, 9.0)))
+        if signals:  # SIGTERM before the run's loop starts ends the process as its default does
+            row["one_line"] += (code == 128 + signum and one_line(output)) or code == -signum
+        row["tracebacks"] += "Traceback" in output
+        kept = loadable(run)
+        ok, output = finish(run, start=start_command(agent, run))
+        row["resumed"] += ok
+        row["tracebacks"] += "Traceback" in output
+        row["data_lost"] += len(kept - loadable(run))
+    return row
+
+
+def finished_run(root: Path, agent: str = "dreamer") -> Path:
+    run = root / f"base-{agent}"
+    subprocess.run(
+        [*start_command(agent, run), "run.steps=400"], check=True, capture_output=True, env=ENVIRONMENT
+    )
+    return run
+
+
+def flip_bit(path: Path, rng: np.random.Generator) -> bytes:
+    data = bytearray(path.read_bytes())
+    bit = int(rng.integers(len(data) * 8))
+    data[bit // 8] ^= 1 << (bit % 8)
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+def main_in_process(*args: str) -> tuple[int, str]:
+    """``collodreamer ARGS`` in this process (no start-up cost); its exit code and error output, an
+    escaping exception counted as a traceback."""
+    stream = io.StringIO()
+    with contextlib.redirect_stderr(stream), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = cli.main(list(args))
+        except Exception as error:
+            stream.write(f"Traceback (in process): {type(error).__name__}: {error}\n")
+            code = 1
+    return code, stream.getvalue()
+
+
+def probe_episode_flips(root: Path, base: Path, trials: int, rng: np.random.Generator) -> dict[str, Any]:
+    row = {"trials": trials, "resumed": 0, "one_line": None, "tracebacks": 0, "data_lost": 0}
+    steps = load_checkpoint(base / "checkpoint.pt")["counters"]["env_frames"]
+    for trial in range(trials):
+        run = root / f"episode-flip-{trial}"
+        shutil.copytree(base, run)
+        files = sorted((run / "episodes").glob("ep-*.npz"))
+        damaged = files[int(rng.integers(len(files)))]
+        flip_bit(damaged, rng)
+        others = loadable(run) - {damaged.name}
+        code, output = main_in_process("train", "--resume", str(run), f"run.steps={steps}")
+        reported = damaged.name in loadable(run) or str(damaged) in output
+        row["resumed"] += code == 0 and reported and damaged.exists()
+        row["tracebacks"] += "Traceback" in output
+        row["data_lost"] += len(others - loadable(run))
+        shutil.rmtree(run)
+    return row
+
+
+def probe_checkpoint_flips(root: Path, base: Path, trials: int, rng: np.random.Generator) -> dict[str, Any]:
+    row = {"trials": trials, "resumed": 0, "one_line": 0, "tracebacks": 0, "data_lost": 0}
+    steps = load_checkpoint(base / "checkpoint.pt")["counters"]["env_frames"]
+    for trial in range(trials):
+        run = root / f"checkpoint-flip-{trial}"
+        shutil.copytree(base, run)
+        kept = loadable(run)
+        damaged = flip_bit(run / "checkpoint.pt", rng)
+        code, output = main_in_process("train", "--resume", str(run))
+        refused = code == 2 and one_line(output) and "checkpoint" in output
+        row["one_line"] += refused and (run / "checkpoint.pt").read_bytes() == damaged
+        row["tracebacks"] += "Traceback" in output
+        (run / "checkpoint.pt").rename(run / "checkpoint.pt.damaged")  # what the error asks of a user
+        code, output = main_in_process("train", "--resume", str(run), f"run.steps={steps}")
+        row["resumed"] += code == 0
+        row["tracebacks"] += "Traceback" in output
+        row["data_lost"] += len(kept - loadable(run))
+        shutil.rmtree(run)
+    return row
+
+
+def probe_disk_full(root: Path, trials: int, rng: np.random.Generator) -> dict[str, Any]:
+    row = {"trials": trials, "resumed": 0, "one_line": 0, "tracebacks": 0, "data_lost": 0, "limits_kb": []}
+    for trial in range(trials):
+        agent = AGENTS[trial % len(AGENTS)]
+        run = root / f"disk-full-{trial}"
+        limit = int(math.exp(rng.uniform(math.log(1024), math.log(256 * 1024))))
+        row["limits_kb"].append(round(limit / 1024, 1))
+
+        def small_disk(limit: int = limit) -> None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails, as on a full disk
+
+        start = start_command(agent, run)
+        result = subprocess.run(
+            [*start, "run.steps=400"], capture_output=True, text=True, env=ENVIRONMENT, preexec_fn=small_disk
+        )
+        temps = [p for p in run.rglob("*") if p.name.endswith(".tmp")]
+        clean = (result.returncode == 0 or (result.returncode == 2 and one_line(result.stderr))) and not temps
+        row["one_line"] += clean
+        row["tracebacks"] += "Traceback" in result.stderr
+        kept = loadable(run)
+        ok, output = finish(run, start=start)
+        metrics = run / "metrics.jsonl"
+        whole = len(read_metrics(metrics)) == len(metrics.read_bytes().splitlines())
+        row["resumed"] += ok and whole
+        row["tracebacks"] += "Traceback" in output
+        row["data_lost"] += len(kept - loadable(run))
+    return row
+
+
+def table(rows: dict[str, dict[str, Any]]) -> str:
+    lines = ["| probe | trials | resumed | one line | tracebacks | data lost |", "|---|---|---|---|---|---|"]
+    for probe, row in rows.items():
+        one = "-" if row["one_line"] is None else row["one_line"]
+        cells = [probe, row["trials"], row["resumed"], one, row["tracebacks"], row["data_lost"]]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--signals", type=int, default=8)
+    parser.add_argument("--episode-flips", type=int, default=300)
+    parser.add_argument("--checkpoint-flips", type=int, default=150)
+    parser.add_argument("--disk-full", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--root", help="folder for the runs (default: a temporary one, removed after)")
+    parser.add_argument("--out", default="results/faults", help="writes OUT.json and OUT.md")
+    args = parser.parse_args()
+    rng = np.random.default_rng(args.seed)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as temporary:
+        root = Path(args.root or temporary)
+        root.mkdir(parents=True, exist_ok=True)
+        base = finished_run(root)
+        probes = {
+            "SIGKILL at a random moment": lambda: probe_kills(root, args.kills, rng, signals=False),
+            "SIGINT / SIGTERM at a random moment": lambda: probe_kills(root, args.signals, rng, signals=True),
+            "bit flip in an episode file": lambda: probe_episode_flips(root, base, args.episode_flips, rng),
+            "bit flip in the checkpoint": lambda: probe_checkpoint_flips(
+                root, base, args.checkpoint_flips, rng
+            ),
+            "disk full (file size limit)": lambda: probe_disk_full(root, args.disk_full, rng),
+        }
+        rows = {}
+        for name, probe in probes.items():
+            start = time.perf_counter()
+            rows[name] = {**probe(), "seconds": round(time.perf_counter() - start, 1)}
+            print(f"{name}: {rows[name]}", flush=True)
+    markdown = table(rows)
+    print(markdown)
+    seconds = time.perf_counter() - started
+    invocation = "python benchmarks/faults.py " + " ".join(sys.argv[1:])
+    write_json(
+        Path(f"{args.out}.json"),
+        {"benchmark": "faults", "command": invocation, "seconds": seconds, "rows": rows},
+    )
+    Path(f"{args.out}.md").write_text(
+        f"Fault injection on tiny runs, `{invocation.strip()}` ({seconds / 60:.1f} min):\n\n{markdown}\n"
+    )
+    print(f"wrote {args.out}.md")
+
+
+if __name__ == "__main__":
+    main()
