@@ -23,7 +23,8 @@ every variant (the test environment's seed is fixed). Each variant's result is w
 ``DIR/<variant>.json`` as it ends (rerunning skips those present); ``--report`` writes
 ``DIR/screen.json`` and ``DIR/screen.md``: mean test return with a 95% bootstrap interval, the
 paired difference to the first variant (same start states) with its interval, ms and iterations
-per plan, and the seconds spent training the value.
+per plan, the seconds spent training the value, and how well the trained value predicts the real
+discounted reward-to-go of the run's last episodes (``value_diagnostics.value_accuracy``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, write_json
 from held_fixed import build_agent, filter_replay
+from value_diagnostics import value_accuracy
 
 from collodreamer.envs import DMCEnv
 from collodreamer.experiments.stats import bootstrap_ci
@@ -79,10 +81,11 @@ def train_value(agent, config, replay, spec: dict, rng: np.random.Generator) -> 
 def screen_variant(run_dir: Path, spec: dict, name: str, overrides: list[str], episodes: int) -> dict:
     agent_name = spec.get("agent", "collodreamer")
     config, agent, _ = build_agent(run_dir, [f"agent={agent_name}", *overrides])
-    value_seconds = 0.0
+    value_seconds, accuracy = 0.0, None
     if config.agent == "collodreamer":
         replay = filter_replay(agent, run_dir, config)
         value_seconds = train_value(agent, config, replay, spec, np.random.default_rng(0))
+        accuracy = value_accuracy(agent, replay, config.value.gamma)
     torch.manual_seed(0)
     env = DMCEnv(config.env, TEST_SEED)
     start = time.perf_counter()
@@ -102,6 +105,7 @@ def screen_variant(run_dir: Path, spec: dict, name: str, overrides: list[str], e
         "plan_iterations": metrics.get("plan/iterations"),
         "test_seconds": time.perf_counter() - start,
         "value_train_seconds": value_seconds,
+        "value_accuracy": accuracy,
         "machine": machine(),
     }
 
@@ -117,8 +121,8 @@ def report(spec: dict, out: Path) -> None:
     reference = np.asarray(rows[0]["returns"])
     lines = [
         f"| variant | test return (mean, 95% CI) | paired difference to {rows[0]['variant']} | ms per plan "
-        "| iterations per plan | value training (s) |",
-        "|---|---|---|---|---|---|",
+        "| iterations per plan | value training (s) | V vs real reward-to-go: correlation, bias |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         returns = np.asarray(row["returns"])
@@ -129,9 +133,12 @@ def report(spec: dict, out: Path) -> None:
         ms = f"{row['plan_ms']:.0f}" if row["plan_ms"] else "-"
         iterations = f"{row['plan_iterations']:.1f}" if row["plan_iterations"] else "-"
         difference = row["paired_difference"]
+        fit = row.get("value_accuracy")
+        accuracy = f"{fit['correlation']:.2f}, {fit['bias']:+.1f}" if fit else "-"
         lines.append(
             f"| {row['variant']} | {row['mean']:.1f} [{low:.1f}, {high:.1f}] | {difference:+.1f} "
-            f"[{paired[0]:+.1f}, {paired[1]:+.1f}] | {ms} | {iterations} | {row['value_train_seconds']:.0f} |"
+            f"[{paired[0]:+.1f}, {paired[1]:+.1f}] | {ms} | {iterations} | {row['value_train_seconds']:.0f} "
+            f"| {accuracy} |"
         )
     (out / "screen.md").write_text("\n".join(lines) + "\n")
     write_json(out / "screen.json", {"benchmark": "screen", "spec": spec, "rows": rows})

@@ -36,6 +36,30 @@ def reward_to_go(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
     return out
 
 
+@torch.no_grad()
+def value_accuracy(agent, replay, gamma: float, episodes: int = 10, tail: int = 300) -> dict[str, float]:
+    """V at the posterior mean features of the replay's last ``episodes`` episodes against the real
+    discounted reward-to-go, for the steps at least ``tail`` before each episode's end."""
+    rssm = agent.world_model.rssm
+    values, returns = [], []
+    for post, episode in list(zip(replay.posts, replay.episodes, strict=True))[-episodes:]:
+        keep = episode["reward"].shape[0] - tail
+        if keep <= 0:
+            continue
+        values.append(agent.value_of(rssm.mean_feature(post)[0, :keep]))
+        returns.append(reward_to_go(episode["reward"].float(), gamma)[:keep])
+    v, g = torch.cat(values).numpy(), torch.cat(returns).numpy()
+    return {
+        "steps": len(v),
+        "correlation": float(np.corrcoef(v, g)[0, 1]),
+        "bias": float(np.mean(v - g)),
+        "rmse": float(np.sqrt(np.mean((v - g) ** 2))),
+        "value_mean": float(np.mean(v)),
+        "return_to_go_mean": float(np.mean(g)),
+        "truncation_bound": gamma**tail,
+    }
+
+
 def raw_value(agent, features: torch.Tensor) -> torch.Tensor:
     """The value network's output before any clip."""
     return agent.critic.value.net(features).squeeze(-1)
@@ -71,24 +95,7 @@ def main() -> None:
     replay = filter_replay(agent, run_dir, config)
     rssm = agent.world_model.rssm
 
-    values, returns = [], []
-    with torch.no_grad():
-        for post, episode in list(zip(replay.posts, replay.episodes, strict=True))[-args.episodes :]:
-            keep = episode["reward"].shape[0] - args.tail
-            if keep <= 0:
-                continue
-            values.append(agent.value_of(rssm.mean_feature(post)[0, :keep]))
-            returns.append(reward_to_go(episode["reward"].float(), gamma)[:keep])
-    v, g = torch.cat(values).numpy(), torch.cat(returns).numpy()
-    accuracy = {
-        "steps": len(v),
-        "correlation": float(np.corrcoef(v, g)[0, 1]),
-        "bias": float(np.mean(v - g)),
-        "rmse": float(np.sqrt(np.mean((v - g) ** 2))),
-        "value_mean": float(np.mean(v)),
-        "return_to_go_mean": float(np.mean(g)),
-        "truncation_bound": gamma**args.tail,
-    }
+    accuracy = value_accuracy(agent, replay, gamma, args.episodes, args.tail)
 
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
