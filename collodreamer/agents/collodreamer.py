@@ -12,7 +12,6 @@ loss. The value learns in one of four styles (``value.style``):
 from __future__ import annotations
 
 import copy
-import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -147,15 +146,14 @@ class ColloDreamerAgent(LatCoAgent):
 
     def update_value(self, features: torch.Tensor, actions: torch.Tensor) -> float:
         """One step on ``0.5 * (V(z_k) - T_k)^2`` over the knots of this plan and of up to
-        ``plan_batch - 1`` recent ones; V' follows by tau every period."""
-        batch = [(features.detach(), actions.detach())]
+        ``plan_batch - 1`` recent ones (all of one length); V' follows by tau every period."""
+        features, actions = features.detach(), actions.detach()
         if self.recent:
-            batch += random.sample(list(self.recent), len(self.recent))
+            features = torch.cat([features, *(f for f, _ in self.recent)])
+            actions = torch.cat([actions, *(a for _, a in self.recent)])
         with timed("value"):
-            targets = [self.value_targets(f, a) for f, a in batch]
-            metrics = self.critic.update(
-                torch.cat([f.flatten(0, 1) for f, _ in batch]), torch.cat([t.flatten() for t in targets])
-            )
+            targets = self.value_targets(features, actions)
+            metrics = self.critic.update(features.flatten(0, 1), targets.flatten())
         self.log({**metrics, "value/target": targets[0].mean().item()})
         return metrics["value/loss"]
 
