@@ -42,6 +42,7 @@ def test_spec_expansion_is_the_exact_grid():
     sweep = expand(spec)
     assert len(sweep.runs) == 2 * 2 * 2 * 2
     assert len({run.name for run in sweep.runs}) == 16
+    assert [run.seed for run in sweep.runs] == [3] * 8 + [5] * 8  # whole seeds first
     run = next(r for r in sweep.runs if r.name == "gamma_095-collodreamer-cheetah_run-state-s5")
     assert (run.agent, run.task, run.seed, run.steps) == ("collodreamer", "dmc:cheetah_run", 5, 300)
     assert run.overrides == ("run.eval_start=100", "value.gamma=0.95")

@@ -125,11 +125,12 @@ def expand(spec: dict[str, Any]) -> Sweep:
     common = tuple(spec.get("overrides", []))
     obs = spec.get("obs", "pixels")
     runs = []
-    for entry in spec["tasks"]:
-        task, steps = _task(entry)
-        for variant, extra in variants.items():
-            for agent in spec["agents"]:
-                for seed in seeds:
+    tasks = [_task(entry) for entry in spec["tasks"]]
+    # Seed-major order: a sweep stopped part-way has whole seeds of every agent, task and variant.
+    for seed in seeds:
+        for task, steps in tasks:
+            for variant, extra in variants.items():
+                for agent in spec["agents"]:
                     overrides = (
                         (*common, *extra) if steps is None else (*common, *extra, f"run.steps={steps}")
                     )
