@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from collodreamer.config import make_config
+from collodreamer.data import add_step, finish_episode, start_episode
 from collodreamer.envs import DMCEnv
 from collodreamer.models import to_torch
 from collodreamer.training import Trainer
-from collodreamer.training.loop import add_step, finish_episode, start_episode
 
 pytestmark = pytest.mark.slow  # trains on real dm_control
 

@@ -56,7 +56,7 @@ def test_spec_expansion_is_the_exact_grid():
         expand(load_spec_from({**spec, "agent": "x"}))
     malformed = [
         ({"seeds": 2.0}, "'seeds' is a positive count or a list of seeds, got 2.0"),
-        ({"tasks": [{"steps": 100}]}, "a task is dmc:<domain>_<task> or {task: ..., steps: N}"),
+        ({"tasks": [{"steps": 100}]}, "a task is dmc:<domain>_<task>, gym:<id> or {task: ..., steps: N}"),
         ({"tasks": ["dmc:cheetah_fly"]}, "unknown task 'dmc:cheetah_fly'"),
         ({"tasks": "dmc:cheetah_run"}, "'tasks' is a list"),
         ({"variants": ["value.gamma=0.95"]}, "'variants' maps each variant name to a list"),

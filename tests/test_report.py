@@ -9,8 +9,9 @@ import pytest
 from collodreamer.config import make_config
 from collodreamer.data import EpisodeStore
 from collodreamer.envs import DMCEnv
-from collodreamer.experiments.report import open_loop, pixel_triptych, trace_plan, write_report
+from collodreamer.experiments.report import write_report
 from collodreamer.training import Trainer, load_agent
+from collodreamer.training.report import open_loop, pixel_triptych, trace_plan
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from collodreamer.training import load_checkpoint, read_metrics
 
 pytestmark = pytest.mark.slow  # trains on real dm_control
 
-TINY = ["--preset", "tiny", "--task", "dmc:reacher_easy"]
+TINY = ["--preset", "tiny", "--agent", "random", "--task", "dmc:reacher_easy"]
 
 
 def test_tiny_run_writes_metrics_checkpoint_video(tmp_path: Path, cli):
@@ -87,6 +87,8 @@ def test_run_dir_of_another_task_is_refused_and_kept(tmp_path: Path, cli):
         "train",
         "--preset",
         "tiny",
+        "--agent",
+        "random",
         "--task",
         "dmc:cheetah_run",
         "--obs",
