@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ def start_wandb(run_dir: Path, config: Config) -> Any:
     wandb = import_wandb()
     id_path = Path(run_dir) / "wandb-run-id"
     if not id_path.exists():
-        run_id = wandb.util.generate_id().encode()
+        run_id = uuid.uuid4().hex[:16].encode()
         write_atomic(id_path, lambda handle: handle.write(run_id))
     run = wandb.init(
         project=config.run.wandb_project,
