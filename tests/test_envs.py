@@ -93,7 +93,7 @@ def test_gym_pendulum_steps_with_repeat_time_limit_and_rescaled_actions():
     assert obs.dtype == np.float32 and obs.shape == (3,)
     frames, done = 0, False
     while not done:
-        _, reward, terminated, truncated, _ = env.step(np.array([1.0]))
+        _, _, terminated, truncated, _ = env.step(np.array([1.0]))
         done = terminated or truncated
         frames += env.action_repeat
     assert frames == 10 and truncated and not terminated

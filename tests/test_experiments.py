@@ -232,3 +232,11 @@ def test_sweep_whose_runs_cannot_fit_in_memory_is_refused(tmp_path: Path):
     with pytest.raises(ConfigError, match="lower --workers or replay.capacity"):
         run_sweep(huge, tmp_path / "sweep", workers=1)
     assert not (tmp_path / "sweep").exists()  # refused before anything was written
+
+
+def test_the_learning_benchmark_is_a_sweep_spec():
+    sweep = expand(load_spec("learning_states"))
+    agents = ("collodreamer", "latco", "dreamer")
+    names = [f"base-{agent}-reacher_easy-state-s{seed}" for agent in agents for seed in (0, 1)]
+    assert sorted(run.name for run in sweep.runs) == sorted(names)
+    assert {(run.steps, run.presets, run.obs) for run in sweep.runs} == {(100_000, ("cpu",), "state")}
