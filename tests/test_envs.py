@@ -144,3 +144,11 @@ def test_unknown_or_discrete_gym_task_is_a_one_line_error(task, message):
     if "NoSuch" in task:
         with pytest.raises(ConfigError, match="unknown task"):
             check_task(task)  # what sweep specs are checked with
+
+
+def test_tasks_command_lists_dmc_tasks_and_says_how_to_name_gym_ones(capsys):
+    from collodreamer.cli import main
+
+    assert main(["tasks"]) == 0
+    out, err = capsys.readouterr()
+    assert "dmc:cheetah_run" in out.splitlines() and "gym:<id>" in err and "gym:Pendulum-v1" in err
