@@ -33,15 +33,15 @@ class ConfigError(ValueError):
 
 @dataclass
 class EnvConfig:
-    """The environment: a DeepMind Control task seen as pixels or as its state vector."""
+    """The environment: a DeepMind Control (or Gymnasium) task seen as pixels or as its state vector."""
 
-    task: str = "dmc:reacher_easy"  # "dmc:<domain>_<task>", see `collodreamer tasks`
+    task: str = "dmc:reacher_easy"  # "dmc:<domain>_<task>" (see `collodreamer tasks`) or "gym:<id>"
     obs: Literal["pixels", "state"] = "pixels"  # 64x64 RGB images, or the task's state vector
     action_repeat: int = 2  # env frames per agent step; rewards are summed over them
     time_limit: int = 1000  # episode length in env frames
     image_size: int = 64  # pixels per side (the CNN takes 64)
-    camera: int = -1  # -1: Dreamer's choice (2 for quadruped, 0 otherwise)
-    fast_render: bool = True  # offsamples=0, shadowsize=256: ~4x faster software rendering
+    camera: int = -1  # dm_control camera; -1: Dreamer's choice (2 for quadruped, 0 otherwise)
+    fast_render: bool = True  # dm_control: offsamples=0, shadowsize=256: ~4x faster software rendering
 
 
 @dataclass
