@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import median_rate, write_json
 
 from collodreamer.config import EnvConfig
-from collodreamer.envs import PAPER_TASKS, DMCEnv
+from collodreamer.envs import PAPER_TASKS, Env, make_env
 
 
 def main() -> None:
@@ -29,24 +29,25 @@ def main() -> None:
     print(f"{'task':22s} {'obs':6s} {'env frames/s':>12s} {'agent steps/s':>13s} {'renders/s':>9s}")
     for task in args.tasks:
         for obs in ("state", "pixels"):
-            env = DMCEnv(EnvConfig(task=task, obs=obs), seed=0)
+            env = make_env(EnvConfig(task=task, obs=obs), seed=0)
             env.reset()
             rng = np.random.default_rng(0)
 
-            def steps(env: DMCEnv = env, rng: np.random.Generator = rng) -> int:
+            def steps(env: Env = env, rng: np.random.Generator = rng) -> int:
                 for _ in range(args.steps):
-                    if env.step(rng.uniform(-1, 1, env.action_dim))[2]:
+                    _, _, terminated, truncated, _ = env.step(rng.uniform(-1, 1, env.action_space.shape))
+                    if terminated or truncated:
                         env.reset()
                 return args.steps
 
-            def renders(env: DMCEnv = env) -> int:
+            def renders(env: Env = env) -> int:
                 for _ in range(args.steps // 2):
                     env.render(64)
                 return args.steps // 2
 
             step_rate, step_all = median_rate(steps, args.repeats)
             render_rate, _ = median_rate(renders, args.repeats)
-            frames = step_rate * env.config.action_repeat
+            frames = step_rate * env.action_repeat
             rows.append(
                 {
                     "task": task,

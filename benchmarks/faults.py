@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import write_json
 
 from collodreamer import cli
-from collodreamer.data.replay import check_episode
+from collodreamer.data.episode import episode_problem
 from collodreamer.training import load_checkpoint, read_metrics
 
 AGENTS = ("dreamer", "latco", "collodreamer")
@@ -64,7 +64,7 @@ def loadable(run: Path) -> set[str]:
     names = set()
     for path in (run / "episodes").glob("ep-*.npz"):
         with contextlib.suppress(Exception), np.load(path, allow_pickle=False) as data:
-            if check_episode({k: data[k] for k in data.files}) is None:
+            if episode_problem({k: data[k] for k in data.files}) is None:
                 names.add(path.name)
     return names
 

@@ -30,7 +30,7 @@ from collodreamer.agents import resolve_device
 from collodreamer.agents.latco import LatCoAgent
 from collodreamer.config import PlannerConfig, load_config, make_config
 from collodreamer.data import EpisodeStore
-from collodreamer.envs import DMCEnv
+from collodreamer.envs import make_env
 from collodreamer.models import to_torch
 from collodreamer.models.optim import frozen
 from collodreamer.planning import collocate
@@ -62,7 +62,7 @@ def warm_start(args: argparse.Namespace) -> None:
         ],
         base=base,
     )
-    env = DMCEnv(config.env, 0)
+    env = make_env(config.env, 0)
     agent = LatCoAgent(config, env.spec, torch.device("cpu"))
     agent.world_model.load_training_state(load_checkpoint(run_dir / "checkpoint.pt")["agent"]["world_model"])
     torch.manual_seed(0)
@@ -158,7 +158,7 @@ def main() -> None:
                     *args.overrides,
                 ],
             )
-            env = DMCEnv(config.env, 0)
+            env = make_env(config.env, 0)
             agent = LatCoAgent(config, env.spec, device)
             starts = torch.randn(batch, agent.world_model.feature_dim, device=device)
             objective = agent.objective()
@@ -173,7 +173,7 @@ def main() -> None:
                     "primal": primal,
                     "batch": batch,
                     "feature_dim": dim,
-                    "action_dim": env.action_dim,
+                    "action_dim": env.spec.action_dim,
                     "horizon": args.horizon,
                     "iterations": args.iterations,
                     "ms_per_call": call_ms,

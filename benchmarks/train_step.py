@@ -20,21 +20,22 @@ from common import median_ms, write_json
 from collodreamer.agents import resolve_device
 from collodreamer.agents.dreamer import DreamerAgent
 from collodreamer.config import make_config
-from collodreamer.envs import DMCEnv
+from collodreamer.envs import Env, make_env
 from collodreamer.models import to_torch
 from collodreamer.models.rssm import flatten
 
 
-def random_batch(env: DMCEnv, batch: int, length: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    if env.obs_dtype == np.uint8:
-        obs = rng.integers(0, 256, (batch, length, *env.obs_shape), dtype=np.uint8)
+def random_batch(env: Env, batch: int, length: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    obs_shape = env.observation_space.shape
+    if env.observation_space.dtype == np.uint8:
+        obs = rng.integers(0, 256, (batch, length, *obs_shape), dtype=np.uint8)
     else:
-        obs = rng.standard_normal((batch, length, *env.obs_shape)).astype(np.float32)
+        obs = rng.standard_normal((batch, length, *obs_shape)).astype(np.float32)
     is_first = np.zeros((batch, length), bool)
     is_first[:, 0] = True
     return {
         "obs": obs,
-        "action": rng.uniform(-1, 1, (batch, length, env.action_dim)).astype(np.float32),
+        "action": rng.uniform(-1, 1, (batch, length, *env.action_space.shape)).astype(np.float32),
         "reward": rng.random((batch, length)).astype(np.float32),
         "is_first": is_first,
         "is_terminal": np.zeros((batch, length), bool),
@@ -69,7 +70,7 @@ def main() -> None:
                         f"device={device}",
                     ],
                 )
-                env = DMCEnv(config.env, 0)
+                env = make_env(config.env, 0)
                 agent = DreamerAgent(config, env.spec, device)
                 batch = to_torch(random_batch(env, batch_size, config.replay.batch_length, rng), device)
                 post, _ = agent.world_model.train_step(batch)

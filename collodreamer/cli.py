@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from collodreamer.config import ConfigError, make_config
+from collodreamer.config import ConfigError, make_config, run_name
 from collodreamer.data import ReplayError
 from collodreamer.training import CheckpointError, DivergenceError, Interrupted
 
@@ -22,8 +22,14 @@ class SweepFailure(RuntimeError):
 EXAMPLES = """examples:
   collodreamer train --task dmc:reacher_easy --obs state --preset cpu
   collodreamer train --preset paper --task dmc:cheetah_run run.steps=100000 model.deter=300
-  collodreamer train --resume runs/random-reacher_easy-state-s0
+  collodreamer train --resume runs/collodreamer-reacher_easy-state-s0-20261130-101500
 """
+
+
+CHECKPOINT_HELP = (
+    "a kept checkpoint (run.keep_checkpoints), e.g. checkpoints/checkpoint-00020000.pt, as a path or "
+    "under RUN_DIR (default: RUN_DIR/checkpoint.pt, the latest)"
+)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -36,21 +42,19 @@ def _train(args: argparse.Namespace) -> None:
         result = resume(Path(args.resume), args.overrides)
         print(f"run {args.resume}: {result['env_frames']} env frames, {result['updates']} updates")
         return
-    sugar = [
+    # --agent, --task, --obs and --video are short for these overrides
+    flag_overrides = [
         f"{key}={value}"
         for key, value in (("agent", args.agent), ("env.task", args.task), ("env.obs", args.obs))
         if value
     ]
     if args.video:
-        sugar.append("run.video=true")
-    config = make_config(args.preset, sugar + args.overrides)
+        flag_overrides.append("run.video=true")
+    config = make_config(args.preset, flag_overrides + args.overrides)
     if args.run_dir:
         run_dir = Path(args.run_dir)
     else:
-        task = config.env.task.split(":", 1)[-1]
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        name = f"{config.agent}-{task}-{config.env.obs}-s{config.seed}-{stamp}"
-        run_dir = Path(args.logdir) / name
+        run_dir = Path(args.logdir) / run_name(config, stamp=time.strftime("%Y%m%d-%H%M%S"))
     args.run_dir = str(run_dir)  # for the hint after a Ctrl-C
     print(f"run directory: {run_dir}")
     result = train(config, run_dir)
@@ -61,7 +65,8 @@ def _eval(args: argparse.Namespace) -> None:
     from collodreamer.training import evaluate_run
 
     video = Path(args.video) if args.video else None
-    returns = evaluate_run(Path(args.run_dir), args.episodes, video)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    returns = evaluate_run(Path(args.run_dir), args.episodes, video, checkpoint)
     print(
         f"test return over {len(returns)} episodes: {np.mean(returns):.1f} +- "
         f"{np.std(returns):.1f}  (returns: {', '.join(f'{r:.1f}' for r in returns)})"
@@ -104,7 +109,8 @@ def _report(args: argparse.Namespace) -> None:
     from collodreamer.experiments.report import write_report
 
     out = Path(args.out or Path(args.run_dir) / "report")
-    for path in write_report(Path(args.run_dir), out, args.episodes, args.plans):
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    for path in write_report(Path(args.run_dir), out, args.episodes, args.plans, checkpoint):
         print(f"wrote {path}")
 
 
@@ -134,6 +140,11 @@ def _tasks(args: argparse.Namespace) -> None:
     from collodreamer.envs import list_tasks
 
     print("\n".join(list_tasks()))
+    print(
+        "and any Gymnasium environment with continuous (Box) actions as gym:<id>, e.g. gym:Pendulum-v1, "
+        "gym:MountainCarContinuous-v0",
+        file=sys.stderr,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("--agent", help="agent to train (same as agent=...)")
-    train.add_argument("--task", help="dm_control task, e.g. dmc:cheetah_run (env.task=...)")
+    train.add_argument("--task", help="task, e.g. dmc:cheetah_run or gym:Pendulum-v1 (env.task=...)")
     train.add_argument("--obs", choices=["pixels", "state"], help="observations (env.obs=...)")
     train.add_argument(
         "--preset",
@@ -178,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.add_argument("--episodes", type=int, default=5)
     evaluate.add_argument("--video", metavar="FILE.mp4", help="film the first test episode")
+    evaluate.add_argument("--checkpoint", metavar="PATH", help=CHECKPOINT_HELP)
     evaluate.set_defaults(func=_eval)
 
     sweep = commands.add_parser("sweep", help="run a sweep (configs x seeds), locally or on Ray")
@@ -204,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--episodes", type=int, default=2, help="replayed episodes to predict")
     report.add_argument("--plans", type=int, default=1, help="plans to trace (planning agents)")
     report.add_argument("--out", help="folder for the pictures (default RUN_DIR/report)")
+    report.add_argument("--checkpoint", metavar="PATH", help=CHECKPOINT_HELP)
     report.set_defaults(func=_report)
 
     settings = commands.add_parser(
@@ -218,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_argument("overrides", nargs="*", metavar="key=value")
     settings.set_defaults(func=_config)
 
-    tasks = commands.add_parser("tasks", help="list the dm_control tasks")
+    tasks = commands.add_parser("tasks", help="list the dm_control tasks (Gymnasium ones: gym:<id>)")
     tasks.set_defaults(func=_tasks)
     return parser
 

@@ -33,15 +33,15 @@ class ConfigError(ValueError):
 
 @dataclass
 class EnvConfig:
-    """The environment: a DeepMind Control task seen as pixels or as its state vector."""
+    """The environment: a DeepMind Control (or Gymnasium) task seen as pixels or as its state vector."""
 
-    task: str = "dmc:reacher_easy"  # "dmc:<domain>_<task>", see `collodreamer tasks`
+    task: str = "dmc:reacher_easy"  # "dmc:<domain>_<task>" (see `collodreamer tasks`) or "gym:<id>"
     obs: Literal["pixels", "state"] = "pixels"  # 64x64 RGB images, or the task's state vector
     action_repeat: int = 2  # env frames per agent step; rewards are summed over them
     time_limit: int = 1000  # episode length in env frames
     image_size: int = 64  # pixels per side (the CNN takes 64)
-    camera: int = -1  # -1: Dreamer's choice (2 for quadruped, 0 otherwise)
-    fast_render: bool = True  # offsamples=0, shadowsize=256: ~4x faster software rendering
+    camera: int = -1  # dm_control camera; -1: Dreamer's choice (2 for quadruped, 0 otherwise)
+    fast_render: bool = True  # dm_control: offsamples=0, shadowsize=256: ~4x faster software rendering
 
 
 @dataclass
@@ -71,6 +71,12 @@ class RunConfig:
     max_nonfinite: int = 100
     video: bool = False  # save the first test episode of each evaluation as mp4
     video_size: int = 128  # pixels per side of test videos
+    # At each test, also write the report's pictures to TensorBoard: the world model's open-loop
+    # prediction of the latest episode and, for planning agents, one plan traced from a test start.
+    report: bool = False
+    keep_checkpoints: int = 0  # keep the checkpoints of the last N tests in checkpoints/ (0: none)
+    wandb: bool = False  # also track the run in Weights & Biases (pip install 'collodreamer[wandb]')
+    wandb_project: str = "collodreamer"  # the W&B project of tracked runs
     # torch's threads for this run (0: torch's default, one per core). One degrades gracefully beside
     # other processes: a plan's small matrix steps gain little from a second thread on their own,
     # and lose several times over when that thread has to wait for a busy core.
@@ -212,7 +218,8 @@ class LatentObjectiveConfig:
 class Config:
     """The whole configuration of a run."""
 
-    agent: Literal["random", "dreamer", "latco", "collodreamer"] = "random"  # how to act (see README)
+    # how to act (see README); random: uniform actions, the prefill policy, for smoke tests of the loop
+    agent: Literal["collodreamer", "latco", "dreamer", "random"] = "collodreamer"
     seed: int = 0  # seeds torch, numpy, the replay sampler and the environments
     device: str = "auto"  # "auto" picks cuda when present, else cpu
     expl_noise: float = 0.3  # std of Gaussian noise on executed actions while training
@@ -464,6 +471,7 @@ def validate(config: Config) -> None:
     if config.run.threads < 0:
         raise ConfigError(f"run.threads must be 0 (one per core) or positive, got {config.run.threads}")
     for key, value in {
+        "run.keep_checkpoints": config.run.keep_checkpoints,
         "run.prefill": config.run.prefill,
         "run.train_steps": config.run.train_steps,
         "run.eval_start": config.run.eval_start,
@@ -531,6 +539,14 @@ def load_config(path: Path) -> Config:
         values = ", ".join(f"{key}={value}" for key, value in missing)
         log.warning("%s predates these settings, which take defaults: %s", path, values)
     return config
+
+
+def run_name(config: Config, variant: str = "", stamp: str = "") -> str:
+    """A run directory's name, ``[<variant>-]<agent>-<task>-<obs>-s<seed>[-<stamp>]``, the task
+    without its suite prefix (``dmc:``, ``gym:``)."""
+    task = config.env.task.split(":", 1)[-1]
+    parts = (variant, config.agent, task, config.env.obs, f"s{config.seed}", stamp)
+    return "-".join(part for part in parts if part)
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian/Ubuntu machine: the GL libraries headless MuJoCo needs (EGL, OSMesa as a
-# fallback), then a virtual environment in .venv with collodreamer, its test tools and Ray.
+# fallback), then a virtual environment in .venv with collodreamer, its test tools, Ray and W&B.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,5 +21,7 @@ PYTHON="${PYTHON:-python3}"
 # torch first and exactly: 2.13.0 is the CPU wheel on this kind of machine; a looser requirement
 # would let pip pick a multi-GB CUDA build. A machine with CUDA may install its own torch >= 2.11.
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[dev,ray]"
+# Every other package at the exact version this project is tested on (constraints.txt; pyproject.toml
+# gives the ranges it supports).
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,ray,wandb]"
 echo "setup: done ($(.venv/bin/python -c 'import torch, mujoco; print("torch", torch.__version__, "mujoco", mujoco.__version__)'))"

@@ -12,6 +12,7 @@ from collodreamer.config import (
     load_config,
     make_config,
     parse_override,
+    run_name,
     save_config,
     to_dict,
 )
@@ -138,3 +139,17 @@ def test_config_listing_names_type_value_source_and_help(capsys, tmp_path):
     preset = tmp_path / "mine.yaml"
     preset.write_text(capsys.readouterr().out)
     assert make_config([str(preset)]) == make_config(["cpu"], ["agent=latco", "seed=7"])
+
+
+def test_default_agent_is_collodreamer_and_random_stays_available():
+    assert Config().agent == "collodreamer"
+    default = make_config(["tiny"])
+    assert default.agent == "collodreamer" and default.model.latent == "categorical"  # its own defaults
+    assert make_config(["tiny"], ["agent=random"]).agent == "random"
+
+
+def test_run_names_are_made_in_one_place():
+    config = make_config(["tiny"], ["agent=latco", "env.task=gym:Pendulum-v1", "env.obs=state", "seed=3"])
+    assert run_name(config) == "latco-Pendulum-v1-state-s3"
+    named = run_name(config, variant="base", stamp="20261130-101500")
+    assert named == "base-latco-Pendulum-v1-state-s3-20261130-101500"

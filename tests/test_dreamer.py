@@ -7,26 +7,27 @@ import pytest
 import torch
 
 from collodreamer.config import make_config
-from collodreamer.envs import DMCEnv
+from collodreamer.data import add_step, finish_episode, start_episode
+from collodreamer.envs import make_env
 from collodreamer.models import to_torch
 from collodreamer.training import Trainer
-from collodreamer.training.loop import add_step, finish_episode, start_episode
 
 pytestmark = pytest.mark.slow  # trains on real dm_control
 
 
 def held_out_batch(config, episodes: int = 2) -> dict[str, np.ndarray]:
     """Random-action episodes from a differently seeded env, as one batch of sequences."""
-    env = DMCEnv(config.env, seed=12345)
+    env = make_env(config.env, seed=12345)
     rng = np.random.default_rng(0)
     batch = []
     for _ in range(episodes):
-        steps = start_episode(env.reset(), env.action_dim)
+        steps = start_episode(env.reset()[0], env.spec.action_dim)
         done = False
         while not done:
-            action = rng.uniform(-1, 1, env.action_dim).astype(np.float32)
-            obs, reward, done, info = env.step(action)
-            add_step(steps, obs, action, reward, info["terminal"])
+            action = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            add_step(steps, obs, action, reward, terminated)
+            done = terminated or truncated
         batch.append(finish_episode(steps))
     return {k: np.stack([e[k] for e in batch]) for k in batch[0]}
 

@@ -57,7 +57,7 @@ def test_spec_expansion_is_the_exact_grid():
         expand(load_spec_from({**spec, "agent": "x"}))
     malformed = [
         ({"seeds": 2.0}, "'seeds' is a positive count or a list of seeds, got 2.0"),
-        ({"tasks": [{"steps": 100}]}, "a task is dmc:<domain>_<task> or {task: ..., steps: N}"),
+        ({"tasks": [{"steps": 100}]}, "a task is dmc:<domain>_<task>, gym:<id> or {task: ..., steps: N}"),
         ({"tasks": ["dmc:cheetah_fly"]}, "unknown task 'dmc:cheetah_fly'"),
         ({"tasks": "dmc:cheetah_run"}, "'tasks' is a list"),
         ({"variants": ["value.gamma=0.95"]}, "'variants' maps each variant name to a list"),
@@ -233,3 +233,11 @@ def test_sweep_whose_runs_cannot_fit_in_memory_is_refused(tmp_path: Path):
     with pytest.raises(ConfigError, match="lower --workers or replay.capacity"):
         run_sweep(huge, tmp_path / "sweep", workers=1)
     assert not (tmp_path / "sweep").exists()  # refused before anything was written
+
+
+def test_the_learning_benchmark_is_a_sweep_spec():
+    sweep = expand(load_spec("learning_states"))
+    agents = ("collodreamer", "latco", "dreamer")
+    names = [f"base-{agent}-reacher_easy-state-s{seed}" for agent in agents for seed in (0, 1)]
+    assert sorted(run.name for run in sweep.runs) == sorted(names)
+    assert {(run.steps, run.presets, run.obs) for run in sweep.runs} == {(100_000, ("cpu",), "state")}

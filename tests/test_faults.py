@@ -333,7 +333,9 @@ def test_resume_before_the_first_checkpoint_trains_on_the_episodes(tmp_path: Pat
 
 
 def test_each_test_runs_once_across_resumes(tmp_path: Path):
-    config = make_config(["tiny"], ["env.task=dmc:reacher_easy", "env.obs=state", "run.steps=200"])
+    config = make_config(
+        ["tiny"], ["agent=random", "env.task=dmc:reacher_easy", "env.obs=state", "run.steps=200"]
+    )
     run = tmp_path / "run"
     Trainer(config, run).run()
     early = (run / "checkpoint.pt").read_bytes()

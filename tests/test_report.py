@@ -8,9 +8,10 @@ import pytest
 
 from collodreamer.config import make_config
 from collodreamer.data import EpisodeStore
-from collodreamer.envs import DMCEnv
-from collodreamer.experiments.report import open_loop, pixel_triptych, trace_plan, write_report
+from collodreamer.envs import make_env
+from collodreamer.experiments.report import write_report
 from collodreamer.training import Trainer, load_agent
+from collodreamer.training.report import open_loop, pixel_triptych, trace_plan
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +41,7 @@ def test_state_report_predicts_open_loop_and_traces_a_plan(tmp_path):
     assert prediction.predicted_obs.shape == episode["obs"].shape
     assert np.array_equal(prediction.real_obs, episode["obs"])
     assert len(prediction.predicted_reward) == len(episode["reward"])
-    env = DMCEnv(config.env, 123)
+    env = make_env(config.env, 123)
     trace = trace_plan(agent, env, warmup=3)
     env.close()
     horizon = config.planner.horizon

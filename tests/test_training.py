@@ -1,7 +1,9 @@
-"""End-to-end runs of the real CLI on real dm_control tasks (random agent)."""
+"""End-to-end runs of the real CLI on real dm_control and Gymnasium tasks."""
 
+import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -9,13 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from collodreamer.config import ConfigError, make_config
 from collodreamer.data import EpisodeStore
-from collodreamer.training import load_checkpoint, read_metrics
+from collodreamer.training import Trainer, load_checkpoint, read_metrics
+from collodreamer.training.checkpoint import HEADER
 
 pytestmark = pytest.mark.slow  # trains on real dm_control
 
-TINY = ["--preset", "tiny", "--task", "dmc:reacher_easy"]
+TINY = ["--preset", "tiny", "--agent", "random", "--task", "dmc:reacher_easy"]
+TRAIN_STATE = ["train", *TINY, "--obs", "state", "--run-dir"]
 
 
 def test_tiny_run_writes_metrics_checkpoint_video(tmp_path: Path, cli):
@@ -87,6 +94,8 @@ def test_run_dir_of_another_task_is_refused_and_kept(tmp_path: Path, cli):
         "train",
         "--preset",
         "tiny",
+        "--agent",
+        "random",
         "--task",
         "dmc:cheetah_run",
         "--obs",
@@ -182,3 +191,137 @@ def test_a_run_in_use_is_refused(tmp_path: Path, cli):
     process.kill()
     process.wait()
     assert result.returncode == 2 and "in use by another collodreamer process" in result.stderr
+
+
+# --- kept checkpoints, reports in TensorBoard, W&B, Gymnasium tasks --------------------------------
+
+PLANNER = ["planner.horizon=6", "planner.iterations=5", "planner.replan_every=3"]
+
+
+def test_kept_checkpoints_are_the_last_tests_checksummed_and_evaluable(tmp_path: Path, cli):
+    run = tmp_path / "run"
+    cli(*TRAIN_STATE, str(run), "run.eval_every=100", "run.keep_checkpoints=2")
+    kept = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert kept == ["checkpoint-00000300.pt", "checkpoint-00000400.pt"]  # tests at 0..400, the last 2
+    early = run / "checkpoints" / kept[0]
+    assert early.read_bytes().startswith(HEADER)  # the same checksummed writer as checkpoint.pt
+    assert load_checkpoint(early)["counters"]["env_frames"] == 300
+    result = cli("eval", str(run), "--episodes", "1", "--checkpoint", f"checkpoints/{kept[0]}")
+    assert "test return over 1 episodes" in result.stdout
+    early.write_bytes(early.read_bytes()[:-10])
+    result = cli("eval", str(run), "--checkpoint", str(early), check=False)
+    assert result.returncode == 2 and "checksum does not match" in result.stderr.strip().splitlines()[-1]
+
+
+def tensorboard_of(run: Path) -> EventAccumulator:
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
+def comparable(run: Path) -> list[dict]:
+    """The metrics of a run without its timings, which differ from run to run."""
+    return [
+        {
+            k: v
+            for k, v in record.items()
+            if not (k == "elapsed_s" or k.startswith("perf/") or k.endswith("/ms"))
+        }
+        for record in read_metrics(run / "metrics.jsonl")
+    ]
+
+
+def test_report_pictures_go_to_tensorboard_and_leave_training_as_it_was(tmp_path: Path, cli):
+    common = ["--preset", "tiny", "--agent", "latco", "--task", "dmc:reacher_easy"]
+    settings = [*PLANNER, "run.steps=200"]
+    report = [*settings, "run.report=true"]
+    cli("train", *common, "--obs", "state", "--run-dir", str(tmp_path / "plain"), *settings)
+    cli("train", *common, "--obs", "state", "--run-dir", str(tmp_path / "state"), *report)
+    assert comparable(tmp_path / "state") == comparable(tmp_path / "plain")
+    events = tensorboard_of(tmp_path / "state")
+    assert sorted(events.Tags()["images"]) == ["report/plan", "report/prediction"]
+    assert [image.step for image in events.Images("report/prediction")] == [200]  # no episode at 0 yet
+    config = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "agent: latco" in config and "report: true" in config
+    cli("train", *common, "--obs", "pixels", "--run-dir", str(tmp_path / "pixels"), *report)
+    events = tensorboard_of(tmp_path / "pixels")
+    tags = ["report/plan", "report/plan_frames", "report/prediction", "report/prediction_video"]
+    assert sorted(events.Tags()["images"]) == tags
+    grid = events.Images("report/prediction")[0]
+    assert (grid.width, grid.height) == (3 * 64, 8 * 64)  # 8 rows of truth | prediction | error
+    assert events.Images("report/prediction_video")[0].encoded_image_string.startswith(b"GIF")
+
+
+def wandb_records(run: Path) -> list:
+    """The protobuf records of the run's offline W&B log: blocks of 32 KiB holding records cut into
+    pieces of a 7-byte header (checksum, length, kind: 1 whole, 2 first, 3 middle, 4 last)."""
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = run.glob("wandb/offline-run-*/run-*.wandb")
+    data, position, piece, records = path.read_bytes(), 7, b"", []  # after the file's own header
+    while position + 7 <= len(data):
+        left = 32768 - position % 32768
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        if left < 7 or (length == 0 and kind == 0):  # the padded end of a block
+            position += left
+            continue
+        piece += data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(piece)
+            records.append(record)
+            piece = b""
+    return records
+
+
+def test_wandb_tracks_the_metrics_config_and_test_videos_offline(tmp_path: Path, monkeypatch):
+    pytest.importorskip("wandb", reason="W&B tracking is an extra: pip install 'collodreamer[wandb]'")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = tmp_path / "run"
+    result = run_cli(*TRAIN_STATE, str(run), "run.steps=200", "run.wandb=true", "--video")
+    assert "wandb sync" in result.stderr  # offline: the run waits to be synced
+    records = wandb_records(run)
+    history = [
+        {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+        for record in records
+        if record.history.item
+    ]
+    videos = [row for row in history if "test/video/_type" in row]
+    logged = [
+        {"step": row["env_frames"], **{k: v for k, v in row.items() if not k.startswith(("_", "env_frames"))}}
+        for row in history
+        if row not in videos
+    ]
+    assert logged == read_metrics(run / "metrics.jsonl")
+    (start,) = [record.run for record in records if record.HasField("run")]
+    config = {item.key: json.loads(item.value_json) for item in start.config.update}
+    assert config["agent"] == "random" and config["run"]["wandb"] is True
+    assert [row["env_frames"] for row in videos] == [0, 200]
+    assert len(list(run.glob("wandb/offline-run-*/files/media/videos/test/*.mp4"))) == 2
+
+
+def test_wandb_missing_is_a_one_line_error_before_anything_is_written(tmp_path: Path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed: importing it fails
+    config = make_config(["tiny"], ["agent=random", "env.obs=state", "run.wandb=true"])
+    with pytest.raises(ConfigError) as error:
+        Trainer(config, tmp_path / "run")
+    assert str(error.value) == "run.wandb=true needs Weights & Biases: pip install 'collodreamer[wandb]'"
+    assert not (tmp_path / "run").exists()
+
+
+def test_dreamer_learns_on_gymnasium_pendulum(tmp_path: Path, cli):
+    run = tmp_path / "run"
+    task = ["--preset", "tiny", "--agent", "dreamer", "--task", "gym:Pendulum-v1", "--obs", "state"]
+    cli("train", *task, "--run-dir", str(run), "run.steps=800", "run.train_steps=25", "run.eval_every=400")
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in records if "test/return" in r] == [0, 400, 800]
+    assert all(r["test/episode_length"] == 100 for r in records if "test/return" in r)  # env.time_limit
+    assert all(r["train/return"] < 0 for r in records if "train/return" in r)  # Pendulum's costs
+    losses = [r["model/reward_loss"] for r in records if "model/reward_loss" in r]
+    assert len(losses) == 8 and losses[-1] < 0.5 * losses[0]  # the model learns Pendulum's rewards
+    episode = np.load(sorted((run / "episodes").glob("ep-*.npz"))[0])
+    assert episode["obs"].shape == (51, 3) and episode["action"].shape == (51, 1)
+    cli("train", "--resume", str(run), "run.steps=900")
+    assert load_checkpoint(run / "checkpoint.pt")["counters"]["env_frames"] == 900
+    assert "test return over 1 episodes" in cli("eval", str(run), "--episodes", "1").stdout

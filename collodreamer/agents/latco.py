@@ -8,7 +8,6 @@ policy that is trained by behaviour cloning on the plans."""
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from collodreamer.averages import Averages
 from collodreamer.config import Config, PlannerConfig
 from collodreamer.models import MLP, State, WorldModel, to_torch
 from collodreamer.models.optim import adam, explore, frozen, load_optimizer, nonfinite, optimizer_step
@@ -53,11 +53,11 @@ class LatCoAgent:
                 device
             )
             self.policy_optimizer = adam(self.policy.parameters(), config.policy.lr)
-        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._averages = Averages()
 
     def log(self, metrics: dict[str, float]) -> None:
-        for key, value in metrics.items():
-            self._metrics[key].append(value)
+        """Collect one value of each metric, averaged by the next :meth:`metrics`."""
+        self._averages.add(metrics)
 
     # --- planning ------------------------------------------------------------------------------
     def objective(self) -> Objective:
@@ -197,9 +197,7 @@ class LatCoAgent:
         return metrics
 
     def metrics(self) -> dict[str, float]:
-        averages = {key: float(np.mean(values)) for key, values in self._metrics.items()}
-        self._metrics.clear()
-        return averages
+        return self._averages.take()
 
     def state_dict(self) -> dict[str, Any]:
         state = {"world_model": self.world_model.training_state()}

@@ -1,5 +1,6 @@
 """Episodes on disk and the sequence sampler that feeds training."""
 
-from collodreamer.data.replay import Episode, EpisodeStore, ReplayError
+from collodreamer.data.episode import Episode, add_step, finish_episode, start_episode
+from collodreamer.data.replay import EpisodeStore, ReplayError
 
-__all__ = ["Episode", "EpisodeStore", "ReplayError"]
+__all__ = ["Episode", "EpisodeStore", "ReplayError", "add_step", "finish_episode", "start_episode"]

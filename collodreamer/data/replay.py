@@ -1,10 +1,9 @@
 """An episode store: compressed ``.npz`` files on disk, a bounded in-memory cache (images held
 compressed there too), and uniform sampling of fixed-length sequences.
 
-Episode layout (Dreamer's): step ``t`` holds ``obs[t]``, the ``action[t]`` that led to it (zeros at
-``t = 0``), the ``reward[t]`` received with it, ``is_first[t]`` (true only at ``t = 0``) and
-``is_terminal[t]``. Sequences are drawn uniformly over all stored steps and may run from the end of
-one episode into the start of the next; ``is_first`` marks where the model must reset.
+Episodes are in the layout of :mod:`collodreamer.data.episode`. Sequences are drawn uniformly over
+all stored steps and may run from the end of one episode into the start of the next; ``is_first``
+marks where the model must reset.
 """
 
 from __future__ import annotations
@@ -20,10 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from collodreamer.data.episode import KEYS, Episode, episode_problem, layout
 from collodreamer.files import write_atomic
 
-Episode = dict[str, np.ndarray]
-KEYS = ("obs", "action", "reward", "is_first", "is_terminal")
 _NAME = re.compile(r"^ep-(\d{6,})-(\d+)\.npz$")
 log = logging.getLogger("collodreamer")
 # Frames per compressed chunk of images in memory: zlib sees about 2.5 frames back (a 32 KiB window),
@@ -67,29 +65,6 @@ class CompressedFrames:
         return frames if dtype is None else frames.astype(dtype)
 
 
-def layout(episode: Episode) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Per key, the shape of one step and the dtype: what every episode of a run shares."""
-    return {k: (tuple(episode[k].shape[1:]), str(episode[k].dtype)) for k in KEYS}
-
-
-def check_episode(episode: Episode) -> str | None:
-    """Why ``episode`` is malformed, or None when it is well formed."""
-    missing = [k for k in KEYS if k not in episode]
-    if missing:
-        return f"missing keys {missing}"
-    scalars = [k for k in KEYS if np.ndim(episode[k]) == 0]
-    if scalars:
-        return f"keys {scalars} hold a single value, not one per step"
-    lengths = {k: len(episode[k]) for k in KEYS}
-    if len(set(lengths.values())) != 1:
-        return f"keys have different lengths {lengths}"
-    if lengths["obs"] < 2:
-        return "fewer than 2 steps"
-    if not episode["is_first"][0] or episode["is_first"][1:].any():
-        return "is_first must be true at step 0 only"
-    return None
-
-
 class EpisodeStore:
     """Episodes written atomically to ``directory`` and kept in memory up to ``capacity`` env
     frames (oldest leave memory first; files on disk are never deleted)."""
@@ -119,7 +94,12 @@ class EpisodeStore:
     @property
     def episodes(self) -> list[Episode]:
         """The episodes held in memory, oldest first, as plain arrays (images decompressed)."""
-        return [{k: np.asarray(v) for k, v in episode.items()} for episode in self._episodes]
+        return self.latest(len(self._episodes))
+
+    def latest(self, count: int) -> list[Episode]:
+        """The newest ``count`` episodes held in memory, oldest first, as plain arrays."""
+        newest = self._episodes[max(0, len(self._episodes) - count) :]
+        return [{k: np.asarray(v) for k, v in episode.items()} for episode in newest]
 
     @property
     def nbytes(self) -> int:
@@ -149,7 +129,7 @@ class EpisodeStore:
             except Exception as error:  # a damaged file makes zipfile, zlib or numpy raise anything
                 log.warning("skipping corrupt episode file %s: %s: %s", path, type(error).__name__, error)
                 continue
-            problem = check_episode(episode)
+            problem = episode_problem(episode)
             if problem is None and self._layout is not None and layout(episode) != self._layout:
                 problem = "; ".join(
                     f"{key} steps are {found} where the first episode's are {self._layout[key]}"
@@ -180,7 +160,7 @@ class EpisodeStore:
     def add(self, episode: Episode) -> Path:
         """Save ``episode`` to disk (temp file, then a link under a name no other file has: a second
         writer in the same directory takes the next free index) and make it available for sampling."""
-        problem = check_episode(episode)
+        problem = episode_problem(episode)
         if problem:
             raise ValueError(f"malformed episode: {problem}")
         buffer = io.BytesIO()

@@ -1,7 +1,7 @@
-"""A dm_control suite task behind a small gym-like interface.
+"""A dm_control suite task behind the environment protocol (:class:`collodreamer.envs.base.Env`).
 
-Observations are 64x64 RGB pixels (uint8, HWC) from Dreamer's cameras, or the task's observation
-dict flattened to one float32 vector. Actions live in [-1, 1] and are rescaled to the task's bounds.
+Observations are 64x64 RGB pixels from Dreamer's cameras, or the task's observation dict flattened
+to one float32 vector.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from collodreamer.config import ConfigError, EnvConfig
-from collodreamer.spec import EnvSpec
+from collodreamer.envs.base import Env, observation_space, to_bounds, unit_actions
 
 
 def _pick_gl_backend() -> None:
@@ -49,24 +49,25 @@ def parse_task(name: str) -> tuple[str, str]:
     """``"dmc:ball_in_cup_catch"`` -> ``("ball_in_cup", "catch")``; one-line error if unknown."""
     suite_name, _, task_name = name.partition(":")
     if suite_name != "dmc" or not task_name:
-        raise ConfigError(f"unknown task '{name}': tasks look like dmc:cheetah_run")
+        raise ConfigError(f"unknown task '{name}': tasks look like dmc:cheetah_run or gym:Pendulum-v1")
     for domain, task in suite.ALL_TASKS:
         if f"{domain}_{task}" == task_name:
             return domain, task
     raise ConfigError(f"unknown task '{name}'; valid tasks: {', '.join(list_tasks())}")
 
 
-class DMCEnv:
+class DMCEnv(Env):
     """One dm_control task with action repeat, an episode limit in env frames and seeding."""
 
     def __init__(self, config: EnvConfig, seed: int) -> None:
         domain, task = parse_task(config.task)
         self.config = config
+        self.action_repeat = config.action_repeat
         self._env = suite.load(domain, task, task_kwargs={"random": seed})
         self._camera = config.camera if config.camera >= 0 else (2 if domain == "quadruped" else 0)
         spec = self._env.action_spec()
         self._low, self._high = spec.minimum.astype(np.float64), spec.maximum.astype(np.float64)
-        self.action_dim = int(spec.shape[0])
+        self.action_space = unit_actions(int(spec.shape[0]))
         if config.fast_render:
             # Software rendering spends most of its time on multisampling and shadow maps; these
             # must be set before the first render creates the GL context.
@@ -74,22 +75,12 @@ class DMCEnv:
             quality.offsamples = 0
             quality.shadowsize = 256
         self._frames = 0
-        if config.obs == "pixels":
-            self.obs_shape: tuple[int, ...] = (config.image_size, config.image_size, 3)
-            self.obs_dtype = np.dtype(np.uint8)
-        else:
-            size = sum(int(np.prod(v.shape)) for v in self._env.observation_spec().values())
-            self.obs_shape = (size,)
-            self.obs_dtype = np.dtype(np.float32)
-
-    @property
-    def spec(self) -> EnvSpec:
-        return EnvSpec(self.obs_shape, self.action_dim)
+        size = sum(int(np.prod(v.shape)) for v in self._env.observation_spec().values())
+        self.observation_space = observation_space(config.obs, config.image_size, size)
 
     def _observe(self, time_step: Any) -> np.ndarray:
         if self.config.obs == "pixels":
-            size = self.config.image_size
-            return self.render(size)
+            return self.render(self.config.image_size)
         parts = [np.asarray(v, dtype=np.float32).reshape(-1) for v in time_step.observation.values()]
         return np.concatenate(parts)
 
@@ -97,30 +88,29 @@ class DMCEnv:
         """An RGB frame (uint8, HWC) from the task's camera."""
         return np.ascontiguousarray(self._env.physics.render(size, size, camera_id=self._camera))
 
-    def reset(self) -> np.ndarray:
+    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        if seed is not None:
+            self._env.task.random.seed(seed)
         self._frames = 0
-        return self._observe(self._env.reset())
+        return self._observe(self._env.reset()), {}
 
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, dict[str, Any]]:
-        """Repeat ``action`` (in [-1, 1]) for ``action_repeat`` frames; sum the rewards.
-
-        Returns (obs, reward, done, info) with ``info["terminal"]`` true only when the task itself
-        ended the episode with discount 0 (a time limit is not terminal).
-        """
-        action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
-        scaled = self._low + (action + 1.0) * 0.5 * (self._high - self._low)
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Repeat ``action`` (in [-1, 1]) for ``action_repeat`` frames; sum the rewards. Terminated
+        only when the task ended the episode with discount 0; its own time limit and ``time_limit``
+        truncate."""
+        scaled = to_bounds(action, self._low, self._high)
         reward = 0.0
         time_step = None
-        for _ in range(self.config.action_repeat):
+        for _ in range(self.action_repeat):
             time_step = self._env.step(scaled)
             self._frames += 1
             reward += time_step.reward or 0.0
             if time_step.last() or self._frames >= self.config.time_limit:
                 break
         assert time_step is not None
-        terminal = time_step.last() and time_step.discount == 0.0
-        done = time_step.last() or self._frames >= self.config.time_limit
-        return self._observe(time_step), reward, done, {"terminal": terminal}
+        terminated = time_step.last() and time_step.discount == 0.0
+        truncated = not terminated and (time_step.last() or self._frames >= self.config.time_limit)
+        return self._observe(time_step), reward, terminated, truncated, {}
 
     def state_dict(self) -> dict[str, Any]:
         """The task's random state, so a resumed run draws new initial states, not repeats."""

@@ -39,8 +39,8 @@ from typing import Any
 
 import yaml
 
-from collodreamer.config import ConfigError, load_preset, make_config
-from collodreamer.envs import parse_task
+from collodreamer.config import ConfigError, load_preset, make_config, run_name
+from collodreamer.envs import check_task
 from collodreamer.training.checkpoint import CheckpointError, load_checkpoint
 
 log = logging.getLogger("collodreamer")
@@ -139,7 +139,7 @@ def expand(spec: dict[str, Any]) -> Sweep:
                     config = make_config(layers, [*base, *overrides])  # validates every key up front
                     runs.append(
                         RunSpec(
-                            name=f"{variant}-{agent}-{task.split(':', 1)[-1]}-{obs}-s{seed}",
+                            name=run_name(config, variant),
                             agent=agent,
                             task=task,
                             obs=obs,
@@ -174,9 +174,9 @@ def _task(entry: Any) -> tuple[str, int | None]:
         task, steps = entry, None
     else:
         raise ConfigError(
-            f"sweep spec: a task is dmc:<domain>_<task> or {{task: ..., steps: N}}, got {entry!r}"
+            f"sweep spec: a task is dmc:<domain>_<task>, gym:<id> or {{task: ..., steps: N}}, got {entry!r}"
         )
-    parse_task(str(task))
+    check_task(str(task))
     return task, steps
 
 

@@ -1,43 +1,87 @@
-"""Metrics to ``metrics.jsonl`` (one JSON object per event, keyed by env frames) and TensorBoard."""
+"""Metrics to ``metrics.jsonl`` (one JSON object per event, keyed by env frames), TensorBoard and, with
+``run.wandb``, Weights & Biases; report pictures, test videos and the config beside them."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
-from collections import defaultdict
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import imageio.v2 as imageio
+import numpy as np
+import yaml
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 
+from collodreamer.averages import Averages
+from collodreamer.config import Config, ConfigError, to_dict
 from collodreamer.files import write_atomic
+
+
+def import_wandb() -> Any:
+    """The ``wandb`` module, or a one-line :class:`ConfigError` saying how to install it."""
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError(
+            "run.wandb=true needs Weights & Biases: pip install 'collodreamer[wandb]'"
+        ) from None
+    return wandb
+
+
+def start_wandb(run_dir: Path, config: Config) -> Any:
+    """A W&B run for ``run_dir`` under ``run.wandb_project``, holding the config; a resumed run goes on
+    in the same W&B run (its id is kept in ``RUN_DIR/wandb-run-id``). Metrics are plotted against
+    ``env_frames``, so records logged again after a resume do not go back in W&B's own step."""
+    wandb = import_wandb()
+    id_path = Path(run_dir) / "wandb-run-id"
+    if not id_path.exists():
+        run_id = uuid.uuid4().hex[:16].encode()
+        write_atomic(id_path, lambda handle: handle.write(run_id))
+    run = wandb.init(
+        project=config.run.wandb_project,
+        dir=str(run_dir),
+        id=id_path.read_text().strip(),
+        name=Path(run_dir).name,
+        config=to_dict(config),
+        resume="allow",
+        allow_val_change=True,  # a resume may change settings (run.steps, learning rates)
+    )
+    run.define_metric("env_frames")
+    run.define_metric("*", step_metric="env_frames")
+    return run
 
 
 class Logger:
     """Collects scalars between writes; averages repeated ones (e.g. per-update losses). Every record
-    carries ``elapsed_s``, the run's wall-clock seconds so far as ``clock`` tells them."""
+    carries ``elapsed_s``, the run's wall-clock seconds so far as ``clock`` tells them. The config is
+    written to TensorBoard (text) when the logger starts, at ``step`` env frames."""
 
-    def __init__(self, run_dir: Path, clock: Callable[[], float]) -> None:
+    def __init__(self, run_dir: Path, clock: Callable[[], float], config: Config, step: int) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.clock = clock
         self._file = open(self.path, "a", buffering=1)  # noqa: SIM115 (line-buffered: a kill loses no line)
         self._tensorboard = SummaryWriter(str(Path(run_dir) / "tensorboard"))
-        self._sums: dict[str, float] = defaultdict(float)
-        self._counts: dict[str, int] = defaultdict(int)
+        self._averages = Averages()
+        text = yaml.safe_dump(to_dict(config), sort_keys=False)
+        # indented: a Markdown code block, as TensorBoard renders text
+        self._tensorboard.add_text("config", "\n".join("    " + line for line in text.splitlines()), step)
+        self._wandb = start_wandb(run_dir, config) if config.run.wandb else None
 
     def add(self, metrics: dict[str, float]) -> None:
-        for key, value in metrics.items():
-            self._sums[key] += float(value)
-            self._counts[key] += 1
+        """Collect one value of each metric, averaged at the next :meth:`write`."""
+        self._averages.add(metrics)
 
     def write(self, step: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write the averages collected so far (and ``extra``) at ``step`` env frames."""
         record: dict[str, Any] = {"step": step}
-        record.update({k: self._sums[k] / self._counts[k] for k in sorted(self._sums)})
+        averages = self._averages.take()
+        record.update({key: averages[key] for key in sorted(averages)})
         record.update(extra or {})
-        self._sums.clear()
-        self._counts.clear()
         self._emit(record)
         return record
 
@@ -48,13 +92,40 @@ class Logger:
     def _emit(self, record: dict[str, Any]) -> None:
         record["elapsed_s"] = round(self.clock(), 3)
         self._file.write(json.dumps(record) + "\n")
-        for key, value in record.items():
-            if key != "step" and isinstance(value, int | float) and math.isfinite(value):
-                self._tensorboard.add_scalar(key, value, record["step"])
+        scalars = {
+            key: value
+            for key, value in record.items()
+            if key != "step" and isinstance(value, int | float) and math.isfinite(value)
+        }
+        for key, value in scalars.items():
+            self._tensorboard.add_scalar(key, value, record["step"])
+        if self._wandb is not None:
+            self._wandb.log({"env_frames": record["step"], **scalars})
+
+    def image(self, tag: str, image: np.ndarray, step: int) -> None:
+        """An RGB image ``[H, W, 3]`` (uint8) to TensorBoard."""
+        self._tensorboard.add_image(tag, image, step, dataformats="HWC")
+
+    def animation(self, tag: str, frames: np.ndarray, step: int, fps: int = 15) -> None:
+        """Frames ``[T, H, W, 3]`` (uint8) to TensorBoard as an animated GIF, which its images tab plays
+        (what ``add_video`` writes, without its moviepy dependency)."""
+        buffer = io.BytesIO()
+        imageio.mimsave(buffer, list(frames), format="GIF", duration=1 / fps, loop=0)
+        height, width = frames.shape[1:3]
+        gif = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=buffer.getvalue())
+        self._tensorboard.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=gif)]), step)
+
+    def test_video(self, path: Path, step: int) -> None:
+        """A test video (mp4) to W&B, when it tracks the run (TensorBoard has the curves only)."""
+        if self._wandb is not None:
+            wandb = import_wandb()
+            self._wandb.log({"env_frames": step, "test/video": wandb.Video(str(path), format="mp4")})
 
     def close(self) -> None:
         self._file.close()
         self._tensorboard.close()
+        if self._wandb is not None:
+            self._wandb.finish()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -35,8 +35,8 @@ from collodreamer.config import (
     save_config,
     to_dict,
 )
-from collodreamer.data import Episode, EpisodeStore
-from collodreamer.envs import DMCEnv
+from collodreamer.data import EpisodeStore, add_step, finish_episode, start_episode
+from collodreamer.envs import Env, make_env
 from collodreamer.files import remove_temp_files
 from collodreamer.models.optim import nonfinite
 from collodreamer.spec import EnvSpec
@@ -53,10 +53,12 @@ from collodreamer.training.checkpoint import (
     seed_everything,
     set_rng_states,
 )
-from collodreamer.training.logger import Logger, keep_metrics_until
+from collodreamer.training.logger import Logger, import_wandb, keep_metrics_until
+from collodreamer.training.report import report_images
 
 log = logging.getLogger("collodreamer")
 EVAL_SEED_OFFSET = 10_000
+REPORT_SEED_OFFSET = 3 * EVAL_SEED_OFFSET  # start states of the plan reports, apart from tests
 
 
 class Interrupted(RuntimeError):
@@ -100,43 +102,9 @@ def check_action(action: np.ndarray) -> np.ndarray:
     return action
 
 
-def start_episode(obs: np.ndarray, action_dim: int) -> dict[str, list]:
-    return {
-        "obs": [obs],
-        "action": [np.zeros(action_dim, np.float32)],
-        "reward": [0.0],
-        "is_first": [True],
-        "is_terminal": [False],
-    }
-
-
-def add_step(
-    steps: dict[str, list], obs: np.ndarray, action: np.ndarray, reward: float, terminal: bool
-) -> None:
-    """Append one transition in the replay layout: the obs reached, the action that led there."""
-    for key, value in (
-        ("obs", obs),
-        ("action", action),
-        ("reward", reward),
-        ("is_first", False),
-        ("is_terminal", terminal),
-    ):
-        steps[key].append(value)
-
-
-def finish_episode(steps: dict[str, list]) -> Episode:
-    return {
-        "obs": np.stack(steps["obs"]),
-        "action": np.stack(steps["action"]).astype(np.float32),
-        "reward": np.asarray(steps["reward"], np.float32),
-        "is_first": np.asarray(steps["is_first"], bool),
-        "is_terminal": np.asarray(steps["is_terminal"], bool),
-    }
-
-
 def evaluate(
     agent: Agent,
-    env: DMCEnv,
+    env: Env,
     episodes: int,
     video_path: Path | None = None,
     video_size: int = 128,
@@ -146,15 +114,16 @@ def evaluate(
     ``stop()`` is true, return the episodes finished so far."""
     returns, lengths = [], []
     for index in range(episodes):
-        obs, state, done, total, length = env.reset(), None, False, 0.0, 0
+        (obs, _), state, done, total, length = env.reset(), None, False, 0.0, 0
         frames = [env.render(video_size)] if video_path and index == 0 else None
         while not done:
             if stop():
                 return returns, lengths
             action, state = agent.act(obs, state, training=False)
-            obs, reward, done, _ = env.step(check_action(action))
+            obs, reward, terminated, truncated, _ = env.step(check_action(action))
+            done = terminated or truncated
             total += reward
-            length += env.config.action_repeat
+            length += env.action_repeat
             if frames is not None:
                 frames.append(env.render(video_size))
         returns.append(total)
@@ -178,8 +147,9 @@ def lock_run(run_dir: Path) -> IO:
 
 class Trainer:
     """One run: its directory holds ``config.yaml``, ``episodes/``, ``metrics.jsonl``,
-    ``tensorboard/``, ``checkpoint.pt`` and ``videos/``. ``resume`` continues from the checkpoint, or,
-    where a run stopped before its first one, starts training anew on the episodes on disk."""
+    ``tensorboard/``, ``checkpoint.pt``, ``checkpoints/`` and ``videos/``. ``resume`` continues from
+    the checkpoint, or, where a run stopped before its first one, starts training anew on the
+    episodes on disk."""
 
     def __init__(self, config: Config, run_dir: Path, resume: bool = False) -> None:
         self.run_dir = Path(run_dir)
@@ -187,6 +157,8 @@ class Trainer:
         if not resume and self.checkpoint_path.exists():
             raise ConfigError(f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir}")
         self.config = config
+        if config.run.wandb:
+            import_wandb()  # missing: a one-line error before anything is written
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._lock = lock_run(self.run_dir)
         payload = None
@@ -201,8 +173,9 @@ class Trainer:
         elif resume:
             log.warning("%s has no checkpoint: training starts anew on the episodes on disk", self.run_dir)
         seed_everything(config.seed, config.run.threads)
-        self.env = DMCEnv(config.env, config.seed)
-        self.eval_env = DMCEnv(config.env, config.seed + EVAL_SEED_OFFSET)
+        self.env = make_env(config.env, config.seed)
+        self.eval_env = make_env(config.env, config.seed + EVAL_SEED_OFFSET)
+        self.report_env: Env | None = None  # made at the first report of a planning agent
         self.agent = make_agent(config, self.env.spec)
         self.store = EpisodeStore(
             self.run_dir / "episodes", config.replay.capacity, config.env.action_repeat, config.seed
@@ -217,7 +190,7 @@ class Trainer:
         self.store.check_shapes(self.env.spec.obs_shape, self.env.spec.action_dim)
         # Only once the saved state fits this config is anything written.
         save_config(config, self.run_dir / "config.yaml")
-        for directory in (self.run_dir, self.store.directory):
+        for directory in (self.run_dir, self.store.directory, self.run_dir / "checkpoints"):
             for path in remove_temp_files(directory):
                 log.info("removed %s, left by a write cut short", path)
         if payload is not None and disk_frames < self.counters.env_frames:
@@ -232,7 +205,7 @@ class Trainer:
         self._clock = (time.perf_counter(), self.counters.elapsed_s)
         self._stop = 0  # the signal that asked the run to stop, once one did
         nonfinite.clear()
-        self.logger = Logger(self.run_dir, self.elapsed)
+        self.logger = Logger(self.run_dir, self.elapsed, config, self.counters.env_frames)
 
     def elapsed(self) -> float:
         """Wall-clock seconds of this run: those before the checkpoint resumed from, plus this process's."""
@@ -277,9 +250,10 @@ class Trainer:
         )
         return int(tests[-1])
 
-    def save(self) -> None:
+    def payload(self) -> dict[str, Any]:
+        """What a checkpoint holds: the run's whole state now."""
         self.counters.elapsed_s = self.elapsed()
-        payload = {
+        return {
             "config": to_dict(self.config),
             "counters": vars(self.counters).copy(),
             "agent": self.agent.state_dict(),
@@ -289,8 +263,10 @@ class Trainer:
             "loop_rng": self.rng.bit_generator.state,
             "rng": rng_states(),
         }
+
+    def save(self) -> None:
         try:
-            save_checkpoint(self.checkpoint_path, payload)
+            save_checkpoint(self.checkpoint_path, self.payload())
         except DivergenceError as error:
             raise self._diverged(str(error)) from None
         self.counters.last_checkpoint = self.counters.env_frames
@@ -379,9 +355,10 @@ class Trainer:
             )
         if self._stop:  # cut short: the test runs again when the run is resumed
             return
+        frames = self.counters.env_frames
         test_metrics = {f"test/{key}": value for key, value in self.agent.metrics().items()}
         self.logger.record(
-            self.counters.env_frames,
+            frames,
             {
                 **test_metrics,
                 "test/return": float(np.mean(returns)),
@@ -390,14 +367,51 @@ class Trainer:
                 "perf/eval_seconds": time.perf_counter() - start,
             },
         )
-        self._last_test = self.counters.env_frames
-        self.counters.next_eval = next_eval_after(self.counters.env_frames, run.eval_start, run.eval_every)
-        log.info(
-            "%d env frames: test return %.1f +- %.1f",
-            self.counters.env_frames,
-            np.mean(returns),
-            np.std(returns),
-        )
+        self._last_test = frames
+        self.counters.next_eval = next_eval_after(frames, run.eval_start, run.eval_every)
+        if video is not None:
+            self.logger.test_video(video, frames)
+        if run.report:
+            self._report()
+        if run.keep_checkpoints:
+            self._keep_checkpoint()
+        log.info("%d env frames: test return %.1f +- %.1f", frames, np.mean(returns), np.std(returns))
+
+    def _report(self) -> None:
+        """``run.report``: the report's pictures of this test to TensorBoard (the latest episode's
+        open-loop prediction, a plan of a planning agent). Its random draws leave the run's random
+        states as they were, so the run goes on as it would without them."""
+        if not self.store.num_episodes or not hasattr(self.agent, "world_model"):
+            return  # nothing to predict yet, or no model to predict with
+        config, frames = self.config, self.counters.env_frames
+        if self.report_env is None and hasattr(self.agent, "objective"):
+            self.report_env = make_env(config.env, config.seed + REPORT_SEED_OFFSET)
+        title = f"{config.agent} {config.env.task} at {frames} env frames"
+        states = rng_states()
+        try:
+            with timed("report"):
+                episode = self.store.latest(1)[0]
+                pixels = config.env.obs == "pixels"
+                images, video = report_images(self.agent, episode, self.report_env, title, pixels)
+        finally:
+            set_rng_states(states)
+        for name, image in images.items():
+            self.logger.image(f"report/{name}", image, frames)
+        if video is not None:
+            self.logger.animation("report/prediction_video", video[::2], frames)
+
+    def _keep_checkpoint(self) -> None:
+        """``run.keep_checkpoints``: the state at this test as ``checkpoints/checkpoint-<frames>.pt``,
+        written as ``checkpoint.pt`` is (atomic, checksummed, finite); only the newest N stay."""
+        if nonfinite.failing():
+            log.warning("no checkpoint kept at this test while updates are non-finite")
+            return
+        directory = self.run_dir / "checkpoints"
+        directory.mkdir(exist_ok=True)
+        with timed("checkpoint"):
+            save_checkpoint(directory / f"checkpoint-{self.counters.env_frames:08d}.pt", self.payload())
+        for old in sorted(directory.glob("checkpoint-*.pt"))[: -self.config.run.keep_checkpoints]:
+            old.unlink()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self._stop:  # asked twice: stop at once
@@ -451,8 +465,9 @@ class Trainer:
             disable=not sys.stderr.isatty() or bool(os.environ.get("CI")),
             desc=f"{config.agent} {config.env.task} (env frames)",
         )
-        obs = self.env.reset()
-        steps, state, episode_return = start_episode(obs, self.env.action_dim), None, 0.0
+        action_dim = self.env.spec.action_dim
+        obs, _ = self.env.reset()
+        steps, state, episode_return = start_episode(obs, action_dim), None, 0.0
         next_log = counters.env_frames + config.run.log_every
         last_time, last_frames = time.perf_counter(), counters.env_frames
         while counters.env_frames < config.run.steps and not self._stop:
@@ -461,16 +476,16 @@ class Trainer:
                 if self._stop:
                     break
             if counters.env_frames < config.run.prefill:
-                action = self.rng.uniform(-1, 1, self.env.action_dim).astype(np.float32)
+                action = self.rng.uniform(-1, 1, action_dim).astype(np.float32)
             else:
                 action, state = self._act(obs, state)
             with timed("env"):
-                obs, reward, done, info = self.env.step(action)
+                obs, reward, terminated, truncated, _ = self.env.step(action)
             counters.env_frames += repeat
             bar.update(repeat)
             episode_return += reward
-            add_step(steps, obs, action, reward, info["terminal"])
-            if done:
+            add_step(steps, obs, action, reward, terminated)
+            if terminated or truncated:
                 with timed("replay"):
                     self.store.add(finish_episode(steps))
                 counters.episodes += 1
@@ -485,8 +500,8 @@ class Trainer:
                 bar.set_postfix(train_return=f"{episode_return:.1f}")
                 if counters.env_frames - counters.last_checkpoint >= config.run.checkpoint_every:
                     self._checkpoint(final=False)
-                obs = self.env.reset()
-                steps, state, episode_return = start_episode(obs, self.env.action_dim), None, 0.0
+                obs, _ = self.env.reset()
+                steps, state, episode_return = start_episode(obs, action_dim), None, 0.0
             self._train()
             if counters.env_frames >= next_log:
                 now, frames = time.perf_counter(), counters.env_frames - last_frames
@@ -517,9 +532,16 @@ def resume(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[s
     return Trainer(make_config(overrides=overrides, base=base), run_dir, resume=True).run()
 
 
-def _restore_agent(run_dir: Path, config: Config, spec: EnvSpec) -> tuple[Agent, dict[str, int]]:
-    """The agent of ``config`` for ``spec``, with the weights and counters of ``run_dir``'s checkpoint."""
-    path = Path(run_dir) / "checkpoint.pt"
+def checkpoint_path(run_dir: Path, checkpoint: Path | None) -> Path:
+    """``checkpoint`` as given, or under ``run_dir`` (e.g. ``checkpoints/checkpoint-00020000.pt``);
+    without one, the run's latest, ``run_dir/checkpoint.pt``."""
+    if checkpoint is None:
+        return Path(run_dir) / "checkpoint.pt"
+    return checkpoint if checkpoint.exists() else Path(run_dir) / checkpoint
+
+
+def _restore_agent(path: Path, config: Config, spec: EnvSpec) -> tuple[Agent, dict[str, int]]:
+    """The agent of ``config`` for ``spec``, with the weights and counters of the checkpoint at ``path``."""
     payload = load_checkpoint(path)
     agent = make_agent(config, spec)
     with restoring(path):
@@ -527,22 +549,26 @@ def _restore_agent(run_dir: Path, config: Config, spec: EnvSpec) -> tuple[Agent,
     return agent, payload["counters"]
 
 
-def load_agent(run_dir: Path) -> tuple[Config, Agent, dict[str, int]]:
-    """The config, the agent restored from the checkpoint, and the counters of the run in ``run_dir``."""
+def load_agent(run_dir: Path, checkpoint: Path | None = None) -> tuple[Config, Agent, dict[str, int]]:
+    """The config of the run in ``run_dir``, its agent restored from a checkpoint (see
+    :func:`checkpoint_path`), and that checkpoint's counters."""
     config = load_config(Path(run_dir) / "config.yaml")
-    env = DMCEnv(config.env, config.seed)
+    env = make_env(config.env, config.seed)
     env.close()
-    agent, counters = _restore_agent(run_dir, config, env.spec)
+    agent, counters = _restore_agent(checkpoint_path(run_dir, checkpoint), config, env.spec)
     return config, agent, counters
 
 
-def evaluate_run(run_dir: Path, episodes: int, video_path: Path | None = None) -> list[float]:
-    """Load the checkpoint of ``run_dir`` and return the returns of fresh test episodes."""
+def evaluate_run(
+    run_dir: Path, episodes: int, video_path: Path | None = None, checkpoint: Path | None = None
+) -> list[float]:
+    """Load a checkpoint of ``run_dir`` (see :func:`checkpoint_path`) and return the returns of fresh
+    test episodes."""
     config = load_config(Path(run_dir) / "config.yaml")
     seed_everything(config.seed, config.run.threads)
-    env = DMCEnv(config.env, config.seed + 2 * EVAL_SEED_OFFSET)
+    env = make_env(config.env, config.seed + 2 * EVAL_SEED_OFFSET)
     try:
-        agent, _ = _restore_agent(run_dir, config, env.spec)
+        agent, _ = _restore_agent(checkpoint_path(run_dir, checkpoint), config, env.spec)
         returns, _ = evaluate(agent, env, episodes, video_path, config.run.video_size)
     finally:
         env.close()
