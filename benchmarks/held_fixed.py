@@ -17,7 +17,7 @@ import torch
 from collodreamer.agents import make_agent
 from collodreamer.config import Config, load_config, make_config
 from collodreamer.data import EpisodeStore
-from collodreamer.envs import DMCEnv
+from collodreamer.envs import make_env
 from collodreamer.models import State, to_torch
 from collodreamer.training import load_checkpoint
 
@@ -58,7 +58,7 @@ def load_world_model_into(agent: Any, run_dir: Path) -> dict[str, Any]:
 def build_agent(run_dir: Path, overrides: list[str], seed: int = 0) -> tuple[Config, Any, dict[str, Any]]:
     """An agent of ``run_dir``'s config plus ``overrides`` holding the run's world model."""
     config = run_config(run_dir, overrides)
-    env = DMCEnv(config.env, seed)
+    env = make_env(config.env, seed)
     env.close()
     torch.manual_seed(seed)
     agent = make_agent(config, env.spec)

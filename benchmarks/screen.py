@@ -44,7 +44,7 @@ from common import machine, write_json
 from held_fixed import build_agent, filter_replay
 from value_diagnostics import value_accuracy
 
-from collodreamer.envs import DMCEnv
+from collodreamer.envs import make_env
 from collodreamer.experiments.stats import bootstrap_ci
 from collodreamer.training import evaluate
 
@@ -87,7 +87,7 @@ def screen_variant(run_dir: Path, spec: dict, name: str, overrides: list[str], e
         value_seconds = train_value(agent, config, replay, spec, np.random.default_rng(0))
         accuracy = value_accuracy(agent, replay, config.value.gamma)
     torch.manual_seed(0)
-    env = DMCEnv(config.env, TEST_SEED)
+    env = make_env(config.env, TEST_SEED)
     start = time.perf_counter()
     try:
         returns, _ = evaluate(agent, env, episodes)

@@ -37,9 +37,12 @@ def reward_to_go(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def value_accuracy(agent, replay, gamma: float, episodes: int = 10, tail: int = 300) -> dict[str, float]:
+def value_accuracy(
+    agent, replay, gamma: float, episodes: int = 10, tail: int = 300
+) -> dict[str, float] | None:
     """V at the posterior mean features of the replay's last ``episodes`` episodes against the real
-    discounted reward-to-go, for the steps at least ``tail`` before each episode's end."""
+    discounted reward-to-go, for the steps at least ``tail`` before each episode's end (None when no
+    episode is longer than that)."""
     rssm = agent.world_model.rssm
     values, returns = [], []
     for post, episode in list(zip(replay.posts, replay.episodes, strict=True))[-episodes:]:
@@ -48,6 +51,8 @@ def value_accuracy(agent, replay, gamma: float, episodes: int = 10, tail: int = 
             continue
         values.append(agent.value_of(rssm.mean_feature(post)[0, :keep]))
         returns.append(reward_to_go(episode["reward"].float(), gamma)[:keep])
+    if not values:
+        return None
     v, g = torch.cat(values).numpy(), torch.cat(returns).numpy()
     return {
         "steps": len(v),
