@@ -1,10 +1,10 @@
 """Score planner and value variants on one trained world model held fixed, by real test return.
 
-    python benchmarks/screen.py RUN_DIR SPEC.yaml --out DIR [--episodes 10] [--only NAME ...]
+    python benchmarks/screen.py RUN_DIR SPEC.yaml --out DIR [--episodes 10] [--only NAME ...] [key=value ...]
     python benchmarks/screen.py RUN_DIR SPEC.yaml --out DIR --report
 
-A spec names the agent and its variants (lists of key=value overrides on RUN_DIR's config; model
-sizes stay as trained), e.g. ``benchmarks/specs/value_screen.yaml``::
+A spec names the agent and its variants (lists of key=value overrides on RUN_DIR's config, after
+those given on the command line; model sizes stay as trained), e.g. ``benchmarks/specs/value_screen.yaml``::
 
     agent: collodreamer
     value_updates: 2000     # replay / imagination styles: value (or actor-critic) steps
@@ -155,6 +155,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--only", nargs="*", help="screen only these variants")
     parser.add_argument("--report", action="store_true", help="tabulate the results present and stop")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every variant first")
     args = parser.parse_args()
     spec = yaml.safe_load(Path(args.spec).read_text())
     out = Path(args.out)
@@ -166,7 +167,7 @@ def main() -> None:
         if (args.only and name not in args.only) or (out / f"{name}.json").exists():
             continue
         print(f"{name}: {' '.join(overrides)}", flush=True)
-        row = screen_variant(Path(args.run_dir), spec, name, list(overrides), args.episodes)
+        row = screen_variant(Path(args.run_dir), spec, name, [*args.overrides, *overrides], args.episodes)
         (out / f"{name}.json").write_text(json.dumps({**row, "run": args.run_dir}, indent=2) + "\n")
         print(f"{name}: {row['mean']:.1f} {row['ci95']} ({row['test_seconds']:.0f} s)", flush=True)
 
