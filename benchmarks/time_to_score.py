@@ -13,9 +13,11 @@ machine it ran on.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
+from itertools import pairwise
+from math import inf, isfinite
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -23,6 +25,10 @@ from common import write_json
 
 from collodreamer.experiments import expand, load_spec, run_sweep
 from collodreamer.training import read_metrics
+
+
+def finite(value: float) -> float | None:
+    return value if isfinite(value) else None
 
 
 def first_reaching(records: list[dict[str, Any]], threshold: float) -> dict[str, float] | None:
@@ -37,6 +43,20 @@ def first_reaching(records: list[dict[str, Any]], threshold: float) -> dict[str,
     return None
 
 
+def frames_per_second(records: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Env frames per wall-clock second over the whole run, with and without the time spent testing.
+
+    A test's time is the elapsed time from the record before it to the test record itself.
+    """
+    timed = [r for r in records if r.get("elapsed_s") is not None]
+    if not timed or timed[-1]["elapsed_s"] <= 0:
+        return {"overall": None, "without_tests": None}
+    total_s = timed[-1]["elapsed_s"]
+    test_s = sum(b["elapsed_s"] - a["elapsed_s"] for a, b in pairwise(timed) if "test/return" in b)
+    frames = timed[-1]["step"]
+    return {"overall": frames / total_s, "without_tests": frames / (total_s - test_s)}
+
+
 def run_rows(run_dirs: list[Path], thresholds: list[float]) -> list[dict[str, Any]]:
     rows = []
     for run_dir in run_dirs:
@@ -48,6 +68,7 @@ def run_rows(run_dirs: list[Path], thresholds: list[float]) -> list[dict[str, An
                 "tests": [(r["step"], r.get("elapsed_s"), r["test/return"]) for r in tests],
                 "final_env_frames": records[-1]["step"] if records else 0,
                 "final_elapsed_s": records[-1].get("elapsed_s") if records else None,
+                "env_frames_per_s": frames_per_second(records),
                 "reached": {str(t): first_reaching(tests, t) for t in thresholds},
             }
         )
@@ -81,10 +102,14 @@ def main() -> None:
         summary[str(threshold)] = {
             "runs_reaching": len(reached),
             "runs": len(hits),
-            # A run that never reached it counts as infinitely slow: the median is then a lower bound.
-            "median_elapsed_s": statistics.median([h["elapsed_s"] if h else float("inf") for h in hits]),
-            "median_env_frames": statistics.median([h["env_frames"] if h else float("inf") for h in hits]),
+            # A run that never reached it counts as infinitely slow: the median is then a lower bound,
+            # and None where half the runs or more never reached it.
+            "median_elapsed_s": finite(median([h["elapsed_s"] if h else inf for h in hits])),
+            "median_env_frames": finite(median([h["env_frames"] if h else inf for h in hits])),
         }
+    for kind in ("overall", "without_tests"):
+        rates = [row["env_frames_per_s"][kind] for row in rows if row["env_frames_per_s"][kind]]
+        summary[f"median_env_frames_per_s_{kind}"] = median(rates) if rates else None
     for row in rows:
         cells = []
         for threshold in args.thresholds:
@@ -95,12 +120,19 @@ def main() -> None:
                 else f"{threshold:g}: not reached"
             )
         print(f"{row['run']}: " + "; ".join(cells))
-    for threshold, stats in summary.items():
-        minutes = stats["median_elapsed_s"] / 60
+    for threshold in args.thresholds:
+        stats = summary[str(threshold)]
+        seconds = stats["median_elapsed_s"]
         print(
-            f"median over {stats['runs']} runs to reach {threshold}: {minutes:.1f} min, "
-            f"{stats['median_env_frames']} env frames ({stats['runs_reaching']} reached it)"
+            f"median over {stats['runs']} runs to reach {threshold:g}: "
+            + (f"{seconds / 60:.1f} min, {stats['median_env_frames']} frames" if seconds else "not reached")
+            + f" ({stats['runs_reaching']} reached it)"
         )
+    print(
+        "median env frames per wall-clock second: "
+        f"{summary['median_env_frames_per_s_overall']} (tests included), "
+        f"{summary['median_env_frames_per_s_without_tests']} (without tests)"
+    )
     write_json(
         Path(args.out),
         {"benchmark": "time_to_score", "thresholds": args.thresholds, "summary": summary, "rows": rows},
