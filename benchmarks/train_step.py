@@ -2,6 +2,7 @@
 states at batch 16x50 and 50x50, with the paper's network sizes (median of several runs).
 
     python benchmarks/train_step.py [--repeats 5] [--device auto] [--out results/benchmarks/train_step.json]
+    python benchmarks/train_step.py --presets cpu cpu+pixels_cpu --obs pixels --batches 16
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--task", default="dmc:cheetah_run")
     parser.add_argument("--batches", nargs="*", type=int, default=[16, 50])
-    parser.add_argument("--presets", nargs="*", default=["paper"], help="config presets (e.g. paper cpu)")
+    parser.add_argument(
+        "--presets", nargs="*", default=["paper"], help="config presets (e.g. paper cpu); a+b layers b on a"
+    )
+    parser.add_argument("--obs", nargs="*", default=["state", "pixels"], choices=["state", "pixels"])
     parser.add_argument("--out", default="results/benchmarks/train_step.json")
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -58,10 +62,10 @@ def main() -> None:
     print(f"device: {device}")
     print(f"{'preset':10s} {'obs':6s} {'batch':>7s} {'world model ms':>15s} {'actor-critic ms':>16s}")
     for preset in args.presets:
-        for obs in ("state", "pixels"):
+        for obs in args.obs:
             for batch_size in args.batches:
                 config = make_config(
-                    [preset],
+                    preset.split("+"),
                     [
                         "agent=dreamer",
                         f"env.task={args.task}",
