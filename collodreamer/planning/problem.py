@@ -50,7 +50,7 @@ class Objective:
     dynamics_jacobian: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
     value: Callable[[Tensor], Tensor] | None = None  # V(z) of the state after the last knot
     value_weight: float = 1.0  # w: scales the terminal value term
-    action_residual: str = "abs"  # "abs": max(|a| - 1, 0); "square": max(a^2 - 1, 0)
+    action_residual: str = "square"  # "square": max(a^2 - 1, 0); "abs": max(|a| - 1, 0)
 
     @property
     def value_scale(self) -> float:
