@@ -78,9 +78,8 @@ class RunConfig:
     wandb: bool = False  # also track the run in Weights & Biases (pip install 'collodreamer[wandb]')
     wandb_project: str = "collodreamer"  # the W&B project of tracked runs
     # torch's threads for this run (0: torch's default, one per core). One degrades gracefully beside
-    # other processes: a plan's small matrix steps gain little from a second thread on their own,
-    # and lose many times over when that thread has to wait for a busy core (0.45 s against 15.9 s per
-    # plan beside two busy runs: results/benchmarks/after/planning_threads*_beside_two_runs.json).
+    # other processes; more threads than free cores wait on each other (0.45 s against 15.9 s per plan
+    # beside two busy runs: results/benchmarks/after/planning_threads*_beside_two_runs.json).
     threads: int = 1
 
 
