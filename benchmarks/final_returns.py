@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_json
+from common import returns_summary, write_json
 
 from collodreamer.config import load_config
-from collodreamer.experiments.stats import bootstrap_ci, stratified_bootstrap_ci
+from collodreamer.experiments.stats import stratified_bootstrap_ci
 from collodreamer.training import evaluate_run
 
 
@@ -39,17 +39,13 @@ def run_dirs(paths: list[str]) -> list[Path]:
 def test_run(job: tuple[Path, int]) -> dict:
     run, episodes = job
     config = load_config(run / "config.yaml")
-    returns = evaluate_run(run, episodes)
-    low, high = bootstrap_ci(np.asarray(returns))
     return {
         "run": run.name,
         "agent": config.agent,
         "task": config.env.task,
         "obs": config.env.obs,
         "seed": config.seed,
-        "mean": float(np.mean(returns)),
-        "ci": [low, high],
-        "returns": [float(r) for r in returns],
+        **returns_summary(evaluate_run(run, episodes)),
     }
 
 

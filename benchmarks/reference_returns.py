@@ -15,12 +15,11 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_json
+from common import returns_summary, write_json
 
 from collodreamer.agents.random_agent import RandomAgent
 from collodreamer.config import EnvConfig
 from collodreamer.envs import make_env
-from collodreamer.experiments.stats import bootstrap_ci
 from collodreamer.training.loop import EVAL_SEED_OFFSET, evaluate
 
 
@@ -49,17 +48,9 @@ def main() -> None:
             env = make_env(config, seed + EVAL_SEED_OFFSET)
             agent = RandomAgent(env.spec, seed) if policy == "random" else ZeroAgent(env.spec.action_dim)
             returns, _ = evaluate(agent, env, args.episodes)
-            low, high = bootstrap_ci(np.asarray(returns))
-            print(f"{policy:8s} {seed:5d} {np.mean(returns):7.1f} [{low:6.1f}, {high:6.1f}]")
-            rows.append(
-                {
-                    "policy": policy,
-                    "seed": seed,
-                    "mean": float(np.mean(returns)),
-                    "ci": [low, high],
-                    "returns": [float(r) for r in returns],
-                }
-            )
+            row = {"policy": policy, "seed": seed, **returns_summary(returns)}
+            print(f"{policy:8s} {seed:5d} {row['mean']:7.1f} [{row['ci'][0]:6.1f}, {row['ci'][1]:6.1f}]")
+            rows.append(row)
     pooled = {
         p: float(np.mean([r for row in rows if row["policy"] == p for r in row["returns"]]))
         for p in ("random", "zero")
