@@ -54,26 +54,12 @@ TEST_SEED = 424_242  # the test environment's seed: the same start states for ev
 def train_value(agent, config, replay, spec: dict, rng: np.random.Generator) -> float:
     """Train the value of a collodreamer agent on the held-fixed replay in its own style; seconds."""
     start = time.perf_counter()
-    style, value = config.value.style, config.value
-    batch, length = config.replay.batch_size, config.replay.batch_length
-    if style == "replay":
-        for _ in range(spec.get("value_updates", 2000)):
-            data, post = replay.windows(batch, length, rng)
-            agent.train_value_on_replay(data, post)
-    elif style == "imagination":
-        for _ in range(spec.get("value_updates", 2000)):
-            agent.behaviour.train(replay.windows(batch, length, rng)[1])
-    elif style == "inner":
-        for _ in range(spec.get("plans", 300)):
-            post = replay.windows(1, 1, rng)[1]
-            agent.plan(agent.world_model.rssm.feature({k: v[:, 0] for k, v in post.items()}), None, True)
-    else:  # after
-        steps = config.planner.replan_every
-        for _ in range(spec.get("plans", 300)):
-            data, post = replay.windows(1, steps + 1, rng)
-            features = agent.world_model.rssm.feature(post)[:, :-1]
-            for _ in range(value.after_updates):
-                agent.update_value(features, data["action"][:, 1:])
+    agent.value.learn_held_fixed(
+        lambda count, length: replay.windows(count, length, rng),
+        lambda feature: agent.plan(feature, None, True),
+        spec.get("value_updates", 2000),
+        spec.get("plans", 300),
+    )
     agent.metrics()  # drop what value training logged
     return time.perf_counter() - start
 

@@ -221,7 +221,7 @@ def test_value_update_reduces_value_loss_on_a_fixed_batch():
     agent = tiny_agent(**{"value.lr": 1e-3, "value.target_period": 1000})
     features = torch.randn(4, 7, agent.world_model.feature_dim)
     actions = torch.rand(4, 7, 2) * 2 - 1
-    targets = agent.value_targets(features, actions)  # V' stays fixed (target_period 1000)
+    targets = agent.value.targets(features, actions)  # V' stays fixed (target_period 1000)
 
     def loss() -> float:
         with torch.no_grad():
@@ -229,7 +229,7 @@ def test_value_update_reduces_value_loss_on_a_fixed_batch():
 
     before = loss()
     for _ in range(100):
-        agent.update_value(features, actions)
+        agent.value.update(features, actions)
     assert loss() < 0.75 * before
 
 
@@ -376,7 +376,7 @@ def test_imagination_style_trains_dreamers_critic_and_warm_starts_plans():
             "planner.iterations": 2,
         }
     )
-    assert agent.policy is None and agent.behaviour is not None
+    assert agent.policy is None and agent.value.behaviour is not None
     batch = replay_batch()
     metrics = agent.train_step({k: v.numpy() for k, v in batch.items()})
     assert agent.critic.updates == 1 and "actor/loss" in metrics
@@ -386,7 +386,7 @@ def test_imagination_style_trains_dreamers_critic_and_warm_starts_plans():
     assert torch.allclose(agent.value_of(feature), expected)
     # Plans start from the actor's rollout.
     init = agent.initial_plan(feature[:1], None)
-    assert torch.allclose(init.actions[:, 0], agent.behaviour.actor.mode(feature[:1]))
+    assert torch.allclose(init.actions[:, 0], agent.value.behaviour.actor.mode(feature[:1]))
     # No value learning inside the planner for this style.
     agent.plan(feature[:1], None, training=True)
     assert agent.critic.updates == 1

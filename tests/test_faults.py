@@ -158,7 +158,7 @@ def test_nonfinite_plans_never_train_the_value():
     nonfinite.clear()
     agent.plan(torch.randn(1, agent.world_model.feature_dim), None, training=True)
     assert all(torch.equal(before[k], v) for k, v in critic.value.state_dict().items())
-    assert not agent.recent  # the zeroed plan is no target for later value batches either
+    assert not agent.value.recent  # the zeroed plan is no target for later value batches either
     skipped, _ = nonfinite.take()
     assert skipped["planner"] == 1 and skipped["value"] == config.planner.iterations
 

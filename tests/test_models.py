@@ -79,12 +79,12 @@ def test_lambda_returns_by_hand():
     r2 = 3.0 + gamma * 30.0  # last step bootstraps from its value
     r1 = 2.0 + gamma * ((1 - lam) * 20.0 + lam * r2)
     r0 = 1.0 + gamma * ((1 - lam) * 10.0 + lam * r1)
-    returns = lambda_returns(rewards, values, torch.full((3,), gamma), lam)
+    returns = lambda_returns(rewards, values, gamma, lam)
     assert torch.allclose(returns, torch.tensor([r0, r1, r2]))
     # lam = 1: Monte-Carlo returns with a bootstrap; lam = 0: one-step TD targets.
-    mc = lambda_returns(rewards, values, torch.full((3,), gamma), 1.0)
+    mc = lambda_returns(rewards, values, gamma, 1.0)
     assert mc[0].item() == pytest.approx(1 + gamma * 2 + gamma**2 * 3 + gamma**3 * 30)
-    td = lambda_returns(rewards, values, torch.full((3,), gamma), 0.0)
+    td = lambda_returns(rewards, values, gamma, 0.0)
     assert torch.allclose(td, rewards + gamma * values)
 
 

@@ -83,9 +83,9 @@ class ImaginedBehaviour:
             features, _ = self.world_model.rssm.imagine(start, self.actor.sample, actor_config.horizon)
             rewards = self.world_model.reward_of(features[1:])
             values = self.critic.target(features[1:])
-        discounts = torch.full_like(rewards, value_config.gamma)
-        returns = lambda_returns(rewards.float(), values.float(), discounts, value_config.lam)
+        returns = lambda_returns(rewards.float(), values.float(), value_config.gamma, value_config.lam)
         # Weight step t by gamma^t: later imagined steps matter less (DreamerV1).
+        discounts = torch.full_like(returns, value_config.gamma)
         weights = torch.cumprod(torch.cat([torch.ones_like(discounts[:1]), discounts[:-1]]), 0)
         entropy, std = self.actor.entropy(features[:-1].detach())
         actor_loss = -(weights * (returns + actor_config.entropy * entropy)).mean()

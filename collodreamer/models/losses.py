@@ -68,22 +68,20 @@ def tanh_gaussian_entropy(mean: torch.Tensor, std: torch.Tensor, noise: torch.Te
     return (gaussian + log_jacobian).sum(-1)
 
 
-def lambda_returns(
-    rewards: torch.Tensor, values: torch.Tensor, discounts: torch.Tensor, lam: float
-) -> torch.Tensor:
-    """TD(lambda) returns of an imagined trajectory (Dreamer, Eq. 6 of Hafner et al. 2019).
+def lambda_returns(rewards: torch.Tensor, values: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
+    """TD(lambda) returns of an imagined trajectory (Dreamer, Eq. 6 of Hafner et al. 2019): the
+    targets of :func:`value_targets` in Dreamer's convention, where a state's value leaves out its own
+    reward.
 
     Time-major inputs ``[H, ...]`` for the transitions ``s_t -> s_{t+1}``: ``rewards[t] = r(s_{t+1})``,
-    ``values[t] = v(s_{t+1})``, ``discounts[t] = gamma``. Returns ``R[t]`` for ``t = 0..H-1``:
+    ``values[t] = v(s_{t+1})``. Returns ``R[t]`` for ``t = 0..H-1``:
 
-        R_t = r_t + gamma_t * ((1 - lam) * v_t + lam * R_{t+1}),   R_H := v_{H-1}
+        R_t = r_t + gamma * ((1 - lam) * v_t + lam * R_{t+1}),   R_H := v_{H-1}
     """
-    returns = []
-    next_return = values[-1]
-    for t in reversed(range(rewards.shape[0])):
-        next_return = rewards[t] + discounts[t] * ((1.0 - lam) * values[t] + lam * next_return)
-        returns.append(next_return)
-    return torch.stack(returns[::-1])
+    pad = torch.zeros_like(rewards[:1])
+    shifted_rewards = torch.cat([rewards, pad]).movedim(0, -1)
+    shifted_values = torch.cat([pad, values]).movedim(0, -1)
+    return value_targets(shifted_rewards, shifted_values, gamma, lam)[0].movedim(-1, 0).contiguous()
 
 
 def value_targets(
