@@ -1,4 +1,4 @@
-"""The interface every agent offers the training loop (see STYLE.md)."""
+"""The interface every agent offers the training loop."""
 
 from __future__ import annotations
 
@@ -11,10 +11,14 @@ class Agent(Protocol):
     """``act`` picks an action for one observation; ``train_step`` learns from a replay batch.
 
     ``state`` is the agent's own memory between steps of one episode (None at the first step);
-    ``batch`` holds ``[batch, length, ...]`` arrays with the keys of :mod:`collodreamer.data`.
+    ``reward`` is the reward paid on arriving at ``obs`` (0 at the first step), from which the
+    agents measure what their plans promised against what they earned; ``batch`` holds
+    ``[batch, length, ...]`` arrays with the keys of :mod:`collodreamer.data`.
     """
 
-    def act(self, obs: np.ndarray, state: Any, training: bool) -> tuple[np.ndarray, Any]: ...
+    def act(
+        self, obs: np.ndarray, state: Any, training: bool, reward: float = 0.0
+    ) -> tuple[np.ndarray, Any]: ...
 
     def train_step(self, batch: dict[str, np.ndarray]) -> dict[str, float]: ...
 

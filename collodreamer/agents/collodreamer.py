@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from collodreamer.agents.latco import LatCoAgent, PlannerState
+from collodreamer.agents.latco import LatCoAgent
+from collodreamer.agents.promise import Segment
 from collodreamer.agents.values import make_value_style
 from collodreamer.config import Config, PlannerConfig
 from collodreamer.models import State, to_torch
@@ -92,8 +93,11 @@ class ColloDreamerAgent(LatCoAgent):
     def on_iteration(self, training: bool) -> Callable[[Plan], None] | None:
         return self.value.on_iteration if training else None
 
-    def segment_done(self, state: PlannerState) -> None:
-        self.value.on_segment(torch.cat(state.visited)[None], torch.cat(state.executed)[None])
+    def promise_value(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        return self.value_of
+
+    def segment_done(self, segment: Segment) -> None:
+        self.value.on_segment(torch.cat(segment.features)[None], torch.cat(segment.actions)[None])
 
     # --- world-model learning ------------------------------------------------------------------
     def train_step(self, batch: dict[str, np.ndarray]) -> dict[str, float]:

@@ -4,12 +4,15 @@ model, with lambda-returns bootstrapped from a slow target value network."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from collodreamer.agents.promise import Segment, promise_metrics
+from collodreamer.averages import Averages
 from collodreamer.config import ActorConfig, Config
 from collodreamer.models import MLP, WorldModel, autocast, to_torch
 from collodreamer.models.losses import lambda_returns, tanh_gaussian_entropy
@@ -65,6 +68,12 @@ class ImaginedBehaviour:
         self.critic = Critic(feature_dim, config.value, device, config.model.amp)
         self.actor_optimizer = adam(self.actor.parameters(), config.actor.lr)
 
+    def value_of(self, feature: torch.Tensor) -> torch.Tensor:
+        """The critic's value counting the reward of ``feature`` itself, ``r(z) + gamma V(z)`` (the
+        critic predicts the rewards from the next state on)."""
+        value = self.critic.value(feature)
+        return self.world_model.reward_of(feature) + self.config.value.gamma * value
+
     def train(self, post: State) -> dict[str, float]:
         """One actor and one critic update on imagined trajectories from the posterior states ``post``
         (``[B, T, ...]``), from ``actor.starts`` random ones of them when that is set."""
@@ -116,6 +125,16 @@ class ImaginedBehaviour:
         self.critic.load_state_dict(state)
 
 
+@dataclass
+class ActorState:
+    """An episode's memory: the filtered posterior, the last executed action, and the segment of
+    ``planner.replan_every`` steps under way, read as a plan (see :mod:`collodreamer.agents.promise`)."""
+
+    latent: State
+    action: torch.Tensor
+    segment: Segment
+
+
 class DreamerAgent:
     def __init__(self, config: Config, spec: EnvSpec, device: torch.device) -> None:
         self.config = config
@@ -123,19 +142,41 @@ class DreamerAgent:
         self.world_model = WorldModel(config.model, spec, device)
         self.behaviour = ImaginedBehaviour(config, self.world_model, spec.action_dim)
         self.actor = self.behaviour.actor
+        self._averages = Averages()
 
     @torch.no_grad()
-    def act(self, obs: np.ndarray, state: Any, training: bool) -> tuple[np.ndarray, Any]:
-        latent, action = state if state is not None else (None, None)
-        latent = self.world_model.filter(obs, latent, action)
+    def act(
+        self, obs: np.ndarray, state: ActorState | None, training: bool, reward: float = 0.0
+    ) -> tuple[np.ndarray, ActorState]:
+        latent = self.world_model.filter(
+            obs, state.latent if state else None, state.action if state else None
+        )
         feature = self.world_model.rssm.feature(latent)
+        segment = state.segment if state else None
+        if segment is not None:
+            segment.paid.append(reward)  # for the action executed last
+        if segment is None or len(segment.actions) >= self.config.planner.replan_every:
+            if segment is not None:
+                self._averages.add(
+                    promise_metrics(self.world_model, segment, feature, self.behaviour.value_of)
+                )
+            segment = Segment(self.imagined_plan(feature))
         action = self.actor.sample(feature) if training else self.actor.mode(feature)
         if training:
             action = explore(action, self.config.expl_noise)
-        return action[0].cpu().numpy(), (latent, action)
+        segment.executed(feature, action)
+        return action[0].cpu().numpy(), ActorState(latent, action, segment)
+
+    def imagined_plan(self, feature: torch.Tensor) -> torch.Tensor:
+        """The actor's deterministic rollout ``[1, replan_every + 1, D]`` under the mean dynamics: the
+        plan its next segment is measured against."""
+        rssm, features = self.world_model.rssm, [feature]
+        for _ in range(self.config.planner.replan_every):
+            features.append(rssm.next_feature_mean(features[-1], self.actor.mode(features[-1])))
+        return torch.stack(features, 1)
 
     def metrics(self) -> dict[str, float]:
-        return {}
+        return self._averages.take()
 
     def train_step(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
         post, metrics = self.world_model.train_step(to_torch(batch, self.device))

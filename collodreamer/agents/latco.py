@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from collodreamer.agents.promise import Segment, promise_metrics
 from collodreamer.averages import Averages
 from collodreamer.config import Config, PlannerConfig
 from collodreamer.models import MLP, State, WorldModel, to_torch
@@ -28,14 +29,13 @@ from collodreamer.timing import timed
 @dataclass
 class PlannerState:
     """An episode's memory: the filtered posterior, the last executed action, the current plan, how
-    many of its actions were executed, and the features and actions of those executed steps."""
+    many of its actions were executed, and the segment they make (what was executed and paid)."""
 
     latent: State
     action: torch.Tensor
     plan: PlanResult
+    segment: Segment
     step: int = 0
-    visited: list[torch.Tensor] = field(default_factory=list)
-    executed: list[torch.Tensor] = field(default_factory=list)
 
 
 class LatCoAgent:
@@ -169,26 +169,34 @@ class LatCoAgent:
     # --- acting --------------------------------------------------------------------------------
     @torch.no_grad()
     def act(
-        self, obs: np.ndarray, state: PlannerState | None, training: bool
+        self, obs: np.ndarray, state: PlannerState | None, training: bool, reward: float = 0.0
     ) -> tuple[np.ndarray, PlannerState]:
         latent = self.world_model.filter(
             obs, state.latent if state else None, state.action if state else None
         )
         feature = self.world_model.rssm.feature(latent)
+        if state is not None:
+            state.segment.paid.append(reward)  # for the action executed last
         if state is None or state.step >= self.config.planner.replan_every:
-            if state is not None and training:
-                self.segment_done(state)
+            if state is not None:
+                self.log(promise_metrics(self.world_model, state.segment, feature, self.promise_value()))
+                if training:
+                    self.segment_done(state.segment)
             result = self.plan(feature, state.plan if state else None, training)
-            state = PlannerState(latent, torch.zeros(1, self.action_dim, device=self.device), result)
+            zeros = torch.zeros(1, self.action_dim, device=self.device)
+            state = PlannerState(latent, zeros, result, Segment(result.plan.features))
         action = state.plan.actions[:, state.step]
         if training:
             action = explore(action, self.config.expl_noise)
         state.latent, state.action, state.step = latent, action, state.step + 1
-        state.visited.append(feature)
-        state.executed.append(action)
+        state.segment.executed(feature, action)
         return action[0].cpu().numpy(), state
 
-    def segment_done(self, state: PlannerState) -> None:
+    def promise_value(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The value whose promise is measured beside the rewards' (none for LatCo)."""
+        return None
+
+    def segment_done(self, segment: Segment) -> None:
         """Called with the executed segment of a plan before the next plan (training only)."""
 
     # --- learning ------------------------------------------------------------------------------

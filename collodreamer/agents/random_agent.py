@@ -14,7 +14,7 @@ class RandomAgent:
         self.action_dim = spec.action_dim
         self.rng = np.random.default_rng(seed)
 
-    def act(self, obs: np.ndarray, state: Any, training: bool) -> tuple[np.ndarray, Any]:
+    def act(self, obs: np.ndarray, state: Any, training: bool, reward: float = 0.0) -> tuple[np.ndarray, Any]:
         return self.rng.uniform(-1.0, 1.0, self.action_dim).astype(np.float32), state
 
     def train_step(self, batch: dict[str, np.ndarray]) -> dict[str, float]:

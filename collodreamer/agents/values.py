@@ -207,8 +207,7 @@ class ImaginationValue(ValueStyle):
         super().__init__(config, world_model, log, self.behaviour.critic)
 
     def value_of(self, feature: Tensor) -> Tensor:
-        value = self.critic.value(feature)
-        return self.world_model.reward_of(feature) + self.config.value.gamma * value
+        return self.behaviour.value_of(feature)
 
     def warm_start_policy(self) -> Callable[[Tensor], Tensor] | None:
         return self.behaviour.actor.mode

@@ -210,12 +210,23 @@ def planned_return(objective: Objective, plan: Plan) -> Tensor:
     return rewards + objective.terminal_discount(plan.horizon) * terminal
 
 
+def rollout_features(dynamics: Callable[[Tensor, Tensor], Tensor], start: Tensor, actions: Tensor) -> Tensor:
+    """The features ``[B, K, D]`` reached by executing ``actions [B, K, A]`` from ``start [B, D]``
+    under the dynamics ``mu``."""
+    features, feature = [], start
+    for k in range(actions.shape[1]):
+        feature = dynamics(feature, actions[:, k])
+        features.append(feature)
+    return torch.stack(features, 1)
+
+
 def rollout_return(objective: Objective, start: Tensor, actions: Tensor) -> Tensor:
     """Eq. 10 for executing ``actions [B, H+1, A]`` from ``start`` under mu: discounted predicted
     rewards plus the discounted terminal value."""
-    feature, total = start, torch.zeros(start.shape[0], dtype=start.dtype, device=start.device)
     horizon = actions.shape[1] - 1
+    features = rollout_features(objective.dynamics, start, actions[:, :horizon])
+    total = torch.zeros(start.shape[0], dtype=start.dtype, device=start.device)
     for k in range(horizon):
-        feature = objective.dynamics(feature, actions[:, k])
-        total = total + objective.gamma ** (k + 1) * objective.reward(feature)
-    return total + objective.terminal_discount(horizon) * objective.terminal_value(feature, actions[:, -1])
+        total = total + objective.gamma ** (k + 1) * objective.reward(features[:, k])
+    terminal = objective.terminal_value(features[:, -1], actions[:, -1])
+    return total + objective.terminal_discount(horizon) * terminal

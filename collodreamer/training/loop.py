@@ -114,12 +114,12 @@ def evaluate(
     ``stop()`` is true, return the episodes finished so far."""
     returns, lengths = [], []
     for index in range(episodes):
-        (obs, _), state, done, total, length = env.reset(), None, False, 0.0, 0
+        (obs, _), state, done, total, length, reward = env.reset(), None, False, 0.0, 0, 0.0
         frames = [env.render(video_size)] if video_path and index == 0 else None
         while not done:
             if stop():
                 return returns, lengths
-            action, state = agent.act(obs, state, training=False)
+            action, state = agent.act(obs, state, training=False, reward=reward)
             obs, reward, terminated, truncated, _ = env.step(check_action(action))
             done = terminated or truncated
             total += reward
@@ -326,9 +326,9 @@ class Trainer:
             kept = "no checkpoint was written yet"
         return DivergenceError(f"training diverged at {self.counters.env_frames} env frames: {what}; {kept}")
 
-    def _act(self, obs: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
+    def _act(self, obs: np.ndarray, state: Any, reward: float) -> tuple[np.ndarray, Any]:
         with timed("act"):
-            action, state = self.agent.act(obs, state, training=True)
+            action, state = self.agent.act(obs, state, training=True, reward=reward)
         self._check_finite()
         if not np.all(np.isfinite(action)):
             bad, total = nonfinite_tensors(self.agent.state_dict())
@@ -467,7 +467,7 @@ class Trainer:
         )
         action_dim = self.env.spec.action_dim
         obs, _ = self.env.reset()
-        steps, state, episode_return = start_episode(obs, action_dim), None, 0.0
+        steps, state, episode_return, reward = start_episode(obs, action_dim), None, 0.0, 0.0
         next_log = counters.env_frames + config.run.log_every
         last_time, last_frames = time.perf_counter(), counters.env_frames
         while counters.env_frames < config.run.steps and not self._stop:
@@ -478,7 +478,7 @@ class Trainer:
             if counters.env_frames < config.run.prefill:
                 action = self.rng.uniform(-1, 1, action_dim).astype(np.float32)
             else:
-                action, state = self._act(obs, state)
+                action, state = self._act(obs, state, reward)
             with timed("env"):
                 obs, reward, terminated, truncated, _ = self.env.step(action)
             counters.env_frames += repeat
@@ -501,7 +501,7 @@ class Trainer:
                 if counters.env_frames - counters.last_checkpoint >= config.run.checkpoint_every:
                     self._checkpoint(final=False)
                 obs, _ = self.env.reset()
-                steps, state, episode_return = start_episode(obs, action_dim), None, 0.0
+                steps, state, episode_return, reward = start_episode(obs, action_dim), None, 0.0, 0.0
             self._train()
             if counters.env_frames >= next_log:
                 now, frames = time.perf_counter(), counters.env_frames - last_frames
