@@ -51,27 +51,22 @@ from collodreamer.training import evaluate
 TEST_SEED = 424_242  # the test environment's seed: the same start states for every variant
 
 
-def train_value(agent, config, replay, spec: dict, rng: np.random.Generator) -> float:
-    """Train the value of a collodreamer agent on the held-fixed replay in its own style; seconds."""
+def learn(agent, replay, spec: dict, rng: np.random.Generator) -> float:
+    """Train what the agent learns besides the world model (reward heads, value, actor) on the
+    held-fixed replay, as a run would; seconds."""
     start = time.perf_counter()
-    agent.value.learn_held_fixed(
-        lambda count, length: replay.windows(count, length, rng),
-        lambda feature: agent.plan(feature, None, True),
-        spec.get("value_updates", 2000),
-        spec.get("plans", 300),
-    )
-    agent.metrics()  # drop what value training logged
+    sample = lambda count, length: replay.windows(count, length, rng)  # noqa: E731
+    agent.learn_held_fixed(sample, spec.get("value_updates", 2000), spec.get("plans", 300))
+    agent.metrics()  # drop what learning logged
     return time.perf_counter() - start
 
 
 def screen_variant(run_dir: Path, spec: dict, name: str, overrides: list[str], episodes: int) -> dict:
     agent_name = spec.get("agent", "collodreamer")
     config, agent, _ = build_agent(run_dir, [f"agent={agent_name}", *overrides])
-    value_seconds, accuracy = 0.0, None
-    if config.agent == "collodreamer":
-        replay = filter_replay(agent, run_dir, config)
-        value_seconds = train_value(agent, config, replay, spec, np.random.default_rng(0))
-        accuracy = value_accuracy(agent, replay, config.value.gamma)
+    replay = filter_replay(agent, run_dir, config)
+    learn_seconds = learn(agent, replay, spec, np.random.default_rng(0))
+    accuracy = value_accuracy(agent, replay, config.value.gamma) if config.agent != "latco" else None
     torch.manual_seed(0)
     env = make_env(config.env, TEST_SEED)
     start = time.perf_counter()
@@ -89,8 +84,9 @@ def screen_variant(run_dir: Path, spec: dict, name: str, overrides: list[str], e
         "ci95": bootstrap_ci(returns),
         "plan_ms": metrics.get("plan/ms"),
         "plan_iterations": metrics.get("plan/iterations"),
+        "test_metrics": metrics,
         "test_seconds": time.perf_counter() - start,
-        "value_train_seconds": value_seconds,
+        "value_train_seconds": learn_seconds,
         "value_accuracy": accuracy,
         "machine": machine(),
     }
@@ -107,8 +103,9 @@ def report(spec: dict, out: Path) -> None:
     reference = np.asarray(rows[0]["returns"])
     lines = [
         f"| variant | test return (mean, 95% CI) | paired difference to {rows[0]['variant']} | ms per plan "
-        "| iterations per plan | value training (s) | V vs real reward-to-go: correlation, bias |",
-        "|---|---|---|---|---|---|---|",
+        "| iterations per plan | promise gap: plan, rollout (reward per step) | value gap "
+        "| learning (s) | V vs real reward-to-go: correlation, bias |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         returns = np.asarray(row["returns"])
@@ -121,10 +118,17 @@ def report(spec: dict, out: Path) -> None:
         difference = row["paired_difference"]
         fit = row.get("value_accuracy")
         accuracy = f"{fit['correlation']:.2f}, {fit['bias']:+.1f}" if fit else "-"
+        test = row.get("test_metrics", {})
+        gap = (
+            f"{test['plan/promise_gap']:+.3f}, {test['plan/rollout_gap']:+.3f}"
+            if "plan/promise_gap" in test
+            else "-"
+        )
+        value_gap = f"{test['plan/value_gap']:+.1f}" if "plan/value_gap" in test else "-"
         lines.append(
             f"| {row['variant']} | {row['mean']:.1f} [{low:.1f}, {high:.1f}] | {difference:+.1f} "
-            f"[{paired[0]:+.1f}, {paired[1]:+.1f}] | {ms} | {iterations} | {row['value_train_seconds']:.0f} "
-            f"| {accuracy} |"
+            f"[{paired[0]:+.1f}, {paired[1]:+.1f}] | {ms} | {iterations} | {gap} | {value_gap} "
+            f"| {row['value_train_seconds']:.0f} | {accuracy} |"
         )
     (out / "screen.md").write_text("\n".join(lines) + "\n")
     write_json(out / "screen.json", {"benchmark": "screen", "spec": spec, "rows": rows})

@@ -157,6 +157,11 @@ class ValueConfig:
     # more than one gives batch norm statistics across plans rather than along one plan
     plan_batch: int = 1
     weight: float = 1.0  # scales the planner's terminal value term (Eq. 10's gamma^(H+1) V)
+    # Pessimism (beyond the paper): V is the mean minus kappa times the std over this many value heads,
+    # each trained on the same targets, which come from that estimate of V'; with 2 heads and kappa 1
+    # it is their minimum (TD-MPC2's). 1: one value network, as in the paper.
+    heads: int = 1
+    kappa: float = 1.0  # weight of the heads' std in V (with heads > 1)
 
 
 @dataclass
@@ -187,6 +192,26 @@ class PlannerConfig:
     # reacher_easy model: results/frontier/); abs, max(|a| - 1, 0)
     action_residual: Literal["abs", "square"] = "square"
     tolerance: float = 0.0  # stop early once constraints hold and the return changes less (0: never)
+    # Candidates scored beside the optimised plans by the same imagined return, the best one executed:
+    # policy: the rollout of the agent's policy (Dreamer's actor for value.style=imagination, else the
+    # amortised policy); previous: the previous plan shifted by the steps executed
+    candidates: list[Literal["policy", "previous"]] = field(default_factory=list)
+    # Weight of the trust region sum_k ||a_k - anchor_k||^2 that holds the plan near the actions it
+    # started from (the policy's rollout with init=policy; 0: off)
+    trust_weight: float = 0.0
+
+
+@dataclass
+class PessimismConfig:
+    """Small reward ensembles whose disagreement makes plans pessimistic where the model is unsure
+    (beyond the paper): the planner's reward is ``r(z) - kappa * std_k r_k(z)``, the std over heads
+    trained on the replayed rewards at the world model's (detached) mean features."""
+
+    reward_heads: int = 0  # reward heads (0: off, the planner uses the world model's reward alone)
+    reward_kappa: float = 1.0  # weight of their std in the planner's reward
+    units: int = 128  # hidden units per layer of each head
+    layers: int = 2  # hidden layers of each head
+    lr: float = 6e-4  # Adam learning rate of the heads
 
 
 @dataclass
@@ -232,6 +257,7 @@ class Config:
     value: ValueConfig = field(default_factory=ValueConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    pessimism: PessimismConfig = field(default_factory=PessimismConfig)
     latent_objective: LatentObjectiveConfig = field(default_factory=LatentObjectiveConfig)
 
 
@@ -464,6 +490,10 @@ def validate(config: Config) -> None:
         "planner.iterations": config.planner.iterations,
         "planner.replan_every": config.planner.replan_every,
         "planner.plans": config.planner.plans,
+        "value.heads": config.value.heads,
+        "pessimism.units": config.pessimism.units,
+        "pessimism.layers": config.pessimism.layers,
+        "pessimism.lr": config.pessimism.lr,
         "latent_objective.target_period": config.latent_objective.target_period,
     }
     for key, value in positive.items():
@@ -476,6 +506,10 @@ def validate(config: Config) -> None:
         "run.prefill": config.run.prefill,
         "run.train_steps": config.run.train_steps,
         "run.eval_start": config.run.eval_start,
+        "pessimism.reward_heads": config.pessimism.reward_heads,
+        "pessimism.reward_kappa": config.pessimism.reward_kappa,
+        "value.kappa": config.value.kappa,
+        "planner.trust_weight": config.planner.trust_weight,
     }.items():
         if value < 0:
             raise ConfigError(f"{key} cannot be negative, got {value}")
@@ -494,6 +528,12 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"value.dropout needs one probability per hidden layer ({config.value.layers}), "
             f"got {len(config.value.dropout)}"
+        )
+    if config.pessimism.reward_heads == 1:
+        raise ConfigError("pessimism.reward_heads: the std of one head is zero; use 0 (off) or 2 or more")
+    if config.planner.trust_weight > 0 and config.planner.init == "random":
+        raise ConfigError(
+            "planner.trust_weight needs actions to hold the plan near: planner.init=policy or shift"
         )
     if config.env.obs == "pixels" and config.env.image_size != 64:
         raise ConfigError(f"env.image_size: the CNN expects 64, got {config.env.image_size}")

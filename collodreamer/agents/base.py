@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
+import torch
+
+# (count, length) -> a replay batch of tensors and its posterior states, [count, length, ...] each
+Sampler = Callable[[int, int], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]
 
 
 class Agent(Protocol):

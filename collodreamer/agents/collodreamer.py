@@ -10,15 +10,16 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import torch
 
+from collodreamer.agents.base import Sampler
 from collodreamer.agents.latco import LatCoAgent
 from collodreamer.agents.promise import Segment
 from collodreamer.agents.values import make_value_style
 from collodreamer.config import Config, PlannerConfig
-from collodreamer.models import State, to_torch
+from collodreamer.models import State
 from collodreamer.models.value import Critic
+from collodreamer.models.world_model import ExtraLoss
 from collodreamer.planning import Objective, Plan, PlanResult
 from collodreamer.spec import EnvSpec
 
@@ -46,7 +47,7 @@ def latent_objective(ratio: torch.Tensor, advantage: torch.Tensor, multiplier: f
 class ColloDreamerAgent(LatCoAgent):
     def __init__(self, config: Config, spec: EnvSpec, device: torch.device) -> None:
         super().__init__(config, spec, device)
-        self.value = make_value_style(config, self.world_model, self.log)
+        self.value = make_value_style(config, self.world_model, self.log, self.planning_reward)
         if self.value.warm_start_policy() is not None:
             self.policy = None  # the style's own policy warm-starts the plans, not a cloned one
         self.model_updates = 0
@@ -99,16 +100,20 @@ class ColloDreamerAgent(LatCoAgent):
     def segment_done(self, segment: Segment) -> None:
         self.value.on_segment(torch.cat(segment.features)[None], torch.cat(segment.actions)[None])
 
-    # --- world-model learning ------------------------------------------------------------------
-    def train_step(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
-        data = to_torch(batch, self.device)
+    # --- learning ------------------------------------------------------------------------------
+    def model_loss(self) -> ExtraLoss | None:
+        return self.latent_loss if self.config.latent_objective.enabled else None
+
+    def learn(self, batch: dict[str, torch.Tensor], post: State) -> dict[str, float]:
         latent = self.config.latent_objective
-        post, metrics = self.world_model.train_step(data, self.latent_loss if latent.enabled else None)
         self.model_updates += 1
         if latent.enabled and self.model_updates % latent.target_period == 0:
             self.old_rssm.load_state_dict(self.world_model.rssm.state_dict())
-        metrics.update(self.value.on_batch(data, post))
-        return metrics
+        return {**super().learn(batch, post), **self.value.on_batch(batch, post)}
+
+    def learn_held_fixed(self, sample: Sampler, updates: int, plans: int) -> None:
+        super().learn_held_fixed(sample, updates, plans)
+        self.value.learn_held_fixed(sample, lambda feature: self.plan(feature, None, True), updates, plans)
 
     def latent_loss(
         self, batch: dict[str, torch.Tensor], post: State, prior: State

@@ -4,6 +4,7 @@ model, with lambda-returns bootstrapped from a slow target value network."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from collodreamer.agents.base import Sampler
 from collodreamer.agents.promise import Segment, promise_metrics
 from collodreamer.averages import Averages
 from collodreamer.config import ActorConfig, Config
@@ -59,9 +61,16 @@ class ImaginedBehaviour:
     world model, with lambda-returns bootstrapped from the critic's slow target. The critic follows
     Dreamer's convention: ``V(s)`` predicts the rewards from the next state on."""
 
-    def __init__(self, config: Config, world_model: WorldModel, action_dim: int) -> None:
+    def __init__(
+        self,
+        config: Config,
+        world_model: WorldModel,
+        action_dim: int,
+        reward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         self.config = config
         self.world_model = world_model
+        self.reward = reward or world_model.reward_of  # r(z) in imagination
         device = world_model.device
         feature_dim = world_model.feature_dim
         self.actor = Actor(feature_dim, action_dim, config.actor).to(device)
@@ -72,7 +81,7 @@ class ImaginedBehaviour:
         """The critic's value counting the reward of ``feature`` itself, ``r(z) + gamma V(z)`` (the
         critic predicts the rewards from the next state on)."""
         value = self.critic.value(feature)
-        return self.world_model.reward_of(feature) + self.config.value.gamma * value
+        return self.reward(feature) + self.config.value.gamma * value
 
     def train(self, post: State) -> dict[str, float]:
         """One actor and one critic update on imagined trajectories from the posterior states ``post``
@@ -90,7 +99,7 @@ class ImaginedBehaviour:
         actor_config, value_config = self.config.actor, self.config.value
         with frozen(self.world_model), autocast(self.world_model.device, self.config.model.amp):
             features, _ = self.world_model.rssm.imagine(start, self.actor.sample, actor_config.horizon)
-            rewards = self.world_model.reward_of(features[1:])
+            rewards = self.reward(features[1:])
             values = self.critic.target(features[1:])
         returns = lambda_returns(rewards.float(), values.float(), value_config.gamma, value_config.lam)
         # Weight step t by gamma^t: later imagined steps matter less (DreamerV1).
@@ -175,8 +184,17 @@ class DreamerAgent:
             features.append(rssm.next_feature_mean(features[-1], self.actor.mode(features[-1])))
         return torch.stack(features, 1)
 
+    def value_of(self, feature: torch.Tensor) -> torch.Tensor:
+        return self.behaviour.value_of(feature)
+
     def metrics(self) -> dict[str, float]:
         return self._averages.take()
+
+    def learn_held_fixed(self, sample: Sampler, updates: int, plans: int) -> None:
+        """Learn the actor and critic on a held-fixed model's replay: ``updates`` training batches."""
+        replay = self.config.replay
+        for _ in range(updates):
+            self.behaviour.train(sample(replay.batch_size, replay.batch_length)[1])
 
     def train_step(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
         post, metrics = self.world_model.train_step(to_torch(batch, self.device))

@@ -16,12 +16,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from collodreamer.agents.base import Sampler
 from collodreamer.agents.promise import Segment, promise_metrics
 from collodreamer.averages import Averages
 from collodreamer.config import Config, PlannerConfig
 from collodreamer.models import MLP, State, WorldModel, to_torch
+from collodreamer.models.ensemble import Ensemble
 from collodreamer.models.optim import adam, explore, frozen, load_optimizer, nonfinite, optimizer_step
-from collodreamer.planning import Objective, Plan, PlanResult, collocate, initial_multipliers, shifted_plan
+from collodreamer.models.world_model import ExtraLoss
+from collodreamer.planning import (
+    Objective,
+    Plan,
+    PlanResult,
+    collocate,
+    initial_multipliers,
+    rollout_plan,
+    shifted_plan,
+)
 from collodreamer.spec import EnvSpec
 from collodreamer.timing import timed
 
@@ -48,11 +59,19 @@ class LatCoAgent:
         self.policy: MLP | None = None
         self.last_multipliers: tuple[float, float] | None = None  # mean lambda, nu of the last plan
         self._objective: Objective | None = None
-        if config.planner.init == "policy":
+        if config.planner.init == "policy" or "policy" in config.planner.candidates:
             self.policy = MLP(feature_dim, spec.action_dim, config.policy.units, config.policy.layers).to(
                 device
             )
             self.policy_optimizer = adam(self.policy.parameters(), config.policy.lr)
+        pessimism = config.pessimism
+        self.reward_heads: Ensemble | None = None
+        if pessimism.reward_heads:
+            self.reward_heads = Ensemble(
+                feature_dim, pessimism.reward_heads, pessimism.units, pessimism.layers
+            )
+            self.reward_heads.to(device)
+            self.reward_heads_optimizer = adam(self.reward_heads.parameters(), pessimism.lr)
         self._averages = Averages()
 
     def log(self, metrics: dict[str, float]) -> None:
@@ -71,47 +90,64 @@ class LatCoAgent:
         rssm = self.world_model.rssm
         return Objective(
             rssm.next_feature_mean,
-            self.world_model.reward_of,
+            self.planning_reward,
             self.action_dim,
             dynamics_jacobian=rssm.next_feature_mean_jacobian,
             action_residual=self.config.planner.action_residual,
+            trust_weight=self.config.planner.trust_weight,
         )
+
+    def planning_reward(self, feature: torch.Tensor) -> torch.Tensor:
+        """The reward plans are scored by: the world model's ``r(z)``, less ``pessimism.reward_kappa``
+        times the std of the reward heads where there are heads."""
+        reward = self.world_model.reward_of(feature)
+        if self.reward_heads is None:
+            return reward
+        return reward - self.config.pessimism.reward_kappa * self.reward_heads(feature).std(0, unbiased=False)
 
     def initial_plan(self, feature: torch.Tensor, previous: PlanResult | None) -> Plan | None:
         """The knots to start from: None (random, LatCo's), the shifted previous plan, or the policy's
-        rollout under the model."""
+        rollout under the model; their actions are the anchor of the trust region."""
         config = self.config.planner
         starts = feature.repeat_interleave(config.plans, 0)
+        init = None
         if config.init == "shift" and previous is not None:
-            repeated = Plan(
-                *(
-                    t.repeat_interleave(config.plans, 0)
-                    for t in (
-                        previous.plan.features,
-                        previous.plan.actions,
-                        previous.plan.lam,
-                        previous.plan.nu,
-                    )
-                )
-            )
-            return shifted_plan(repeated, config.replan_every, starts, config)
-        if config.init == "policy" and self.warm_start_policy() is not None:
-            policy = self.warm_start_policy()
-            features, actions = [starts], []
-            for _ in range(config.horizon):
-                actions.append(policy(features[-1]))
-                features.append(self.world_model.rssm.next_feature_mean(features[-1], actions[-1]))
-            actions.append(policy(features[-1]))
+            repeated = Plan(*(t.repeat_interleave(config.plans, 0) for t in previous.plan.knots()))
+            init = shifted_plan(repeated, config.replan_every, starts, config)
+        elif config.init == "policy" and self.warm_start_policy() is not None:
+            init = self.policy_plan(starts)
             # The rollout is feasible already: start from the multipliers the last plan ended with
             # rather than relaxing the constraints again.
-            lam, nu = initial_multipliers(starts.shape[0], config.horizon, config, starts)
             if self.last_multipliers is not None:
-                lam, nu = (
-                    torch.full_like(lam, self.last_multipliers[0]),
-                    torch.full_like(nu, self.last_multipliers[1]),
-                )
-            return Plan(torch.stack(features, 1), torch.stack(actions, 1), lam, nu)
-        return None
+                init.lam.fill_(self.last_multipliers[0])
+                init.nu.fill_(self.last_multipliers[1])
+        if init is not None and config.trust_weight > 0:
+            init.anchor = init.actions.clone()
+        return init
+
+    def policy_plan(self, starts: torch.Tensor) -> Plan:
+        """The warm-start policy's rollout under the model from each start ``[B, D]``, as a plan."""
+        policy, config = self.warm_start_policy(), self.config.planner
+        assert policy is not None
+        features, actions = [starts], []
+        for _ in range(config.horizon):
+            actions.append(policy(features[-1]))
+            features.append(self.world_model.rssm.next_feature_mean(features[-1], actions[-1]))
+        actions.append(policy(features[-1]))
+        lam, nu = initial_multipliers(starts.shape[0], config.horizon, config, starts)
+        return Plan(torch.stack(features, 1), torch.stack(actions, 1), lam, nu)
+
+    def candidate_plans(self, feature: torch.Tensor, previous: PlanResult | None) -> Plan | None:
+        """The ``planner.candidates`` from ``feature [1, D]`` that compete with the optimised plans."""
+        config, plans = self.config.planner, []
+        if "policy" in config.candidates and self.warm_start_policy() is not None:
+            plans.append(self.policy_plan(feature))
+        if "previous" in config.candidates and previous is not None:
+            shifted = shifted_plan(previous.plan, config.replan_every, feature, config)
+            plans.append(rollout_plan(self.objective(), feature, shifted.actions, config))
+        if not plans:
+            return None
+        return Plan(*(torch.cat(parts) for parts in zip(*map(Plan.knots, plans), strict=True)))
 
     def warm_start_policy(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The policy (feature -> action in [-1, 1]) whose rollout initialises plans, if any: here the
@@ -131,6 +167,7 @@ class LatCoAgent:
                 self.planner_config(),
                 init=self.initial_plan(feature, previous),
                 on_iteration=self.on_iteration(training),
+                candidates=self.candidate_plans(feature, previous),
             )
         self.log({"plan/ms": 1000 * (time.perf_counter() - start)})
         # A start whose plans all went non-finite acts with zeros (collocate replaces them); a run of
@@ -201,8 +238,38 @@ class LatCoAgent:
 
     # --- learning ------------------------------------------------------------------------------
     def train_step(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
-        _, metrics = self.world_model.train_step(to_torch(batch, self.device))
-        return metrics
+        data = to_torch(batch, self.device)
+        post, metrics = self.world_model.train_step(data, self.model_loss())
+        return {**metrics, **self.learn(data, post)}
+
+    def model_loss(self) -> ExtraLoss | None:
+        """A term added to the world model's loss (none for LatCo)."""
+        return None
+
+    def learn(self, batch: dict[str, torch.Tensor], post: State) -> dict[str, float]:
+        """What learns from a training batch besides the world model, given its posterior states:
+        the reward heads."""
+        if self.reward_heads is None:
+            return {}
+        features = self.world_model.rssm.mean_feature(post).detach()
+        with torch.enable_grad():
+            loss = 0.5 * (self.reward_heads(features) - batch["reward"].float()).pow(2).mean()
+            optimizer_step(
+                self.reward_heads_optimizer,
+                loss,
+                self.reward_heads,
+                self.config.model.grad_clip,
+                "reward_heads",
+            )
+        return {"pessimism/reward_loss": loss.item()}
+
+    def learn_held_fixed(self, sample: Sampler, updates: int, plans: int) -> None:
+        """Learn what this agent learns besides the world model on a held-fixed model's replay
+        (``sample(count, length)``: a batch and its posterior states), as much as a run would:
+        ``updates`` training batches, ``plans`` plans where learning happens while planning."""
+        replay = self.config.replay
+        for _ in range(updates):
+            self.learn(*sample(replay.batch_size, replay.batch_length))
 
     def metrics(self) -> dict[str, float]:
         return self._averages.take()
@@ -212,6 +279,9 @@ class LatCoAgent:
         if self.policy is not None:
             state["policy"] = self.policy.state_dict()
             state["policy_optimizer"] = self.policy_optimizer.state_dict()
+        if self.reward_heads is not None:
+            state["reward_heads"] = self.reward_heads.state_dict()
+            state["reward_heads_optimizer"] = self.reward_heads_optimizer.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -219,3 +289,8 @@ class LatCoAgent:
         if self.policy is not None:
             self.policy.load_state_dict(state["policy"])
             load_optimizer(self.policy_optimizer, state["policy_optimizer"], self.config.policy.lr)
+        if self.reward_heads is not None:
+            self.reward_heads.load_state_dict(state["reward_heads"])
+            load_optimizer(
+                self.reward_heads_optimizer, state["reward_heads_optimizer"], self.config.pessimism.lr
+            )

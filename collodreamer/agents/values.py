@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from collodreamer.agents.base import Sampler
 from collodreamer.agents.dreamer import ImaginedBehaviour
 from collodreamer.config import Config
 from collodreamer.models import State, WorldModel
@@ -31,19 +32,23 @@ from collodreamer.timing import timed
 
 Tensor = torch.Tensor
 Log = Callable[[dict[str, float]], None]
-# (count, length) -> a replay batch and its posterior states [count, length, ...]
-Sampler = Callable[[int, int], tuple[dict[str, Tensor], State]]
 
 
 class ValueStyle:
     """A critic and the hooks through which it learns; the hooks do nothing unless a style uses them."""
 
     def __init__(
-        self, config: Config, world_model: WorldModel, log: Log, critic: Critic | None = None
+        self,
+        config: Config,
+        world_model: WorldModel,
+        log: Log,
+        reward: Callable[[Tensor], Tensor],
+        critic: Critic | None = None,
     ) -> None:
         self.config = config
         self.world_model = world_model
         self.log = log
+        self.reward = reward  # r(z) of the targets: the planner's, pessimistic where it is
         self.critic = critic or Critic(
             world_model.feature_dim, config.value, world_model.device, config.model.amp
         )
@@ -90,8 +95,10 @@ class PlanValue(ValueStyle):
     """Styles that learn from plans or segments: Bellman targets of Eq. 10 over a batch of the latest
     ones (``value.plan_batch``)."""
 
-    def __init__(self, config: Config, world_model: WorldModel, log: Log) -> None:
-        super().__init__(config, world_model, log)
+    def __init__(
+        self, config: Config, world_model: WorldModel, log: Log, reward: Callable[[Tensor], Tensor]
+    ) -> None:
+        super().__init__(config, world_model, log, reward)
         # the latest plans (or segments) besides the current one in each value batch
         self.recent: deque[tuple[Tensor, Tensor]] = deque(maxlen=config.value.plan_batch - 1)
 
@@ -99,7 +106,7 @@ class PlanValue(ValueStyle):
         """Bellman targets of Eq. 10 for knots ``[B, K, D]`` with actions ``[B, K, A]``:
         ``T_k = r(z_k) + gamma T_{k+1}``, ``T_{K-1} = r(z_{K-1}) + gamma V'(mu(z_{K-1}, a_{K-1}))``."""
         with torch.no_grad():
-            rewards = self.world_model.reward_of(features)
+            rewards = self.reward(features)
             after = self.world_model.rssm.next_feature_mean(features[:, -1], actions[:, -1])
             bootstrap = self.critic.target(after)
             # The state after the last knot only bootstraps: its reward is never read, and with
@@ -126,8 +133,10 @@ class InnerValue(PlanValue):
     """``inner`` (Algorithm 1): a value step on the current plan after every ``value.update_every``-th
     planner iteration."""
 
-    def __init__(self, config: Config, world_model: WorldModel, log: Log) -> None:
-        super().__init__(config, world_model, log)
+    def __init__(
+        self, config: Config, world_model: WorldModel, log: Log, reward: Callable[[Tensor], Tensor]
+    ) -> None:
+        super().__init__(config, world_model, log, reward)
         self.iterations = 0  # planner iterations while training, for value.update_every
 
     def on_iteration(self, plan: Plan) -> None:
@@ -202,9 +211,11 @@ class ImaginationValue(ValueStyle):
     Dreamer's critic predicts the rewards from the next state on, so the planner's V adds the
     state's own reward: ``V(z) = r(z) + gamma V_dreamer(z)``."""
 
-    def __init__(self, config: Config, world_model: WorldModel, log: Log) -> None:
-        self.behaviour = ImaginedBehaviour(config, world_model, world_model.action_dim)
-        super().__init__(config, world_model, log, self.behaviour.critic)
+    def __init__(
+        self, config: Config, world_model: WorldModel, log: Log, reward: Callable[[Tensor], Tensor]
+    ) -> None:
+        self.behaviour = ImaginedBehaviour(config, world_model, world_model.action_dim, reward)
+        super().__init__(config, world_model, log, reward, self.behaviour.critic)
 
     def value_of(self, feature: Tensor) -> Tensor:
         return self.behaviour.value_of(feature)
@@ -230,6 +241,8 @@ STYLES: dict[str, type[ValueStyle]] = {
 }
 
 
-def make_value_style(config: Config, world_model: WorldModel, log: Log) -> ValueStyle:
-    """The value learner ``config.value.style`` names."""
-    return STYLES[config.value.style](config, world_model, log)
+def make_value_style(
+    config: Config, world_model: WorldModel, log: Log, reward: Callable[[Tensor], Tensor]
+) -> ValueStyle:
+    """The value learner ``config.value.style`` names; ``reward`` is the r(z) of its targets."""
+    return STYLES[config.value.style](config, world_model, log, reward)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from collodreamer.config import ValueConfig
+from collodreamer.models.ensemble import pessimistic
 from collodreamer.models.networks import MLP
 from collodreamer.models.optim import (
     adam,
@@ -31,21 +32,32 @@ def straight_through_clip(value: torch.Tensor, low: float, high: float) -> torch
 
 class ValueNetwork(nn.Module):
     """V(z) -> ``[...]``; batch norm and dropout act in training mode only, clipping always
-    (``clip_mode``: a hard clamp, or the straight-through clamp of :func:`straight_through_clip`)."""
+    (``clip_mode``: a hard clamp, or the straight-through clamp of :func:`straight_through_clip`).
+    With ``heads > 1``, V is the pessimistic estimate ``mean - kappa * std`` over that many networks."""
 
     def __init__(self, feature_dim: int, config: ValueConfig) -> None:
         super().__init__()
-        self.net = MLP(feature_dim, 1, config.units, config.layers, config.norm, config.dropout)
+
+        def network() -> MLP:
+            return MLP(feature_dim, 1, config.units, config.layers, config.norm, config.dropout)
+
+        self.net = network()
+        self.more = nn.ModuleList(network() for _ in range(config.heads - 1))  # the ensemble's other heads
+        self.kappa = config.kappa
         self.bounds = (config.clip_low, config.clip_high) if config.clip else None
         self.straight_through = config.clip_mode == "straight_through"
 
-    def forward(self, feature: torch.Tensor) -> torch.Tensor:
-        value = self.net(feature).squeeze(-1)
+    def heads(self, feature: torch.Tensor) -> torch.Tensor:
+        """Each head's (clipped) value ``[K, ...]``."""
+        value = torch.stack([net(feature).squeeze(-1) for net in (self.net, *self.more)])
         if self.bounds is None:
             return value
         if self.straight_through:
             return straight_through_clip(value, *self.bounds)
         return value.clamp(*self.bounds)
+
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        return pessimistic(self.heads(feature), self.kappa)
 
 
 class Critic:
@@ -76,7 +88,7 @@ class Critic:
         with torch.enable_grad():
             self.value.train()
             with autocast(self.device, self.amp):
-                prediction = self.value(features.detach()).float()
+                prediction = self.value.heads(features.detach()).float()
             squared = 0.5 * (prediction - targets.detach()) ** 2
             loss = (squared if weights is None else weights * squared).mean()
             norm = optimizer_step(self.optimizer, loss, self.value, self.config.grad_clip, "value")

@@ -1,7 +1,13 @@
 """Collocation planning (LatCo): the problem and its residuals, Gauss-Newton and Adam primal steps,
 dual multiplier updates, and the planner that alternates them."""
 
-from collodreamer.planning.planner import collocate, initial_multipliers, random_plan, shifted_plan
+from collodreamer.planning.planner import (
+    collocate,
+    initial_multipliers,
+    random_plan,
+    rollout_plan,
+    shifted_plan,
+)
 from collodreamer.planning.problem import DualStep, Objective, Plan, PlanResult, dual_update
 
 __all__ = [
@@ -13,5 +19,6 @@ __all__ = [
     "dual_update",
     "initial_multipliers",
     "random_plan",
+    "rollout_plan",
     "shifted_plan",
 ]

@@ -19,6 +19,7 @@ def adam_objective(
     lam: Tensor,
     nu: Tensor,
     dual: DualStep | None,
+    anchor: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The primal objective of the plan ``[first, free]`` and its violations from one forward pass.
 
@@ -31,7 +32,7 @@ def adam_objective(
     act_violation = action_excess(actions.detach(), objective.action_residual)[0].pow(2).sum(-1)
     if dual is not None:
         lam, nu = dual.multipliers(lam, nu, dyn_violation, act_violation)
-    value = residuals(objective, Plan(features, actions, lam, nu), gap).pow(2).sum()
+    value = residuals(objective, Plan(features, actions, lam, nu, anchor), gap).pow(2).sum()
     return value, lam, nu, dyn_violation, act_violation
 
 
@@ -61,11 +62,15 @@ class AdamPrimal:
         self.optimizer.zero_grad(set_to_none=True)
         with torch.enable_grad():
             value, lam, nu, dyn_violation, act_violation = self.function(
-                objective, self.first, self.free_features, self.actions, plan.lam, plan.nu, dual
+                objective, self.first, self.free_features, self.actions, plan.lam, plan.nu, dual, plan.anchor
             )
             value.backward()
         self.optimizer.step()
         stepped = Plan(
-            torch.cat([self.first, self.free_features.detach()], 1), self.actions.detach(), lam, nu
+            torch.cat([self.first, self.free_features.detach()], 1),
+            self.actions.detach(),
+            lam,
+            nu,
+            plan.anchor,
         )
         return stepped, dyn_violation, act_violation

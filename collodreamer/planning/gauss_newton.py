@@ -132,7 +132,7 @@ def normal_equations(objective: Objective, plan: Plan, lin: Linearisation) -> tu
     (``n = D + A``); never a dense matrix. ``z_0`` is pinned: its rows and columns are zero.
     """
     B, K, D = plan.features.shape
-    H, n = K - 1, lin.jacobian.shape[-1]
+    H, n, A = K - 1, lin.jacobian.shape[-1], plan.actions.shape[-1]
     s_dyn, s_act, s_rew = residual_scales(plan.lam, plan.nu)
     weights = reward_weights(H, objective.gamma, plan.features)
     dyn = s_dyn[..., None] * lin.gap  # [B, H, D]
@@ -158,6 +158,11 @@ def normal_equations(objective: Objective, plan: Plan, lin: Linearisation) -> tu
     # Action bounds (diagonal).
     hessian[:, :, D:, D:] += torch.diag_embed(act_grad**2)
     gradient[:, :, D:] += act_grad * act
+    # Trust region around the anchor's actions (diagonal, constant curvature).
+    if objective.trust_weight > 0 and plan.anchor is not None:
+        trust = s_rew**2 * objective.trust_weight  # [B, 1]
+        hessian[:, :, D:, D:] += trust[..., None, None] * torch.eye(A, dtype=dyn.dtype, device=dyn.device)
+        gradient[:, :, D:] += trust[..., None] * (plan.actions - plan.anchor)
     # Terminal value of the last knot (ColloDreamer).
     if objective.value is not None:
         value, value_grad = _value_residual_grad(objective, plan.features[:, -1], plan.actions[:, -1])
@@ -193,6 +198,7 @@ def step_size(objective: Objective, plan: Plan, step: Tensor) -> Tensor:
         (plan.actions - sizes * step[..., D:]).flatten(0, 1),
         plan.lam.repeat(len(STEP_SIZES), 1),
         plan.nu.repeat(len(STEP_SIZES), 1),
+        None if plan.anchor is None else plan.anchor.repeat(len(STEP_SIZES), 1, 1),
     )
     best = lagrangian(objective, candidates).reshape(len(STEP_SIZES), B).nan_to_num(torch.inf).argmin(0)
     return sizes.flatten()[best][:, None, None]

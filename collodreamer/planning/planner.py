@@ -17,6 +17,7 @@ from collodreamer.planning.problem import (
     Plan,
     PlanResult,
     planned_return,
+    rollout_features,
     rollout_return,
     violations,
 )
@@ -55,16 +56,26 @@ def shifted_plan(previous: Plan, steps: int, start: Tensor, config: PlannerConfi
     return replace(fresh, features=features, actions=actions)
 
 
+def rollout_plan(objective: Objective, start: Tensor, actions: Tensor, config: PlannerConfig) -> Plan:
+    """A plan that is feasible by construction: ``actions [B, H+1, A]`` and the knots their rollout
+    from ``start [B, D]`` reaches under the dynamics, with fresh multipliers."""
+    horizon = actions.shape[1] - 1
+    features = torch.cat([start[:, None], rollout_features(objective.dynamics, start, actions[:, :-1])], 1)
+    return Plan(features, actions, *initial_multipliers(start.shape[0], horizon, config, start))
+
+
 def collocate(
     objective: Objective,
     start: Tensor,
     config: PlannerConfig,
     init: Plan | None = None,
     on_iteration: Callable[[Plan], None] | None = None,
+    candidates: Plan | None = None,
 ) -> PlanResult:
     """Plan from each start feature ``[S, D]``: ``config.plans`` plans per start are optimised in
     parallel by ``config.iterations`` primal/dual steps; per start, the plan whose clipped actions
-    score the best imagined return is kept. ``init`` (``[S * plans, ...]``) replaces the random
+    score the best imagined return is kept, the ``candidates`` (``[S * C, ...]``, C per start, e.g.
+    an actor's rollout) competing with them. ``init`` (``[S * plans, ...]``) replaces the random
     initialisation; ``on_iteration`` sees the plans after every dual step."""
     starts = start.repeat_interleave(config.plans, 0)
     plan = init if init is not None else random_plan(starts, config.horizon, objective.action_dim, config)
@@ -96,12 +107,38 @@ def collocate(
                     break
                 previous_return = planned
         plan = dual(plan, *violations(objective, plan))
-        return select_plans(objective, plan, starts, config.plans, iterations)
+        plans = config.plans
+        if candidates is not None:
+            plan = with_candidates(plan, candidates, start.shape[0])
+            plans += candidates.features.shape[0] // start.shape[0]
+        return select_plans(
+            objective, plan, start.repeat_interleave(plans, 0), plans, iterations, config.plans
+        )
 
 
-def select_plans(objective: Objective, plan: Plan, starts: Tensor, plans: int, iterations: int) -> PlanResult:
+def with_candidates(plan: Plan, candidates: Plan, count: int) -> Plan:
+    """The optimised plans ``[S * P, ...]`` and the candidates ``[S * C, ...]`` as one batch grouped by
+    start, ``[S * (P + C), ...]``, the candidates last in each group."""
+
+    def join(ours: Tensor, theirs: Tensor) -> Tensor:
+        grouped = ours.reshape(count, -1, *ours.shape[1:]), theirs.reshape(count, -1, *theirs.shape[1:])
+        return torch.cat(grouped, 1).flatten(0, 1)
+
+    return Plan(*(join(ours, theirs) for ours, theirs in zip(plan.knots(), candidates.knots(), strict=True)))
+
+
+def select_plans(
+    objective: Objective,
+    plan: Plan,
+    starts: Tensor,
+    plans: int,
+    iterations: int,
+    optimised: int | None = None,
+) -> PlanResult:
     """Per start state, the plan of its ``plans`` whose clipped actions score the best imagined
-    return; non-finite plans never win, their actions are zeros. Diagnostics of the chosen plans."""
+    return; non-finite plans never win, their actions are zeros. The first ``optimised`` of each
+    start's plans were optimised, the rest are candidates (``candidate_share``: how often one of them
+    won). Diagnostics of the chosen plans."""
     count = starts.shape[0] // plans
     finite = torch.isfinite(plan.features).flatten(1).all(1) & torch.isfinite(plan.actions).flatten(1).all(1)
     bad = int((~finite).sum())
@@ -118,8 +155,9 @@ def select_plans(objective: Objective, plan: Plan, starts: Tensor, plans: int, i
     clipped = plan.actions.clamp(-1.0, 1.0)
     scores = rollout_return(objective, starts, clipped).reshape(count, plans)
     scores = torch.where(finite.reshape(count, plans), scores, -torch.inf)
-    index = torch.arange(count, device=starts.device) * plans + scores.argmax(1)
-    chosen = Plan(*(t[index] for t in (plan.features, plan.actions, plan.lam, plan.nu)))
+    best = scores.argmax(1)
+    index = torch.arange(count, device=starts.device) * plans + best
+    chosen = Plan(*(t[index] for t in plan.knots()))
     dynamics, actions = violations(objective, chosen)
     diagnostics = {
         "dynamics_violation": dynamics.mean().item(),
@@ -131,4 +169,6 @@ def select_plans(objective: Objective, plan: Plan, starts: Tensor, plans: int, i
         "iterations": float(iterations),
         "nonfinite_plans": float(bad),
     }
+    if optimised is not None and optimised < plans:
+        diagnostics["candidate_share"] = (best >= optimised).float().mean().item()
     return PlanResult(chosen, chosen.actions.clamp(-1.0, 1.0), diagnostics)

@@ -10,6 +10,7 @@ least-squares form of the Lagrangian of Eq. 6: minimise ``sum ||residual||^2`` w
     actions    s * sqrt(nu_k) * max(|a_k| - 1, 0)   (or max(a_k^2 - 1, 0))     k = 0..H
     reward     s * sqrt(gamma^k) * softplus(-r(z_k))                            k = 1..H
     value      s * sqrt(w * gamma^(H+1) * c) * softplus(-V(mu(z_H, a_H)) / c)   (ColloDreamer only)
+    trust      s * sqrt(beta) * (a_k - anchor_k)                                k = 0..H (beta > 0)
 
 where ``s = 1 / (mean sqrt(lambda) + mean sqrt(nu) + 1)`` is LatCo's per-plan normaliser and gamma
 the discount of Eq. 10 (``gamma = 1``: the plain reward sum of Eq. 8). The terminal value enters like
@@ -18,6 +19,9 @@ weighs as the ``c`` steps it stands for, times ``w`` (``value.weight``). V count
 own state (``V(z) = r(z) + gamma V(z')``, the targets of ``models.losses.value_targets``), so the
 state ``mu(z_H, a_H)`` one step after the last knot is discounted by ``gamma^(H+1)``: Eq. 10 as
 printed writes ``gamma^H``, which counts that state's reward at the last knot's discount.
+
+The trust region (beyond LatCo) holds the plan's actions near those of an anchor, e.g. the rollout
+of an actor the plan started from, with weight ``beta`` (``planner.trust_weight``).
 
 Every residual couples at most two adjacent knots, so ``J^T J`` is block tridiagonal over time
 (:mod:`collodreamer.planning.gauss_newton`).
@@ -50,6 +54,7 @@ class Objective:
     dynamics_jacobian: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
     value: Callable[[Tensor], Tensor] | None = None  # V(z) of the state after the last knot
     value_weight: float = 1.0  # w: scales the terminal value term
+    trust_weight: float = 0.0  # beta: holds the actions near the plan's anchor (0: off)
     action_residual: str = "square"  # "square": max(a^2 - 1, 0); "abs": max(|a| - 1, 0)
 
     @property
@@ -71,16 +76,22 @@ class Objective:
 @dataclass
 class Plan:
     """Knots of a batch of plans: features ``[B, H+1, D]`` (``features[:, 0]`` is z_0), actions
-    ``[B, H+1, A]`` (unclipped), and their multipliers ``lam [B, H]`` and ``nu [B, H+1]``."""
+    ``[B, H+1, A]`` (unclipped), their multipliers ``lam [B, H]`` and ``nu [B, H+1]``, and the actions
+    ``[B, H+1, A]`` a trust region holds them near (None: the plan has no anchor)."""
 
     features: Tensor
     actions: Tensor
     lam: Tensor
     nu: Tensor
+    anchor: Tensor | None = None
 
     @property
     def horizon(self) -> int:
         return self.features.shape[1] - 1
+
+    def knots(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The features, actions and multipliers, the anchor left out."""
+        return self.features, self.actions, self.lam, self.nu
 
 
 @dataclass
@@ -190,6 +201,9 @@ def residuals(objective: Objective, plan: Plan, gap: Tensor | None = None) -> Te
     weights = reward_weights(plan.horizon, objective.gamma, plan.features).sqrt()
     rewards = s_rew * weights * F.softplus(-objective.reward(plan.features[:, 1:]))
     parts = [dynamics.flatten(1), actions.flatten(1), rewards]
+    if objective.trust_weight > 0 and plan.anchor is not None:
+        trust = s_rew[..., None] * objective.trust_weight**0.5 * (plan.actions - plan.anchor)
+        parts.append(trust.flatten(1))
     if objective.value is not None:
         value = objective.terminal_value(plan.features[:, -1], plan.actions[:, -1]) / objective.value_scale
         parts.append(s_rew * terminal_residual_scale(objective, plan.horizon) * F.softplus(-value)[:, None])

@@ -1,0 +1,211 @@
+"""The remedies against plans that exploit the model, each against a hand computation: ensemble
+pessimism (reward and value heads), the trust region around an anchor, and candidates that compete
+with the optimised plans."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from collodreamer.agents import make_agent
+from collodreamer.config import ConfigError, PlannerConfig, ValueConfig, make_config
+from collodreamer.models.ensemble import Ensemble, pessimistic
+from collodreamer.models.value import Critic, ValueNetwork
+from collodreamer.planning import Plan, collocate, random_plan, rollout_plan
+from collodreamer.planning.gauss_newton import gauss_newton_step
+from collodreamer.planning.problem import Objective, residuals, rollout_return
+from collodreamer.spec import EnvSpec
+
+
+def test_pessimistic_estimate_by_hand():
+    heads = torch.tensor([[1.0, 4.0], [3.0, 0.0]])  # two heads, two inputs
+    # mean - kappa * population std: with two heads and kappa 1, the minimum of the two
+    assert torch.allclose(pessimistic(heads, 1.0), torch.tensor([1.0, 0.0]))
+    assert torch.allclose(pessimistic(heads, 0.5), torch.tensor([2.0 - 0.5, 2.0 - 1.0]))
+    three = torch.tensor([[0.0], [3.0], [6.0]])
+    assert pessimistic(three, 2.0).item() == pytest.approx(3.0 - 2.0 * (6.0**0.5))
+    assert torch.equal(pessimistic(heads[:1], 5.0), heads[0])  # one head: itself
+    ensemble = Ensemble(3, heads=4, units=8, layers=1)
+    x = torch.randn(5, 3)
+    assert ensemble(x).shape == (4, 5)
+    assert not torch.allclose(ensemble(x)[0], ensemble(x)[1])  # each head its own initialisation
+
+
+def test_value_heads_are_pessimistic_and_all_trained():
+    config = ValueConfig(units=8, layers=1, heads=3, kappa=0.5, clip=True, clip_low=-1.0, clip_high=1.0)
+    network = ValueNetwork(4, config)
+    x = torch.randn(6, 4)
+    heads = torch.stack([net(x).squeeze(-1).clamp(-1.0, 1.0) for net in (network.net, *network.more)])
+    assert torch.allclose(network.heads(x), heads)
+    assert torch.allclose(network(x), heads.mean(0) - 0.5 * heads.std(0, unbiased=False))
+    # One head: the paper's network, with no extra parameters.
+    single = ValueNetwork(4, replace(config, heads=1))
+    assert len(single.more) == 0 and torch.allclose(single(x), single.net(x).squeeze(-1).clamp(-1.0, 1.0))
+    # The critic's loss trains every head towards the targets.
+    critic = Critic(4, replace(config, lr=1e-2, clip=False), torch.device("cpu"))
+    targets = torch.full((6,), 0.3)
+    before = (critic.value.heads(x) - targets).abs().mean(1)
+    for _ in range(100):
+        critic.update(x, targets)
+    after = (critic.value.heads(x) - targets).abs().mean(1)
+    assert torch.all(after < 0.5 * before)
+
+
+def tiny(agent: str, *overrides: str):
+    config = make_config(
+        ["tiny"],
+        [f"agent={agent}", "planner.horizon=4", "planner.replan_every=2", "planner.iterations=3", *overrides],
+    )
+    torch.manual_seed(0)
+    return make_agent(config, EnvSpec((5,), 2))
+
+
+def test_planning_reward_subtracts_the_reward_heads_std():
+    agent = tiny("latco", "pessimism.reward_heads=3", "pessimism.reward_kappa=2.0")
+    z = torch.randn(7, agent.world_model.feature_dim)
+    heads = torch.stack([head(z).squeeze(-1) for head in agent.reward_heads.heads])
+    expected = agent.world_model.reward_of(z) - 2.0 * heads.std(0, unbiased=False)
+    assert torch.allclose(agent.planning_reward(z), expected)
+    assert agent.objective().reward(z).shape == (7,)
+    assert torch.allclose(tiny("latco").planning_reward(z), tiny("latco").world_model.reward_of(z))
+    # The heads learn the replayed rewards at the posterior's mean features.
+    batch = {
+        "obs": torch.randn(3, 8, 5),
+        "action": torch.rand(3, 8, 2) * 2 - 1,
+        "reward": torch.rand(3, 8),
+        "is_first": torch.zeros(3, 8, dtype=torch.bool),
+        "is_terminal": torch.zeros(3, 8, dtype=torch.bool),
+    }
+    first = agent.train_step({k: v.numpy() for k, v in batch.items()})["pessimism/reward_loss"]
+    for _ in range(100):
+        last = agent.train_step({k: v.numpy() for k, v in batch.items()})["pessimism/reward_loss"]
+    assert last < 0.5 * first
+    with pytest.raises(ConfigError, match="reward_heads"):
+        make_config(["tiny"], ["pessimism.reward_heads=1"])
+
+
+GOAL = torch.tensor([0.2, 0.4])
+
+
+def objective(trust_weight: float = 0.0) -> Objective:
+    return Objective(
+        dynamics=lambda z, a: 0.9 * z + a,
+        reward=lambda z: 1.0 - (z - GOAL).pow(2).sum(-1),
+        action_dim=2,
+        trust_weight=trust_weight,
+    )
+
+
+def test_trust_region_residual_and_gauss_newton_step_by_hand():
+    """The residual s * sqrt(beta) * (a_k - anchor_k) enters the least squares, and the Gauss-Newton
+    step is the dense solve of the linearised problem with it."""
+    torch.manual_seed(0)
+    plan = random_plan(torch.randn(1, 2), horizon=3, action_dim=2, config=PlannerConfig())
+    plan.anchor = torch.zeros_like(plan.actions)
+    obj = objective(trust_weight=4.0)
+    base = residuals(objective(), plan)[0]
+    full = residuals(obj, plan)[0]
+    scale = 1.0 / (plan.lam.sqrt().mean() + plan.nu.sqrt().mean() + 1.0)
+    assert torch.allclose(full[: len(base)], base)
+    assert torch.allclose(full[len(base) :], scale * 2.0 * plan.actions[0].flatten())
+    stepped = gauss_newton_step(obj, plan, damping=1e-3, line_search=False)[0]
+    x0 = torch.cat([plan.features[0, 1:].flatten(), plan.actions[0].flatten()])
+
+    def res(x):
+        features = torch.cat([plan.features[:, :1], x[:6].reshape(1, 3, 2)], 1)
+        return residuals(obj, replace(plan, features=features, actions=x[6:].reshape(1, 4, 2)))[0]
+
+    J = torch.autograd.functional.jacobian(res, x0)
+    dx = torch.linalg.solve(2 * J.T @ J + 1e-3 * torch.eye(len(x0)), 2 * J.T @ res(x0))
+    got = torch.cat([stepped.features[0, 1:].flatten(), stepped.actions[0].flatten()])
+    assert torch.allclose(got, x0 - dx, rtol=1e-4, atol=1e-4)
+    # A strong trust region keeps the optimised actions nearer the anchor than a weak one.
+    config = PlannerConfig(horizon=3, iterations=20)
+    near = [
+        collocate(
+            objective(w), torch.zeros(1, 2), config, init=replace(plan, anchor=plan.anchor)
+        ).plan.actions
+        for w in (0.0, 100.0)
+    ]
+    assert near[1].abs().mean() < 0.5 * near[0].abs().mean()
+    with pytest.raises(ConfigError, match="trust_weight"):
+        make_config(["tiny"], ["planner.trust_weight=1"])  # random knots: nothing to hold them near
+
+
+def test_candidates_compete_with_the_optimised_plans():
+    start = torch.zeros(1, 2)
+    config = PlannerConfig(horizon=3, iterations=1, plans=1)
+    obj = objective()
+    # A candidate that goes to the goal and stays, against a plan of one Gauss-Newton step from noise.
+    to_goal = torch.stack([GOAL, -0.9 * GOAL + GOAL, -0.9 * GOAL + GOAL, -0.9 * GOAL + GOAL])[None]
+    good = rollout_plan(obj, start, to_goal, config)
+    assert torch.allclose(good.features[0, 1:], GOAL.expand(3, 2), atol=1e-6)  # feasible by construction
+    torch.manual_seed(0)
+    result = collocate(obj, start, config, candidates=good)
+    assert result.diagnostics["candidate_share"] == 1.0
+    assert torch.allclose(result.actions, to_goal.clamp(-1, 1))
+    # A bad candidate loses to the optimised plan.
+    bad = rollout_plan(obj, start, torch.ones(1, 4, 2), config)
+    torch.manual_seed(0)
+    result = collocate(obj, start, config, candidates=bad)
+    assert result.diagnostics["candidate_share"] == 0.0
+    assert rollout_return(obj, start, result.actions) > rollout_return(obj, start, torch.ones(1, 4, 2))
+    # Two starts with two candidates each: each start chooses among its own.
+    starts = torch.zeros(2, 2)
+    both = Plan(*(torch.cat([a, b, b, a]) for a, b in zip(good.knots(), bad.knots(), strict=True)))
+    torch.manual_seed(0)
+    result = collocate(obj, starts, config, candidates=both)
+    assert result.diagnostics["candidate_share"] == 1.0
+    assert torch.allclose(result.actions, to_goal.clamp(-1, 1).expand(2, 4, 2))
+
+
+@pytest.mark.parametrize("candidates", ["[policy]", "[previous]", "[policy,previous]"])
+def test_agents_plan_with_candidates(candidates):
+    agent = tiny(
+        "collodreamer", "value.style=imagination", f"planner.candidates={candidates}", "planner.init=shift"
+    )
+    feature = torch.randn(1, agent.world_model.feature_dim)
+    first = agent.plan(feature, None, training=False)
+    second = agent.plan(feature, first, training=False)
+    expected = 0 if candidates == "[previous]" else 1  # no previous plan before the first
+    assert ("candidate_share" in first.diagnostics) == bool(expected)
+    assert "candidate_share" in second.diagnostics
+    # The policy's candidate is the actor's own rollout: feasible under the model.
+    policy = agent.policy_plan(feature)
+    predicted = agent.world_model.rssm.next_feature_mean(policy.features[:, :-1], policy.actions[:, :-1])
+    assert torch.allclose(policy.features[:, 1:], predicted, atol=1e-5)
+
+
+def test_policy_anchor_is_the_actors_rollout():
+    agent = tiny("collodreamer", "value.style=imagination", "planner.init=policy", "planner.trust_weight=10")
+    feature = torch.randn(1, agent.world_model.feature_dim)
+    init = agent.initial_plan(feature, None)
+    assert torch.equal(init.anchor, init.actions)
+    assert torch.allclose(init.actions[:, 0], agent.value.behaviour.actor.mode(feature))
+
+
+def test_value_targets_use_the_pessimistic_reward():
+    agent = tiny("collodreamer", "pessimism.reward_heads=2", "pessimism.reward_kappa=3")
+    features = torch.randn(2, 4, agent.world_model.feature_dim)
+    actions = torch.rand(2, 4, 2) * 2 - 1
+    with torch.no_grad():
+        for p in agent.critic.target.parameters():
+            p.zero_()
+    gamma = agent.config.value.gamma
+    rewards = agent.planning_reward(features)
+    # V' = 0 (a clip at 0 keeps it there): targets are the discounted sums of the pessimistic rewards.
+    expected = torch.stack([sum(gamma**j * rewards[:, k + j] for j in range(4 - k)) for k in range(4)], 1)
+    assert torch.allclose(agent.value.targets(features, actions), expected, atol=1e-5)
+    assert not torch.allclose(rewards, agent.world_model.reward_of(features))
+
+
+def test_ensemble_of_plain_modules_has_independent_gradients():
+    ensemble = Ensemble(2, heads=2, units=4, layers=1)
+    ensemble(torch.randn(3, 2))[0].sum().backward()
+    grads = [
+        any(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+        for head in ensemble.heads
+    ]
+    assert grads == [True, False]
+    assert isinstance(ensemble.heads, nn.ModuleList)
