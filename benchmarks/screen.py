@@ -12,12 +12,19 @@ those given on the command line; model sizes stay as trained), e.g. ``benchmarks
     variants:
       latco: [agent=latco]
       replay: [value.style=replay]
+      replay_h15: [value.style=replay, planner.horizon=15]
+    shares:                 # optional: variants that act with what another variant learnt
+      replay_h15: replay
 
-Per variant: an agent holding RUN_DIR's world model, which is never updated here. A collodreamer
-value is first trained on the run's replay, filtered once by that model, in the variant's own style
-and with the budget above (``inner``: plans from replayed posterior states, a value step after every
-iteration; ``after``: replayed segments of ``replan_every`` steps; ``replay``: TD(lambda) steps on
-replayed windows; ``imagination``: actor-critic steps from replayed states). Then ``--episodes``
+Per variant: an agent holding RUN_DIR's world model, which is never updated here. What the agent
+learns besides the world model (a collodreamer value, reward or value heads, Dreamer's actor and
+critic) is first learnt on the run's replay, filtered once by that model, with the budget above
+(``agents.*.learn_held_fixed``: ``inner``: plans from replayed posterior states, a value step after
+every iteration; ``after``: replayed segments of ``replan_every`` steps; ``replay``: TD(lambda) steps
+on replayed windows; ``imagination`` and Dreamer: actor-critic steps from replayed states). A variant
+named under ``shares`` loads instead what the variant it names learnt (saved as
+``DIR/<variant>.learned.pt``): it must differ from it only in how it acts, and the comparison is then
+paired in what was learnt as well as in start states. Then ``--episodes``
 test episodes in the real environment, without exploration noise, from the same start states for
 every variant (the test environment's seed is fixed). Each variant's result is written to
 ``DIR/<variant>.json`` as it ends (rerunning skips those present); ``--report`` writes
@@ -61,11 +68,19 @@ def learn(agent, replay, spec: dict, rng: np.random.Generator) -> float:
     return time.perf_counter() - start
 
 
-def screen_variant(run_dir: Path, spec: dict, name: str, overrides: list[str], episodes: int) -> dict:
+def screen_variant(
+    run_dir: Path, spec: dict, name: str, overrides: list[str], episodes: int, out: Path
+) -> dict:
     agent_name = spec.get("agent", "collodreamer")
     config, agent, _ = build_agent(run_dir, [f"agent={agent_name}", *overrides])
     replay = filter_replay(agent, run_dir, config)
-    learn_seconds = learn(agent, replay, spec, np.random.default_rng(0))
+    source = spec.get("shares", {}).get(name)
+    if source is None:
+        learn_seconds = learn(agent, replay, spec, np.random.default_rng(0))
+        torch.save(agent.state_dict(), out / f"{name}.learned.pt")
+    else:
+        agent.load_state_dict(torch.load(out / f"{source}.learned.pt", weights_only=True))
+        learn_seconds = 0.0
     accuracy = value_accuracy(agent, replay, config.value.gamma) if config.agent != "latco" else None
     torch.manual_seed(0)
     env = make_env(config.env, TEST_SEED)
@@ -87,6 +102,7 @@ def screen_variant(run_dir: Path, spec: dict, name: str, overrides: list[str], e
         "test_metrics": metrics,
         "test_seconds": time.perf_counter() - start,
         "value_train_seconds": learn_seconds,
+        "learned_from": source or name,
         "value_accuracy": accuracy,
         "machine": machine(),
     }
@@ -157,7 +173,9 @@ def main() -> None:
         if (args.only and name not in args.only) or (out / f"{name}.json").exists():
             continue
         print(f"{name}: {' '.join(overrides)}", flush=True)
-        row = screen_variant(Path(args.run_dir), spec, name, [*args.overrides, *overrides], args.episodes)
+        row = screen_variant(
+            Path(args.run_dir), spec, name, [*args.overrides, *overrides], args.episodes, out
+        )
         (out / f"{name}.json").write_text(json.dumps({**row, "run": args.run_dir}, indent=2) + "\n")
         print(f"{name}: {row['mean']:.1f} {row['ci95']} ({row['test_seconds']:.0f} s)", flush=True)
 
