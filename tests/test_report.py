@@ -1,5 +1,6 @@
 """collodreamer report on real tiny runs: open-loop predictions and plan traces."""
 
+import json
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -48,15 +49,26 @@ def test_state_report_predicts_open_loop_and_traces_a_plan(tmp_path):
     assert trace.planned_obs.shape == trace.real_obs.shape == (horizon + 1, episode["obs"].shape[1])
     assert len(trace.lambda_mean) == len(trace.dynamics_violation) == config.planner.iterations
     files = write_report(run, tmp_path / "report", episodes=1, plans=1)
-    assert sorted(p.name for p in files) == ["plan_0.png", "prediction_0.png"]
+    assert sorted(p.name for p in files) == ["plan_0.png", "prediction_0.png", "promise.json", "promise.png"]
     assert all(p.stat().st_size > 0 for p in files)
+    promise = json.loads((tmp_path / "report" / "promise.json").read_text())
+    # tiny episodes of 50 agent steps, replanning every 15: three complete segments
+    assert len(promise["segments"]["paid_reward"]) == len(promise["segments"]["value_real"]) == 3
+    assert promise["promise_gap"] == pytest.approx(promise["promised_reward"] - promise["paid_reward"])
 
 
 def test_pixel_report_writes_truth_prediction_and_error(tmp_path):
     run = tiny_run(tmp_path, "latco", "pixels")
     files = write_report(run, tmp_path / "report", episodes=1, plans=1)
     names = sorted(p.name for p in files)
-    assert names == ["plan_0.png", "plan_0_frames.png", "prediction_0.gif", "prediction_0.png"]
+    assert names == [
+        "plan_0.png",
+        "plan_0_frames.png",
+        "prediction_0.gif",
+        "prediction_0.png",
+        "promise.json",
+        "promise.png",
+    ]
     gif = imageio.mimread(tmp_path / "report" / "prediction_0.gif")
     assert gif[0].shape[:2] == (64, 3 * 64)  # truth | prediction | error
     _, agent, _ = load_agent(run)

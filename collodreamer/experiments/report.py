@@ -4,13 +4,17 @@ show).
 
 Pixels: a GIF and a PNG grid of truth / prediction / error per episode, and a strip of decoded knots
 above the executed frames per plan; states: each dimension and the reward, predicted against real.
+Every agent: ``promise.png`` and ``promise.json``, what the plans of one test episode promised per
+segment against what was paid.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import imageio.v2 as imageio
+import numpy as np
 
 from collodreamer.data import EpisodeStore
 from collodreamer.envs import make_env
@@ -22,6 +26,8 @@ from collodreamer.training.report import (
     pixel_triptych,
     plan_figure,
     plan_frames,
+    promise_figure,
+    promise_trace,
     state_prediction_figure,
     trace_plan,
 )
@@ -51,6 +57,23 @@ def write_report(
         else:
             state_prediction_figure(prediction, title).savefig(stem.with_suffix(".png"), dpi=100)
             written.append(stem.with_suffix(".png"))
+    env = make_env(config.env, config.seed + REPORT_SEED_OFFSET)
+    try:
+        trace = promise_trace(agent, env)
+        if trace:
+            means = {key: float(np.mean(values)) for key, values in trace.items()}
+            summary = {
+                **means,
+                "promise_gap": means["promised_reward"] - means["paid_reward"],
+                "segments": trace,
+            }
+            (out / "promise.json").write_text(json.dumps(summary, indent=2) + "\n")
+            promise_figure(trace, f"{title}: what one test episode's plans promised").savefig(
+                out / "promise.png", dpi=100
+            )
+            written += [out / "promise.json", out / "promise.png"]
+    finally:
+        env.close()
     if hasattr(agent, "objective"):
         env = make_env(config.env, config.seed + REPORT_SEED_OFFSET)
         try:

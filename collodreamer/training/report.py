@@ -9,6 +9,8 @@ files by ``collodreamer report`` (:mod:`collodreamer.experiments.report`).
 - Plans (planning agents): from a real start state, the planner's knots decoded beside the real
   trajectory of executing the plan's actions open-loop in the environment, and the multipliers and
   violations over the plan's iterations (Fig. 10-11).
+- The promise (every agent): over one test episode, per executed segment, the reward per step its
+  plan promised, what the model predicts for the executed actions and what the environment paid.
 
 Figures are drawn with matplotlib's object API (no pyplot, no global state), imported only here.
 """
@@ -137,6 +139,47 @@ def trace_plan(agent: Any, env: Env, warmup: int) -> PlanTrace:
         history["dyn"],
         history["act"],
     )
+
+
+PROMISE_KEYS = ("promised_reward", "rollout_reward", "paid_reward", "value_promised", "value_real")
+
+
+@torch.no_grad()
+def promise_trace(agent: Any, env: Env) -> dict[str, list[float]]:
+    """One test episode of the agent, and per executed segment what its plan promised, what a model
+    rollout of the executed actions predicted and what was paid (reward per step), and the value at
+    the plan's knot against the real state reached (see :mod:`collodreamer.agents.promise`)."""
+    agent.metrics()  # start from a clean slate: only this episode's segments
+    trace: dict[str, list[float]] = {key: [] for key in PROMISE_KEYS}
+    (obs, _), state, done, reward = env.reset(), None, False, 0.0
+    while not done:
+        action, state = agent.act(obs, state, training=False, reward=reward)
+        segment = agent.metrics()
+        for key in PROMISE_KEYS:
+            if f"plan/{key}" in segment:
+                trace[key].append(segment[f"plan/{key}"])
+        obs, reward, terminated, truncated, _ = env.step(action)
+        done = terminated or truncated
+    return {key: values for key, values in trace.items() if values}
+
+
+def promise_figure(trace: dict[str, list[float]], title: str) -> Figure:
+    """Per segment: the reward per step promised, predicted for the executed actions and paid; and,
+    with a value, V at the plan's knot against V at the real state reached."""
+    fig, axes = _panels(2 if "value_promised" in trace else 1)
+    axes[0].plot(trace["promised_reward"], color="C0", lw=1, label="plan promised")
+    axes[0].plot(trace["rollout_reward"], color="C1", lw=1, label="model, executed actions")
+    axes[0].plot(trace["paid_reward"], color="k", lw=1, label="environment paid")
+    axes[0].set(title="reward per step of each segment", xlabel="segment")
+    axes[0].legend(fontsize=7)
+    if "value_promised" in trace:
+        axes[1].plot(trace["value_promised"], color="C0", lw=1, label="V at the plan's knot")
+        axes[1].plot(trace["value_real"], color="k", lw=1, label="V at the real state reached")
+        axes[1].set(title="value after each segment", xlabel="segment")
+        axes[1].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 def plan_frames(trace: PlanTrace) -> np.ndarray:
