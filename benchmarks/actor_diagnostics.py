@@ -31,7 +31,7 @@ from collodreamer.training import load_agent
 def diagnose(agent: DreamerAgent, episode: dict[str, np.ndarray]) -> dict[str, float]:
     model = agent.world_model
     batch = to_torch({key: value[None] for key, value in episode.items()}, model.device)
-    post, _ = model.rssm.observe(model.encode(batch["obs"]), batch["action"], batch["is_first"])
+    post, _ = model.observe(batch)
     feature = model.rssm.feature(post)[0]
     mean, std = agent.actor.distribution(feature)
     return {

@@ -75,7 +75,7 @@ def filter_replay(agent: Any, run_dir: Path, config: Config) -> Replay:
     posts, episodes = [], []
     for episode in store.episodes:
         data = to_torch({k: v[None] for k, v in episode.items()}, agent.device)
-        post, _ = model.rssm.observe(model.encode(data["obs"]), data["action"], data["is_first"])
+        post, _ = model.observe(data)
         posts.append(post)
         episodes.append({k: v[0] for k, v in data.items() if k != "obs"})
     return Replay(posts, episodes)

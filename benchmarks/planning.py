@@ -43,9 +43,7 @@ def start_features(agent: LatCoAgent, run_dir: Path, count: int, seed: int) -> t
     store.load()
     batch = to_torch(store.sample(count, 20), agent.device)
     with torch.no_grad():
-        post, _ = agent.world_model.rssm.observe(
-            agent.world_model.encode(batch["obs"]), batch["action"], batch["is_first"]
-        )
+        post, _ = agent.world_model.observe(batch)
     return agent.world_model.rssm.feature({k: v[:, -1] for k, v in post.items()})
 
 

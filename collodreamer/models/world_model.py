@@ -68,8 +68,7 @@ class WorldModel(nn.Module):
         Returns (loss, posteriors, priors, metrics)."""
         config = self.config
         with autocast(self.device, config.amp):
-            embed = self.encode(batch["obs"])
-            post, prior = self.rssm.observe(embed, batch["action"], batch["is_first"])
+            post, prior = self.observe(batch)
             feature = self.rssm.feature(post)
             recon = self.decoder(feature)
             reward = self.reward_of(feature)
@@ -123,6 +122,11 @@ class WorldModel(nn.Module):
         if self.pixels:
             return ((recon + 0.5) * 255.0).clamp(0.0, 255.0)
         return self.obs_norm.inverse(recon)
+
+    def observe(self, batch: Batch) -> tuple[State, State]:
+        """Posterior and prior states ``[B, T, ...]`` of sequences of observations, actions and episode
+        starts (``batch["obs"]``, ``["action"]``, ``["is_first"]``) filtered through the model."""
+        return self.rssm.observe(self.encode(batch["obs"]), batch["action"], batch["is_first"])
 
     def encode(self, obs: torch.Tensor) -> torch.Tensor:
         """Embeddings of observations (images as uint8, state vectors standardised)."""

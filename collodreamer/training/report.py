@@ -51,9 +51,7 @@ def open_loop(agent: Any, episode: dict[str, np.ndarray], context: int = CONTEXT
     """The agent's world model filtering ``context`` steps of ``episode``, then predicting the rest."""
     model = agent.world_model
     data = to_torch({k: v[None] for k, v in episode.items()}, agent.device)
-    post, _ = model.rssm.observe(
-        model.encode(data["obs"][:, :context]), data["action"][:, :context], data["is_first"][:, :context]
-    )
+    post, _ = model.observe({k: v[:, :context] for k, v in data.items()})
     filtered = model.rssm.feature(post)[0]
     feature, imagined = filtered[-1:], []
     for t in range(context, data["action"].shape[1]):
