@@ -199,6 +199,10 @@ class PlannerConfig:
     # Weight of the trust region sum_k ||a_k - anchor_k||^2 that holds the plan near the actions it
     # started from (the policy's rollout with init=policy; 0: off)
     trust_weight: float = 0.0
+    # Gain k of the policy's feedback on the executed actions, a_t = a_plan_t + k (pi(z_t) - pi(z_plan_t)),
+    # z_t the filtered real state, z_plan_t the plan's knot (0: open loop, LatCo's). With k = 1 a plan
+    # that is the policy's rollout is executed as the policy acting on the real states (closed loop).
+    feedback: float = 0.0
 
 
 @dataclass
@@ -451,6 +455,18 @@ def field_help() -> dict[str, tuple[str, str]]:
     return described
 
 
+def has_policy(config: Config) -> bool:
+    """Whether the agent holds a policy besides its planner (Dreamer's actor, the imagination
+    style's, or LatCo's amortised policy)."""
+    planner = config.planner
+    return (
+        config.agent == "dreamer"
+        or planner.init == "policy"
+        or "policy" in planner.candidates
+        or (config.agent == "collodreamer" and config.value.style == "imagination")
+    )
+
+
 def validate(config: Config) -> None:
     """Checks that involve more than one key or a range; types are checked on assignment."""
     positive = {
@@ -510,6 +526,7 @@ def validate(config: Config) -> None:
         "pessimism.reward_kappa": config.pessimism.reward_kappa,
         "value.kappa": config.value.kappa,
         "planner.trust_weight": config.planner.trust_weight,
+        "planner.feedback": config.planner.feedback,
     }.items():
         if value < 0:
             raise ConfigError(f"{key} cannot be negative, got {value}")
@@ -531,6 +548,11 @@ def validate(config: Config) -> None:
         )
     if config.pessimism.reward_heads == 1:
         raise ConfigError("pessimism.reward_heads: the std of one head is zero; use 0 (off) or 2 or more")
+    if config.planner.feedback and not has_policy(config):
+        raise ConfigError(
+            "planner.feedback needs a policy: planner.init=policy, planner.candidates=[policy] or "
+            "value.style=imagination (agent collodreamer)"
+        )
     if config.planner.trust_weight > 0 and config.planner.init == "random":
         raise ConfigError(
             "planner.trust_weight needs actions to hold the plan near: planner.init=policy or shift"

@@ -4,15 +4,17 @@ with the optimised plans."""
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from collodreamer.agents import make_agent
+from collodreamer.agents.latco import policy_feedback
 from collodreamer.config import ConfigError, PlannerConfig, ValueConfig, make_config
 from collodreamer.models.ensemble import Ensemble, pessimistic
 from collodreamer.models.value import Critic, ValueNetwork
-from collodreamer.planning import Plan, collocate, random_plan, rollout_plan
+from collodreamer.planning import Plan, PlanResult, collocate, random_plan, rollout_plan
 from collodreamer.planning.gauss_newton import gauss_newton_step
 from collodreamer.planning.problem import Objective, residuals, rollout_return
 from collodreamer.spec import EnvSpec
@@ -209,3 +211,39 @@ def test_ensemble_of_plain_modules_has_independent_gradients():
     ]
     assert grads == [True, False]
     assert isinstance(ensemble.heads, nn.ModuleList)
+
+
+def test_policy_feedback_by_hand():
+    weight = torch.tensor([[0.5, -1.0], [2.0, 0.25]])
+    policy = lambda z: z @ weight.T  # noqa: E731
+    planned, knot, real = torch.tensor([[0.2, -0.4]]), torch.tensor([[1.0, 0.0]]), torch.tensor([[1.2, 0.4]])
+    # pi(z) - pi(z_plan) = W (0.2, 0.4) = (-0.3, 0.5); half of it added to the plan's action
+    assert torch.allclose(policy_feedback(planned, knot, real, policy, 0.5), torch.tensor([[0.05, -0.15]]))
+    assert torch.equal(policy_feedback(planned, knot, real, policy, 0.0), planned)
+    # clipped to the action bounds
+    assert torch.equal(policy_feedback(planned, knot, 10 * real, policy, 1.0).abs().max(), torch.tensor(1.0))
+
+
+def test_feedback_executes_the_policys_plan_as_the_policy_on_real_states():
+    agent = tiny(
+        "collodreamer", "value.style=imagination", "planner.candidates=[policy]", "planner.feedback=1"
+    )
+    rng = np.random.default_rng(0)
+    first = rng.normal(size=5).astype(np.float32)
+    _, state = agent.act(first, None, training=False)
+    # Replace the plan by the actor's rollout from the state the plan started at.
+    start = state.plan.plan.features[:, 0]
+    rollout = agent.policy_plan(start)
+    state.plan = PlanResult(rollout, rollout.actions.clamp(-1, 1), state.plan.diagnostics)
+    second = rng.normal(size=5).astype(np.float32)
+    action, state = agent.act(second, state, training=False)
+    feature = agent.world_model.rssm.feature(state.latent)
+    actor = agent.value.behaviour.actor.mode(feature)
+    assert torch.allclose(torch.as_tensor(action), actor[0], atol=1e-6)
+    assert not torch.allclose(actor, rollout.actions[:, 1], atol=1e-3)  # not the open-loop action
+
+
+def test_feedback_needs_a_policy():
+    with pytest.raises(ConfigError, match="planner.feedback"):
+        make_config(["tiny"], ["agent=latco", "planner.feedback=1"])
+    make_config(["tiny"], ["agent=latco", "planner.feedback=1", "planner.candidates=[policy]"])

@@ -113,7 +113,7 @@ class ColloDreamerAgent(LatCoAgent):
 
     def learn_held_fixed(self, sample: Sampler, updates: int, plans: int) -> None:
         super().learn_held_fixed(sample, updates, plans)
-        self.value.learn_held_fixed(sample, lambda feature: self.plan(feature, None, True), updates, plans)
+        self.value.learn_held_fixed(sample, lambda feature: self.plan(feature, None, True), plans)
 
     def latent_loss(
         self, batch: dict[str, torch.Tensor], post: State, prior: State

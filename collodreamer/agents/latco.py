@@ -3,7 +3,8 @@
 is the predicted reward summed over the horizon (Eq. 8).
 
 Beyond the paper, ``planner.init=policy`` warm-starts each plan from the rollout of an amortised
-policy that is trained by behaviour cloning on the plans."""
+policy that is trained by behaviour cloning on the plans, and ``planner.feedback`` closes the loop
+around a plan with that policy (or ColloDreamer's actor)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,18 @@ from collodreamer.planning import (
 )
 from collodreamer.spec import EnvSpec
 from collodreamer.timing import timed
+
+
+def policy_feedback(
+    planned: torch.Tensor,
+    planned_feature: torch.Tensor,
+    feature: torch.Tensor,
+    policy: Callable[[torch.Tensor], torch.Tensor],
+    gain: float,
+) -> torch.Tensor:
+    """The executed action ``clip(a_plan + k (pi(z) - pi(z_plan)), -1, 1)``: the plan's action corrected
+    by the policy's response to where the real state ``z`` is against the plan's knot ``z_plan``."""
+    return (planned + gain * (policy(feature) - policy(planned_feature))).clamp(-1.0, 1.0)
 
 
 @dataclass
@@ -223,6 +236,10 @@ class LatCoAgent:
             zeros = torch.zeros(1, self.action_dim, device=self.device)
             state = PlannerState(latent, zeros, result, Segment(result.plan.features))
         action = state.plan.actions[:, state.step]
+        policy = self.warm_start_policy()
+        if self.config.planner.feedback and policy is not None:
+            knot = state.plan.plan.features[:, state.step]
+            action = policy_feedback(action, knot, feature, policy, self.config.planner.feedback)
         if training:
             action = explore(action, self.config.expl_noise)
         state.latent, state.action, state.step = latent, action, state.step + 1

@@ -74,15 +74,10 @@ class ValueStyle:
         """On every training batch, with its posterior states; returns metrics."""
         return {}
 
-    def learn_held_fixed(
-        self, sample: Sampler, plan: Callable[[Tensor], Any], updates: int, plans: int
-    ) -> None:
-        """Learn on a held-fixed world model's replay (``sample``) as this style learns in a run:
-        ``updates`` batch steps, or ``plans`` plans (``plan(feature)`` plans while training) or
-        segments."""
-        batch_size, length = self.config.replay.batch_size, self.config.replay.batch_length
-        for _ in range(updates):
-            self.on_batch(*sample(batch_size, length))
+    def learn_held_fixed(self, sample: Sampler, plan: Callable[[Tensor], Any], plans: int) -> None:
+        """Learn on a held-fixed world model's replay (``sample``) what this style learns from plans
+        (``plan(feature)`` plans while training) or segments: ``plans`` of them. Styles that learn
+        from replay batches learnt in :meth:`on_batch`, which the agent's ``learn`` calls."""
 
     def state_dict(self) -> dict[str, Any]:
         return self.critic.state_dict()
@@ -147,9 +142,7 @@ class InnerValue(PlanValue):
     def on_plan(self, result: PlanResult) -> None:
         self.recent.append((result.plan.features.detach(), result.plan.actions.detach()))
 
-    def learn_held_fixed(
-        self, sample: Sampler, plan: Callable[[Tensor], Any], updates: int, plans: int
-    ) -> None:
+    def learn_held_fixed(self, sample: Sampler, plan: Callable[[Tensor], Any], plans: int) -> None:
         rssm = self.world_model.rssm
         for _ in range(plans):
             post = sample(1, 1)[1]
@@ -173,9 +166,7 @@ class AfterValue(PlanValue):
             self.update(features, actions)
         self.recent.append((features, actions))
 
-    def learn_held_fixed(
-        self, sample: Sampler, plan: Callable[[Tensor], Any], updates: int, plans: int
-    ) -> None:
+    def learn_held_fixed(self, sample: Sampler, plan: Callable[[Tensor], Any], plans: int) -> None:
         steps = self.config.planner.replan_every
         for _ in range(plans):
             data, post = sample(1, steps + 1)
