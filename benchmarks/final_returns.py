@@ -1,5 +1,5 @@
 """Final test returns of trained runs on fresh test episodes: each run's latest checkpoint tested as
-`collodreamer eval` tests it (environments seeded ``seed + 2 * EVAL_SEED_OFFSET``, apart from the
+`collodreamer eval` tests it (environments of the eval stream of ``collodreamer.seeds``, apart from the
 tests during training), per run and per agent. An agent's interval is a stratified bootstrap over its
 runs' episodes (each run keeps its number of episodes), so seeds weigh alike.
 

@@ -1,5 +1,5 @@
 """Reference test returns of a task without learning: uniform random actions and zero actions, on the
-test environments `train` makes (seeded ``seed + EVAL_SEED_OFFSET``). A learned agent's test return
+test environments `train` makes (``collodreamer.seeds``: the test stream). A learned agent's test return
 means something only above these levels.
 
 python benchmarks/reference_returns.py --task dmc:reacher_easy --seeds 100 101 [--episodes 30]
@@ -20,7 +20,8 @@ from common import returns_summary, write_json
 from collodreamer.agents.random_agent import RandomAgent
 from collodreamer.config import EnvConfig
 from collodreamer.envs import make_env
-from collodreamer.training.loop import EVAL_SEED_OFFSET, evaluate
+from collodreamer.seeds import env_seed
+from collodreamer.training.loop import evaluate
 
 
 class ZeroAgent:
@@ -45,7 +46,7 @@ def main() -> None:
     print(f"{'policy':8s} {'seed':>5s} {'mean':>7s} {'95% CI':>16s}")
     for policy in ("random", "zero"):
         for seed in args.seeds:
-            env = make_env(config, seed + EVAL_SEED_OFFSET)
+            env = make_env(config, env_seed(seed, "test"))
             agent = RandomAgent(env.spec, seed) if policy == "random" else ZeroAgent(env.spec.action_dim)
             returns, _ = evaluate(agent, env, args.episodes)
             row = {"policy": policy, "seed": seed, **returns_summary(returns)}

@@ -53,9 +53,8 @@ from value_diagnostics import value_accuracy
 
 from collodreamer.envs import make_env
 from collodreamer.experiments.stats import bootstrap_ci
+from collodreamer.seeds import SCREEN_SEED
 from collodreamer.training import evaluate
-
-TEST_SEED = 424_242  # the test environment's seed: the same start states for every variant
 
 
 def learn(agent, replay, spec: dict, rng: np.random.Generator) -> float:
@@ -83,7 +82,7 @@ def screen_variant(
         learn_seconds = 0.0
     accuracy = value_accuracy(agent, replay, config.value.gamma) if config.agent != "latco" else None
     torch.manual_seed(0)
-    env = make_env(config.env, TEST_SEED)
+    env = make_env(config.env, SCREEN_SEED)
     start = time.perf_counter()
     try:
         returns, _ = evaluate(agent, env, episodes)

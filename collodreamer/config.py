@@ -21,10 +21,9 @@ from typing import Any, Literal
 import yaml
 
 from collodreamer.files import write_atomic
+from collodreamer.seeds import MAX_SEED
 
 log = logging.getLogger(__name__)
-# numpy seeds below 2**32; the loop adds offsets of up to 20000 for its test environments
-MAX_SEED = 2**32 - 1 - 20_000
 
 
 class ConfigError(ValueError):

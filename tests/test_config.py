@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -16,6 +17,7 @@ from collodreamer.config import (
     save_config,
     to_dict,
 )
+from collodreamer.seeds import MAX_SEED, OFFSETS, env_seed
 
 
 def test_defaults_and_overrides():
@@ -67,7 +69,7 @@ def test_scientific_floats_parse_from_yaml():
         ("value.gamma=0", "value.gamma must be in (0, 1], got 0.0"),
         ("value.gamma=1.01", "value.gamma must be in (0, 1], got 1.01"),
         ("value.lam=-0.1", "value.lam must be in [0, 1], got -0.1"),
-        ("seed=-1", "seed must be in [0, 4294947295], got -1"),
+        ("seed=-1", "seed must be in [0, 4294937295], got -1"),
         ("run.prefill=-1", "run.prefill cannot be negative, got -1"),
         ("run.max_nonfinite=0", "run.max_nonfinite must be positive, got 0"),
     ],
@@ -153,3 +155,13 @@ def test_run_names_are_made_in_one_place():
     assert run_name(config) == "latco-Pendulum-v1-state-s3"
     named = run_name(config, variant="base", stamp="20261130-101500")
     assert named == "base-latco-Pendulum-v1-state-s3-20261130-101500"
+
+
+def test_every_seed_stream_of_the_largest_seed_fits_numpy():
+    for stream in OFFSETS:
+        np.random.default_rng(env_seed(MAX_SEED, stream))  # raises at 2**32 or more
+        assert env_seed(MAX_SEED, stream) < 2**32
+    assert max(OFFSETS.values()) == OFFSETS["report"]  # the report stream is the farthest
+    make_config(["tiny"], [f"seed={MAX_SEED}"])
+    with pytest.raises(ConfigError, match="seed"):
+        make_config(["tiny"], [f"seed={MAX_SEED + 1}"])

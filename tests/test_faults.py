@@ -32,6 +32,8 @@ from collodreamer.training import (
 )
 from collodreamer.training.checkpoint import nonfinite_tensors, save_checkpoint
 
+pytestmark = pytest.mark.slow  # trains tiny runs on real dm_control
+
 STATE = ["--preset", "tiny", "--task", "dmc:reacher_easy", "--obs", "state"]
 PLANNER = ["planner.horizon=6", "planner.iterations=5", "planner.replan_every=3"]
 

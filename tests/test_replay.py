@@ -149,6 +149,7 @@ def test_sampler_state_resumes_the_same_stream(tmp_path: Path):
     np.testing.assert_array_equal(resumed.sample(4, 6)["obs"], expected)
 
 
+@pytest.mark.slow  # a pixel run on real dm_control
 def test_pixel_episodes_are_held_compressed_in_memory(tmp_path: Path):
     """Frames of a real pixel run take a fraction of their raw size in memory (reacher: about a tenth),
     and read back exactly."""

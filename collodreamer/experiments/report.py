@@ -18,8 +18,8 @@ import numpy as np
 
 from collodreamer.data import EpisodeStore
 from collodreamer.envs import make_env
+from collodreamer.seeds import env_seed
 from collodreamer.training import load_agent
-from collodreamer.training.loop import REPORT_SEED_OFFSET
 from collodreamer.training.report import (
     frame_grid,
     open_loop,
@@ -57,7 +57,7 @@ def write_report(
         else:
             state_prediction_figure(prediction, title).savefig(stem.with_suffix(".png"), dpi=100)
             written.append(stem.with_suffix(".png"))
-    env = make_env(config.env, config.seed + REPORT_SEED_OFFSET)
+    env = make_env(config.env, env_seed(config.seed, "report"))
     try:
         trace = promise_trace(agent, env)
         if trace:
@@ -75,7 +75,7 @@ def write_report(
     finally:
         env.close()
     if hasattr(agent, "objective"):
-        env = make_env(config.env, config.seed + REPORT_SEED_OFFSET)
+        env = make_env(config.env, env_seed(config.seed, "report"))
         try:
             for index in range(plans):
                 trace = trace_plan(agent, env, warmup=20 * index)

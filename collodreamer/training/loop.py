@@ -39,6 +39,7 @@ from collodreamer.data import EpisodeStore, add_step, finish_episode, start_epis
 from collodreamer.envs import Env, make_env
 from collodreamer.files import remove_temp_files
 from collodreamer.models.optim import nonfinite
+from collodreamer.seeds import env_seed
 from collodreamer.spec import EnvSpec
 from collodreamer.timing import take_seconds, timed
 from collodreamer.training.checkpoint import (
@@ -57,8 +58,6 @@ from collodreamer.training.logger import Logger, import_wandb, keep_metrics_unti
 from collodreamer.training.report import report_images
 
 log = logging.getLogger("collodreamer")
-EVAL_SEED_OFFSET = 10_000
-REPORT_SEED_OFFSET = 3 * EVAL_SEED_OFFSET  # start states of the plan reports, apart from tests
 
 
 class Interrupted(RuntimeError):
@@ -173,8 +172,8 @@ class Trainer:
         elif resume:
             log.warning("%s has no checkpoint: training starts anew on the episodes on disk", self.run_dir)
         seed_everything(config.seed, config.run.threads)
-        self.env = make_env(config.env, config.seed)
-        self.eval_env = make_env(config.env, config.seed + EVAL_SEED_OFFSET)
+        self.env = make_env(config.env, env_seed(config.seed, "train"))
+        self.eval_env = make_env(config.env, env_seed(config.seed, "test"))
         self.report_env: Env | None = None  # made at the first report of a planning agent
         self.agent = make_agent(config, self.env.spec)
         self.store = EpisodeStore(
@@ -385,7 +384,7 @@ class Trainer:
             return  # nothing to predict yet, or no model to predict with
         config, frames = self.config, self.counters.env_frames
         if self.report_env is None and hasattr(self.agent, "objective"):
-            self.report_env = make_env(config.env, config.seed + REPORT_SEED_OFFSET)
+            self.report_env = make_env(config.env, env_seed(config.seed, "report"))
         title = f"{config.agent} {config.env.task} at {frames} env frames"
         states = rng_states()
         try:
@@ -553,7 +552,7 @@ def load_agent(run_dir: Path, checkpoint: Path | None = None) -> tuple[Config, A
     """The config of the run in ``run_dir``, its agent restored from a checkpoint (see
     :func:`checkpoint_path`), and that checkpoint's counters."""
     config = load_config(Path(run_dir) / "config.yaml")
-    env = make_env(config.env, config.seed)
+    env = make_env(config.env, env_seed(config.seed, "train"))
     env.close()
     agent, counters = _restore_agent(checkpoint_path(run_dir, checkpoint), config, env.spec)
     return config, agent, counters
@@ -566,7 +565,7 @@ def evaluate_run(
     test episodes."""
     config = load_config(Path(run_dir) / "config.yaml")
     seed_everything(config.seed, config.run.threads)
-    env = make_env(config.env, config.seed + 2 * EVAL_SEED_OFFSET)
+    env = make_env(config.env, env_seed(config.seed, "eval"))
     try:
         agent, _ = _restore_agent(checkpoint_path(run_dir, checkpoint), config, env.spec)
         returns, _ = evaluate(agent, env, episodes, video_path, config.run.video_size)
