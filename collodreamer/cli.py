@@ -76,18 +76,21 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from collodreamer.experiments import expand, load_spec, make_figures, run_sweep
+    from collodreamer.experiments import expand, load_spec, make_figures, run_sweep, shared_sources
 
     spec = load_spec(Path(args.spec))
     sweep = expand(spec)
     root = Path(args.root or Path("runs") / "sweeps" / sweep.name)
+    share_from = None if args.share_from == "none" else Path(args.share_from or root.parent)
     if args.dry_run:
+        shared = shared_sources(sweep.runs, root, share_from)
         for run in sweep.runs:
             extra = " ".join(run.overrides)
-            print(f"{run.name}: {run.steps} env frames, presets {' '.join(run.presets)}, overrides {extra}")
+            line = f"{run.name}: {run.steps} env frames, presets {' '.join(run.presets)}, overrides {extra}"
+            print(line + (f"; the same configuration as {shared[run.name]}" if run.name in shared else ""))
         print(f"{len(sweep.runs)} runs under {root}")
         return
-    outcomes = run_sweep(sweep, root, args.backend, args.workers, args.address, args.gpus_per_run)
+    outcomes = run_sweep(sweep, root, args.backend, args.workers, args.address, args.gpus_per_run, share_from)
     for name, outcome in outcomes.items():
         print(f"{name}: {outcome}")
     metrics = [plot["metric"] for plot in sweep.plots] or ["test/return"]
@@ -199,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=int, help="runs at once on the local backend (default: CPU count)")
     sweep.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs each run asks Ray for")
     sweep.add_argument("--root", help="folder of the sweep's runs (default: runs/sweeps/NAME)")
+    sweep.add_argument(
+        "--share-from",
+        metavar="DIR",
+        help="reuse finished runs of the sweeps in DIR whose resolved config is a run's own, instead of "
+        "training it again (default: the folder of the sweep's root, e.g. runs/sweeps; none: never)",
+    )
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and stop")
     sweep.set_defaults(func=_sweep)
 

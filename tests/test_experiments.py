@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from collodreamer.config import ConfigError
-from collodreamer.experiments import expand, load_spec, make_figures, run_sweep
+from collodreamer.experiments import expand, find_runs, load_spec, make_figures, run_sweep, shared_sources
 from collodreamer.experiments.stats import aggregate, bootstrap_ci, iqm, probability_of_improvement
 from collodreamer.experiments.sweep import check_memory, memory_needed
 from collodreamer.training import load_checkpoint
@@ -241,3 +241,25 @@ def test_the_learning_benchmark_is_a_sweep_spec():
     names = [f"base-{agent}-reacher_easy-state-s{seed}" for agent in agents for seed in (0, 1)]
     assert sorted(run.name for run in sweep.runs) == sorted(names)
     assert {(run.steps, run.presets, run.obs) for run in sweep.runs} == {(100_000, ("cpu",), "state")}
+
+
+@pytest.mark.slow
+def test_runs_of_the_same_resolved_config_are_trained_once(tmp_path: Path):
+    # variant b sets what the common overrides set already: the same resolved configuration as a
+    spec = {**TINY_SPEC, "agents": ["random"], "variants": {"a": [], "b": ["run.eval_every=100"]}}
+    first, second = tmp_path / "sweeps" / "first", tmp_path / "sweeps" / "second"
+    sweep = expand(spec)
+    a, b = (run.name for run in sweep.runs)
+    assert shared_sources(sweep.runs, first) == {b: first / a}
+    outcomes = run_sweep(sweep, first, workers=1, share_from=tmp_path / "sweeps")
+    assert outcomes == {a: "done", b: f"shared: {first / a}"}
+    assert (first / b).is_symlink() and (first / b).resolve() == (first / a).resolve()
+    # Another sweep of the same configuration trains nothing; a third that differs trains its run.
+    again = expand({**spec, "name": "again"})
+    outcomes = run_sweep(again, second, workers=1, share_from=tmp_path / "sweeps")
+    assert set(outcomes.values()) == {f"shared: {first / a}"}
+    assert len(find_runs([second])) == 2
+    other = expand({**spec, "variants": {"c": ["run.eval_every=50"]}})
+    assert run_sweep(other, tmp_path / "sweeps" / "third", workers=1, share_from=tmp_path / "sweeps") == {
+        other.runs[0].name: "done"
+    }

@@ -1,7 +1,7 @@
 """Experiments: sweeps (local process pool or Ray), the paper's figures, result tables."""
 
 from collodreamer.experiments.plots import find_runs, make_figures, results_table
-from collodreamer.experiments.sweep import RunSpec, Sweep, expand, load_spec, run_sweep
+from collodreamer.experiments.sweep import RunSpec, Sweep, expand, load_spec, run_sweep, shared_sources
 
 __all__ = [
     "RunSpec",
@@ -12,4 +12,5 @@ __all__ = [
     "make_figures",
     "results_table",
     "run_sweep",
+    "shared_sources",
 ]

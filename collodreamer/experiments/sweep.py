@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
+import json
 import logging
 import os
 import shlex
@@ -39,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from collodreamer.config import ConfigError, load_preset, make_config, run_name
+from collodreamer.config import Config, ConfigError, load_config, load_preset, make_config, run_name, to_dict
 from collodreamer.envs import check_task
 from collodreamer.training.checkpoint import CheckpointError, load_checkpoint
 
@@ -76,6 +78,9 @@ class RunSpec:
     variant: str
     presets: tuple[str, ...]
     overrides: tuple[str, ...]
+
+    def config(self) -> Config:
+        return make_config(self.presets, self.config_overrides())
 
     def config_overrides(self) -> list[str]:
         return [
@@ -185,17 +190,64 @@ def run_state(run: RunSpec, root: Path) -> str:
     checkpoint = root / run.name / "checkpoint.pt"
     if not checkpoint.exists():
         return "new"
-    try:
-        frames = load_checkpoint(checkpoint)["counters"]["env_frames"]
-    except CheckpointError:
+    frames = _frames(checkpoint)
+    if frames < 0:
         return "resume"  # resuming reports the damaged checkpoint as this run's error
     return "done" if frames >= run.steps else "resume"
+
+
+def _frames(checkpoint: Path) -> int:
+    """The env frames a checkpoint was trained for; -1 when it is missing or damaged."""
+    try:
+        return load_checkpoint(checkpoint)["counters"]["env_frames"]
+    except (CheckpointError, FileNotFoundError):
+        return -1
+
+
+def config_hash(config: Config) -> str:
+    """A fingerprint of a resolved configuration (seed and budget included): two runs with the same
+    one train the same thing."""
+    text = json.dumps(to_dict(config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def finished_runs(folder: Path, wanted: set[str]) -> dict[str, Path]:
+    """Finished runs of the sweeps under ``folder`` (``folder/<sweep>/<run>``) whose resolved
+    configuration hashes to one of ``wanted``, by that hash; links (shared runs) are left out."""
+    found: dict[str, Path] = {}
+    for config_path in sorted(folder.glob("*/*/config.yaml")):
+        run_dir = config_path.parent
+        with contextlib.suppress(ConfigError, OSError, ValueError):
+            config = load_config(config_path)
+            key = config_hash(config)
+            wanted_here = key in wanted and key not in found and not run_dir.is_symlink()
+            if wanted_here and _frames(run_dir / "checkpoint.pt") >= config.run.steps:
+                found[key] = run_dir
+    return found
+
+
+def shared_sources(runs: list[RunSpec], root: Path, share_from: Path | None = None) -> dict[str, Path]:
+    """Runs of this sweep that need no training of their own, with the run that trains the same
+    resolved configuration: a finished run of a sweep under ``share_from`` (e.g. ``runs/sweeps``), or
+    an earlier run of this sweep. A run directory of its own (a run already started) is never shared."""
+    keys = {run.name: config_hash(run.config()) for run in runs}
+    done = finished_runs(share_from, set(keys.values())) if share_from is not None else {}
+    first: dict[str, Path] = {}
+    shared = {}
+    for run in runs:
+        path, key = root / run.name, keys[run.name]
+        source = done.get(key) or first.get(key)
+        if source is not None and source.resolve() != path.resolve() and not path.exists():
+            shared[run.name] = source
+        else:
+            first.setdefault(key, path)
+    return shared
 
 
 def memory_needed(run: RunSpec) -> int:
     """Bytes a run may hold at most: its replay, ``min(replay.capacity, run.steps)`` env frames in
     memory, plus :data:`RUN_BYTES`."""
-    config = make_config(run.presets, run.config_overrides())
+    config = run.config()
     steps = min(config.replay.capacity, config.run.steps) // config.env.action_repeat
     if config.env.obs == "pixels":
         step_bytes = config.env.image_size**2 * 3 / PIXEL_COMPRESSION + STATE_STEP_BYTES
@@ -271,14 +323,21 @@ def run_sweep(
     workers: int | None = None,
     address: str | None = None,
     gpus_per_run: float = 0.0,
+    share_from: Path | None = None,
 ) -> dict[str, str]:
     """Run every unfinished run of ``sweep`` under ``root``; returns each run's outcome
-    (``done``, ``skipped`` or ``failed: <error>``)."""
-    todo = [run for run in sweep.runs if run_state(run, root) != "done"]
+    (``done``, ``skipped``, ``shared: <run dir>`` or ``failed: <error>``). A run whose resolved
+    configuration another run trains (:func:`shared_sources`) is not trained again."""
+    shared = shared_sources(sweep.runs, root, share_from)
+    todo = [run for run in sweep.runs if run.name not in shared and run_state(run, root) != "done"]
     workers = workers or os.cpu_count() or 1
     if backend == "local":
         check_memory(todo, workers, available_memory())
     root.mkdir(parents=True, exist_ok=True)
+    for name, source in shared.items():
+        if not (root / name).is_symlink():
+            (root / name).symlink_to(os.path.relpath(source, root))
+        log.info("run %s is the same configuration as %s: linked to it, not trained again", name, source)
     (root / "sweep.yaml").write_text(
         yaml.safe_dump(
             {
@@ -292,6 +351,7 @@ def run_sweep(
         )
     )
     outcomes = {run.name: "skipped" for run in sweep.runs if run not in todo}
+    outcomes |= {name: f"shared: {source}" for name, source in shared.items()}
     threads = max(1, (os.cpu_count() or 1) // max(1, min(workers, len(todo) or 1)))
     log.info(
         "sweep %s: %d runs, %d finished already, %d to run on %s",
