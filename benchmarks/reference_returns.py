@@ -30,7 +30,7 @@ class ZeroAgent:
     def __init__(self, action_dim: int) -> None:
         self.action = np.zeros(action_dim, np.float32)
 
-    def act(self, obs: np.ndarray, state: Any, training: bool) -> tuple[np.ndarray, Any]:
+    def act(self, obs: np.ndarray, state: Any, training: bool, reward: float = 0.0) -> tuple[np.ndarray, Any]:
         return self.action, state
 
 
