@@ -1,5 +1,4 @@
-"""Helpers shared by the benchmark scripts: medians of repeated timings, machine info, test-return
-summaries, JSON out."""
+"""Helpers shared by the benchmark scripts: medians of repeated timings, machine info, JSON out."""
 
 from __future__ import annotations
 
@@ -12,10 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-
-from collodreamer.experiments.stats import bootstrap_ci
 
 
 def machine() -> dict[str, Any]:
@@ -63,12 +59,6 @@ def median_ms(
         sync()
         times.append(1000 * (time.perf_counter() - start))
     return statistics.median(times), times
-
-
-def returns_summary(returns: list[float]) -> dict[str, Any]:
-    """Test returns as the scripts report them: mean, 95% bootstrap interval, every episode's."""
-    low, high = bootstrap_ci(np.asarray(returns))
-    return {"mean": float(np.mean(returns)), "ci": [low, high], "returns": [float(r) for r in returns]}
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -62,17 +63,36 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    from collodreamer.experiments import evaluate_runs
     from collodreamer.training import evaluate_run
 
-    video = Path(args.video) if args.video else None
-    checkpoint = Path(args.checkpoint) if args.checkpoint else None
-    returns = evaluate_run(Path(args.run_dir), args.episodes, video, checkpoint)
-    print(
-        f"test return over {len(returns)} episodes: {np.mean(returns):.1f} +- "
-        f"{np.std(returns):.1f}  (returns: {', '.join(f'{r:.1f}' for r in returns)})"
-    )
-    if video:
-        print(f"video: {video}")
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes must be at least 1, got {args.episodes}")
+    if len(args.runs) == 1 and (Path(args.runs[0]) / "config.yaml").exists():
+        video = Path(args.video) if args.video else None
+        checkpoint = Path(args.checkpoint) if args.checkpoint else None
+        returns = evaluate_run(Path(args.runs[0]), args.episodes, video, checkpoint, args.policy)
+        print(
+            f"test return over {len(returns)} episodes: {np.mean(returns):.1f} +- "
+            f"{np.std(returns):.1f}  (returns: {', '.join(f'{r:.1f}' for r in returns)})"
+        )
+        if video:
+            print(f"video: {video}")
+        return
+    if args.video or args.checkpoint:
+        raise ConfigError("--video and --checkpoint test one run: name one RUN_DIR")
+    result = evaluate_runs([Path(p) for p in args.runs], args.episodes, args.workers, args.policy)
+    print(f"{'run':50s} {'mean':>7s} {'95% CI':>16s}")
+    for row in result["runs"]:
+        print(f"{row['run']:50s} {row['mean']:7.1f} [{row['ci'][0]:6.1f}, {row['ci'][1]:6.1f}]")
+    print(f"\n{'agent, task, obs':50s} {'mean':>7s} {'95% CI':>16s}  seeds")
+    for name, group in result["groups"].items():
+        low, high = group["ci"]
+        print(f"{name:50s} {group['mean']:7.1f} [{low:6.1f}, {high:6.1f}]  {' '.join(group['seeds'])}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
 
 
 def _sweep(args: argparse.Namespace) -> None:
@@ -188,10 +208,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(func=_train)
 
-    evaluate = commands.add_parser("eval", help="test a trained run's checkpoint")
-    evaluate.add_argument("run_dir", metavar="RUN_DIR")
-    evaluate.add_argument("--episodes", type=int, default=5)
-    evaluate.add_argument("--video", metavar="FILE.mp4", help="film the first test episode")
+    evaluate = commands.add_parser(
+        "eval", help="test trained runs' checkpoints (or reference policies) on fresh episodes"
+    )
+    evaluate.add_argument(
+        "runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders of them (a sweep's)"
+    )
+    evaluate.add_argument("--episodes", type=int, default=5, help="fresh test episodes per run")
+    evaluate.add_argument("--workers", type=int, default=1, help="runs tested at once (one core each)")
+    evaluate.add_argument(
+        "--policy",
+        choices=["agent", "random", "zero"],
+        default="agent",
+        help="the run's agent, or random or zero actions on its task (the levels without learning)",
+    )
+    evaluate.add_argument("--out", metavar="FILE.json", help="write the returns and intervals")
+    evaluate.add_argument("--video", metavar="FILE.mp4", help="film the first test episode (one run)")
     evaluate.add_argument("--checkpoint", metavar="PATH", help=CHECKPOINT_HELP)
     evaluate.set_defaults(func=_eval)
 

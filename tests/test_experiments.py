@@ -11,8 +11,16 @@ import numpy as np
 import pytest
 import yaml
 
-from collodreamer.config import ConfigError
-from collodreamer.experiments import expand, find_runs, load_spec, make_figures, run_sweep, shared_sources
+from collodreamer.config import ConfigError, make_config, save_config
+from collodreamer.experiments import (
+    evaluate_runs,
+    expand,
+    find_runs,
+    load_spec,
+    make_figures,
+    run_sweep,
+    shared_sources,
+)
 from collodreamer.experiments.stats import aggregate, bootstrap_ci, iqm, probability_of_improvement
 from collodreamer.experiments.sweep import check_memory, memory_needed
 from collodreamer.training import load_checkpoint
@@ -263,3 +271,21 @@ def test_runs_of_the_same_resolved_config_are_trained_once(tmp_path: Path):
     assert run_sweep(other, tmp_path / "sweeps" / "third", workers=1, share_from=tmp_path / "sweeps") == {
         other.runs[0].name: "done"
     }
+
+
+def test_eval_of_reference_policies_over_runs_with_intervals(tmp_path: Path):
+    for seed in (1, 2):
+        config = make_config(["tiny"], ["env.task=dmc:reacher_easy", "env.obs=state", f"seed={seed}"])
+        (tmp_path / f"run{seed}").mkdir()
+        save_config(config, tmp_path / f"run{seed}" / "config.yaml")
+    result = evaluate_runs([tmp_path], episodes=2, policy="zero")
+    assert [row["run"] for row in result["runs"]] == ["run1", "run2"]
+    for row in result["runs"]:
+        assert len(row["returns"]) == 2 and row["ci"][0] <= row["mean"] <= row["ci"][1]
+    group = result["groups"]["zero dmc:reacher_easy state"]
+    assert group["seeds"] == ["1", "2"]
+    assert group["mean"] == pytest.approx(np.mean([row["mean"] for row in result["runs"]]))
+    with pytest.raises(ConfigError, match="no run with a checkpoint.pt"):
+        evaluate_runs([tmp_path], episodes=1)  # the agents were never trained
+    with pytest.raises(ConfigError, match="--episodes must be at least 1"):
+        evaluate_runs([tmp_path], episodes=0, policy="random")

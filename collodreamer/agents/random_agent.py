@@ -1,4 +1,5 @@
-"""Uniform random actions: the prefill policy, and the agent that exercises the loop."""
+"""Reference policies: uniform random actions (the prefill policy, and the agent that exercises the
+loop) and zero actions."""
 
 from __future__ import annotations
 
@@ -28,3 +29,13 @@ class RandomAgent:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]
+
+
+class ZeroAgent:
+    """The zero action at every step: the body left to the task's own dynamics (a reference level)."""
+
+    def __init__(self, spec: EnvSpec) -> None:
+        self.action = np.zeros(spec.action_dim, np.float32)
+
+    def act(self, obs: np.ndarray, state: Any, training: bool, reward: float = 0.0) -> tuple[np.ndarray, Any]:
+        return self.action, state

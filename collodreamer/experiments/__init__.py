@@ -1,11 +1,13 @@
 """Experiments: sweeps (local process pool or Ray), the paper's figures, result tables."""
 
+from collodreamer.experiments.evaluation import evaluate_runs
 from collodreamer.experiments.plots import find_runs, make_figures, results_table
 from collodreamer.experiments.sweep import RunSpec, Sweep, expand, load_spec, run_sweep, shared_sources
 
 __all__ = [
     "RunSpec",
     "Sweep",
+    "evaluate_runs",
     "expand",
     "find_runs",
     "load_spec",

@@ -1,16 +1,9 @@
 """The training loop shared by every agent: collect, train, evaluate, log, checkpoint, resume."""
 
 from collodreamer.training.checkpoint import CheckpointError, DivergenceError, load_checkpoint
+from collodreamer.training.evaluation import evaluate, evaluate_run, load_agent
 from collodreamer.training.logger import read_metrics
-from collodreamer.training.loop import (
-    Interrupted,
-    Trainer,
-    evaluate,
-    evaluate_run,
-    load_agent,
-    resume,
-    train,
-)
+from collodreamer.training.loop import Interrupted, Trainer, resume, train
 
 __all__ = [
     "CheckpointError",

@@ -14,18 +14,17 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-import imageio.v2 as imageio
 import numpy as np
 from tqdm import tqdm
 
-from collodreamer.agents import Agent, make_agent
+from collodreamer.agents import make_agent
 from collodreamer.config import (
     Config,
     ConfigError,
@@ -40,7 +39,6 @@ from collodreamer.envs import Env, make_env
 from collodreamer.files import remove_temp_files
 from collodreamer.models.optim import nonfinite
 from collodreamer.seeds import env_seed
-from collodreamer.spec import EnvSpec
 from collodreamer.timing import take_seconds, timed
 from collodreamer.training.checkpoint import (
     CheckpointError,
@@ -54,6 +52,7 @@ from collodreamer.training.checkpoint import (
     seed_everything,
     set_rng_states,
 )
+from collodreamer.training.evaluation import evaluate
 from collodreamer.training.logger import Logger, import_wandb, keep_metrics_until
 from collodreamer.training.report import report_images
 
@@ -92,44 +91,6 @@ def in_a_row(counts: dict[str, int]) -> str:
     """``{"world_model": 3, "planner": 2}`` as ``"3 world_model updates, 2 planner plans"``."""
     units = {name: "plans" if name == "planner" else "updates" for name in counts}
     return ", ".join(f"{n} {name} {units[name]}" for name, n in counts.items())
-
-
-def check_action(action: np.ndarray) -> np.ndarray:
-    """``action`` once it is known finite: a non-finite one would break the physics (MuJoCo refuses it)."""
-    if not np.all(np.isfinite(action)):
-        raise DivergenceError(f"the agent chose a non-finite action {np.asarray(action).tolist()}")
-    return action
-
-
-def evaluate(
-    agent: Agent,
-    env: Env,
-    episodes: int,
-    video_path: Path | None = None,
-    video_size: int = 128,
-    stop: Callable[[], bool] = lambda: False,
-) -> tuple[list[float], list[int]]:
-    """Run ``episodes`` test episodes without exploration noise; optionally film the first. Once
-    ``stop()`` is true, return the episodes finished so far."""
-    returns, lengths = [], []
-    for index in range(episodes):
-        (obs, _), state, done, total, length, reward = env.reset(), None, False, 0.0, 0, 0.0
-        frames = [env.render(video_size)] if video_path and index == 0 else None
-        while not done:
-            if stop():
-                return returns, lengths
-            action, state = agent.act(obs, state, training=False, reward=reward)
-            obs, reward, terminated, truncated, _ = env.step(check_action(action))
-            done = terminated or truncated
-            total += reward
-            length += env.action_repeat
-            if frames is not None:
-                frames.append(env.render(video_size))
-        returns.append(total)
-        lengths.append(length)
-        if frames is not None and video_path is not None:
-            imageio.mimsave(video_path, frames, fps=30, macro_block_size=1)
-    return returns, lengths
 
 
 def lock_run(run_dir: Path) -> IO:
@@ -529,46 +490,3 @@ def resume(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[s
     """Continue the run in ``run_dir`` from its checkpoint (``overrides`` may e.g. extend steps)."""
     base = load_config(Path(run_dir) / "config.yaml")
     return Trainer(make_config(overrides=overrides, base=base), run_dir, resume=True).run()
-
-
-def checkpoint_path(run_dir: Path, checkpoint: Path | None) -> Path:
-    """``checkpoint`` as given, or under ``run_dir`` (e.g. ``checkpoints/checkpoint-00020000.pt``);
-    without one, the run's latest, ``run_dir/checkpoint.pt``."""
-    if checkpoint is None:
-        return Path(run_dir) / "checkpoint.pt"
-    return checkpoint if checkpoint.exists() else Path(run_dir) / checkpoint
-
-
-def _restore_agent(path: Path, config: Config, spec: EnvSpec) -> tuple[Agent, dict[str, int]]:
-    """The agent of ``config`` for ``spec``, with the weights and counters of the checkpoint at ``path``."""
-    payload = load_checkpoint(path)
-    agent = make_agent(config, spec)
-    with restoring(path):
-        agent.load_state_dict(payload["agent"])
-    return agent, payload["counters"]
-
-
-def load_agent(run_dir: Path, checkpoint: Path | None = None) -> tuple[Config, Agent, dict[str, int]]:
-    """The config of the run in ``run_dir``, its agent restored from a checkpoint (see
-    :func:`checkpoint_path`), and that checkpoint's counters."""
-    config = load_config(Path(run_dir) / "config.yaml")
-    env = make_env(config.env, env_seed(config.seed, "train"))
-    env.close()
-    agent, counters = _restore_agent(checkpoint_path(run_dir, checkpoint), config, env.spec)
-    return config, agent, counters
-
-
-def evaluate_run(
-    run_dir: Path, episodes: int, video_path: Path | None = None, checkpoint: Path | None = None
-) -> list[float]:
-    """Load a checkpoint of ``run_dir`` (see :func:`checkpoint_path`) and return the returns of fresh
-    test episodes."""
-    config = load_config(Path(run_dir) / "config.yaml")
-    seed_everything(config.seed, config.run.threads)
-    env = make_env(config.env, env_seed(config.seed, "eval"))
-    try:
-        agent, _ = _restore_agent(checkpoint_path(run_dir, checkpoint), config, env.spec)
-        returns, _ = evaluate(agent, env, episodes, video_path, config.run.video_size)
-    finally:
-        env.close()
-    return returns

@@ -1,0 +1,111 @@
+"""Testing an agent: episodes without exploration noise (the loop's tests), and a trained run's
+checkpoint, or a reference policy (``random``, ``zero`` actions: the levels a task reaches without
+learning), on fresh episodes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import imageio.v2 as imageio
+import numpy as np
+
+from collodreamer.agents import Agent, make_agent
+from collodreamer.agents.random_agent import RandomAgent, ZeroAgent
+from collodreamer.config import Config, load_config
+from collodreamer.envs import Env, make_env
+from collodreamer.seeds import env_seed
+from collodreamer.spec import EnvSpec
+from collodreamer.training.checkpoint import DivergenceError, load_checkpoint, restoring, seed_everything
+
+Policy = Literal["agent", "random", "zero"]
+
+
+def check_action(action: np.ndarray) -> np.ndarray:
+    """``action`` once it is known finite: a non-finite one would break the physics (MuJoCo refuses it)."""
+    if not np.all(np.isfinite(action)):
+        raise DivergenceError(f"the agent chose a non-finite action {np.asarray(action).tolist()}")
+    return action
+
+
+def evaluate(
+    agent: Agent,
+    env: Env,
+    episodes: int,
+    video_path: Path | None = None,
+    video_size: int = 128,
+    stop: Callable[[], bool] = lambda: False,
+) -> tuple[list[float], list[int]]:
+    """Run ``episodes`` test episodes without exploration noise; optionally film the first. Once
+    ``stop()`` is true, return the episodes finished so far."""
+    returns, lengths = [], []
+    for index in range(episodes):
+        (obs, _), state, done, total, length, reward = env.reset(), None, False, 0.0, 0, 0.0
+        frames = [env.render(video_size)] if video_path and index == 0 else None
+        while not done:
+            if stop():
+                return returns, lengths
+            action, state = agent.act(obs, state, training=False, reward=reward)
+            obs, reward, terminated, truncated, _ = env.step(check_action(action))
+            done = terminated or truncated
+            total += reward
+            length += env.action_repeat
+            if frames is not None:
+                frames.append(env.render(video_size))
+        returns.append(total)
+        lengths.append(length)
+        if frames is not None and video_path is not None:
+            imageio.mimsave(video_path, frames, fps=30, macro_block_size=1)
+    return returns, lengths
+
+
+def checkpoint_path(run_dir: Path, checkpoint: Path | None) -> Path:
+    """``checkpoint`` as given, or under ``run_dir`` (e.g. ``checkpoints/checkpoint-00020000.pt``);
+    without one, the run's latest, ``run_dir/checkpoint.pt``."""
+    if checkpoint is None:
+        return Path(run_dir) / "checkpoint.pt"
+    return checkpoint if checkpoint.exists() else Path(run_dir) / checkpoint
+
+
+def _restore_agent(path: Path, config: Config, spec: EnvSpec) -> tuple[Agent, dict[str, int]]:
+    """The agent of ``config`` for ``spec``, with the weights and counters of the checkpoint at ``path``."""
+    payload = load_checkpoint(path)
+    agent = make_agent(config, spec)
+    with restoring(path):
+        agent.load_state_dict(payload["agent"])
+    return agent, payload["counters"]
+
+
+def load_agent(run_dir: Path, checkpoint: Path | None = None) -> tuple[Config, Agent, dict[str, int]]:
+    """The config of the run in ``run_dir``, its agent restored from a checkpoint (see
+    :func:`checkpoint_path`), and that checkpoint's counters."""
+    config = load_config(Path(run_dir) / "config.yaml")
+    env = make_env(config.env, env_seed(config.seed, "train"))
+    env.close()
+    agent, counters = _restore_agent(checkpoint_path(run_dir, checkpoint), config, env.spec)
+    return config, agent, counters
+
+
+def evaluate_run(
+    run_dir: Path,
+    episodes: int,
+    video_path: Path | None = None,
+    checkpoint: Path | None = None,
+    policy: Policy = "agent",
+) -> list[float]:
+    """The returns of fresh test episodes (the eval stream of :mod:`collodreamer.seeds`) of a
+    checkpoint of ``run_dir`` (see :func:`checkpoint_path`), or of a reference ``policy`` on the
+    run's task."""
+    config = load_config(Path(run_dir) / "config.yaml")
+    seed_everything(config.seed, config.run.threads)
+    env = make_env(config.env, env_seed(config.seed, "eval"))
+    try:
+        if policy == "agent":
+            agent, _ = _restore_agent(checkpoint_path(run_dir, checkpoint), config, env.spec)
+        else:
+            agent = RandomAgent(env.spec, config.seed) if policy == "random" else ZeroAgent(env.spec)
+        returns, _ = evaluate(agent, env, episodes, video_path, config.run.video_size)
+    finally:
+        env.close()
+    return returns
