@@ -137,6 +137,29 @@ def _report(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def _screen(args: argparse.Namespace) -> None:
+    from collodreamer.analysis.screen import load_screen, screen, screen_report
+
+    spec, out = load_screen(args.spec), Path(args.out)
+    if not args.report:
+        screen(Path(args.run_dir), spec, out, args.episodes, args.only, args.overrides)
+    print(screen_report(spec, out))
+
+
+def _diagnose(args: argparse.Namespace) -> None:
+    from collodreamer.analysis.actor import diagnose_actor
+    from collodreamer.analysis.value import diagnose_value
+    from collodreamer.files import write_json
+    from collodreamer.timing import machine
+
+    run_dir = Path(args.run_dir)
+    result = diagnose_value(run_dir) if args.what == "value" else diagnose_actor(run_dir)
+    out = Path(args.out or run_dir / f"{args.what}_diagnostics.json")
+    write_json(out, {"machine": machine(), **result})
+    print(json.dumps({k: v for k, v in result.items() if k != "episodes"}, indent=2))
+    print(f"wrote {out}")
+
+
 def _config(args: argparse.Namespace) -> None:
     import yaml
 
@@ -259,6 +282,30 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="folder for the pictures (default RUN_DIR/report)")
     report.add_argument("--checkpoint", metavar="PATH", help=CHECKPOINT_HELP)
     report.set_defaults(func=_report)
+
+    screening = commands.add_parser(
+        "screen",
+        help="score planner and value variants on a trained run's world model held fixed",
+        description="Each variant of SPEC (key=value overrides of RUN_DIR's config) first learns what it "
+        "learns besides the world model on the run's replay, then is tested in the real environment from "
+        "the same start states; results go to OUT/<variant>.json, and OUT/screen.md tabulates them.",
+    )
+    screening.add_argument("run_dir", metavar="RUN_DIR", help="a trained run: its world model and replay")
+    screening.add_argument("spec", metavar="SPEC", help="a spec file, or a name from configs/screens/")
+    screening.add_argument("--out", required=True, help="folder of the per-variant results")
+    screening.add_argument("--episodes", type=int, default=10, help="test episodes per variant")
+    screening.add_argument("--only", nargs="*", help="screen only these variants")
+    screening.add_argument("--report", action="store_true", help="tabulate the results present and stop")
+    screening.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every variant first")
+    screening.set_defaults(func=_screen)
+
+    diagnose = commands.add_parser(
+        "diagnose", help="how a trained run's value (collodreamer) or actor (dreamer) does on its replay"
+    )
+    diagnose.add_argument("what", choices=["value", "actor"])
+    diagnose.add_argument("run_dir", metavar="RUN_DIR")
+    diagnose.add_argument("--out", metavar="FILE.json", help="default RUN_DIR/<what>_diagnostics.json")
+    diagnose.set_defaults(func=_diagnose)
 
     settings = commands.add_parser(
         "config",

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 TEMP_SUFFIX = ".tmp"
 
@@ -30,6 +31,13 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None], exclusive: bool
         raise OSError(error.errno, error.strerror, str(path)) from error
     finally:
         temp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """``data`` as indented JSON at ``path`` (its folder created), written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda handle: handle.write((json.dumps(data, indent=2) + "\n").encode()))
 
 
 def remove_temp_files(directory: Path) -> list[Path]:

@@ -5,14 +5,21 @@ nested inside it (a planner's inner value updates count to ``value``, not to ``p
 opened with ``absorb=True`` keeps its children's time: inside it, nested sections record nothing
 (a test episode's planning counts to ``test``). :func:`take_seconds` returns the sums so far and
 starts new ones; the training loop logs them per 1000 env frames as ``perf/<name>_s``.
+:func:`machine` says where a time (or any figure) was measured.
 """
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
 
 _seconds: dict[str, float] = defaultdict(float)
 _stack: list[list[float]] = []  # per open section: [seconds spent in nested sections]
@@ -45,3 +52,24 @@ def take_seconds() -> dict[str, float]:
     sums = dict(_seconds)
     _seconds.clear()
     return sums
+
+
+def machine() -> dict[str, Any]:
+    """Where a figure was measured: CPU model and count, GPU if any, torch version and threads."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info

@@ -1,4 +1,4 @@
-"""A trained run's world model and replay, held fixed: what the screening and value benchmarks share.
+"""A trained run's world model and replay, held fixed: what the screens and the value diagnostics share.
 
 The world model's weights come from ``RUN_DIR/checkpoint.pt`` (any agent's run); the replay is the
 run's own episodes, filtered once by that model into posterior states, so that value learning on it

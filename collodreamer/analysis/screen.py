@@ -1,10 +1,11 @@
 """Score planner and value variants on one trained world model held fixed, by real test return.
 
-    python benchmarks/screen.py RUN_DIR SPEC.yaml --out DIR [--episodes 10] [--only NAME ...] [key=value ...]
-    python benchmarks/screen.py RUN_DIR SPEC.yaml --out DIR --report
+    collodreamer screen RUN_DIR SPEC --out DIR [--episodes 10] [--only NAME ...] [key=value ...]
+    collodreamer screen RUN_DIR SPEC --out DIR --report
 
-A spec names the agent and its variants (lists of key=value overrides on RUN_DIR's config, after
-those given on the command line; model sizes stay as trained), e.g. ``benchmarks/specs/value_screen.yaml``::
+A spec (a file, or a name from ``configs/screens/``) names the agent and its variants (lists of
+key=value overrides on RUN_DIR's config, after those given on the command line; model sizes stay as
+trained), e.g. ``configs/screens/value_screen.yaml``::
 
     agent: collodreamer
     value_updates: 2000     # replay / imagination styles: value (or actor-critic) steps
@@ -36,24 +37,22 @@ discounted reward-to-go of the run's last episodes (``value_diagnostics.value_ac
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, write_json
-from held_fixed import build_agent, filter_replay
-from value_diagnostics import value_accuracy
-
+from collodreamer.analysis.held_fixed import build_agent, filter_replay
+from collodreamer.analysis.value import value_accuracy
+from collodreamer.config import ConfigError, load_preset
 from collodreamer.envs import make_env
 from collodreamer.experiments.stats import bootstrap_ci
+from collodreamer.files import write_json
 from collodreamer.seeds import SCREEN_SEED
+from collodreamer.timing import machine
 from collodreamer.training import evaluate
 
 
@@ -107,14 +106,15 @@ def screen_variant(
     }
 
 
-def report(spec: dict, out: Path) -> None:
+def screen_report(spec: dict, out: Path) -> str:
+    """``DIR/screen.md`` and ``DIR/screen.json`` from the variants' results present; the table."""
     rows = [
         json.loads((out / f"{name}.json").read_text())
         for name in spec["variants"]
         if (out / f"{name}.json").exists()
     ]
     if not rows:
-        raise SystemExit(f"no variant results in {out}")
+        raise ConfigError(f"no variant results in {out}")
     reference = np.asarray(rows[0]["returns"])
     lines = [
         f"| variant | test return (mean, 95% CI) | paired difference to {rows[0]['variant']} | ms per plan "
@@ -146,38 +146,30 @@ def report(spec: dict, out: Path) -> None:
             f"| {row['value_train_seconds']:.0f} | {accuracy} |"
         )
     (out / "screen.md").write_text("\n".join(lines) + "\n")
-    write_json(out / "screen.json", {"benchmark": "screen", "spec": spec, "rows": rows})
-    print("\n".join(lines))
+    write_json(out / "screen.json", {"benchmark": "screen", "machine": machine(), "spec": spec, "rows": rows})
+    return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a trained run: its world model and replay")
-    parser.add_argument("spec", metavar="SPEC.yaml")
-    parser.add_argument("--out", required=True, help="folder of the per-variant results")
-    parser.add_argument("--episodes", type=int, default=10)
-    parser.add_argument("--only", nargs="*", help="screen only these variants")
-    parser.add_argument("--report", action="store_true", help="tabulate the results present and stop")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every variant first")
-    args = parser.parse_args()
-    spec = yaml.safe_load(Path(args.spec).read_text())
-    out = Path(args.out)
+def load_screen(spec: str) -> dict[str, Any]:
+    """A screen spec by path, or by name from ``configs/screens/``."""
+    return load_preset(spec if Path(spec).exists() else f"screens/{spec}")
+
+
+def screen(
+    run_dir: Path,
+    spec: dict[str, Any],
+    out: Path,
+    episodes: int = 10,
+    only: list[str] | None = None,
+    overrides: list[str] | None = None,
+) -> None:
+    """Screen every variant of ``spec`` (or those ``only`` names) on ``run_dir``'s held-fixed model,
+    each result written to ``out/<variant>.json`` as it ends; variants with a result are skipped."""
     out.mkdir(parents=True, exist_ok=True)
-    if args.report:
-        report(spec, out)
-        return
-    for name, overrides in spec["variants"].items():
-        if (args.only and name not in args.only) or (out / f"{name}.json").exists():
+    for name, variant in spec["variants"].items():
+        if (only and name not in only) or (out / f"{name}.json").exists():
             continue
-        print(f"{name}: {' '.join(overrides)}", flush=True)
-        row = screen_variant(
-            Path(args.run_dir), spec, name, [*args.overrides, *overrides], args.episodes, out
-        )
-        (out / f"{name}.json").write_text(json.dumps({**row, "run": args.run_dir}, indent=2) + "\n")
+        print(f"{name}: {' '.join(variant)}", flush=True)
+        row = screen_variant(run_dir, spec, name, [*(overrides or []), *variant], episodes, out)
+        write_json(out / f"{name}.json", {**row, "run": str(run_dir)})
         print(f"{name}: {row['mean']:.1f} {row['ci95']} ({row['test_seconds']:.0f} s)", flush=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,5 @@
-"""How good is a ColloDreamer run's value network? Measured on its checkpoint and its real episodes.
-
-    python benchmarks/value_diagnostics.py RUN_DIR [--episodes 10] [--plans 20] [--out FILE.json]
+"""How good is a ColloDreamer run's value network? Measured on its checkpoint and its real episodes
+(``collodreamer diagnose value RUN_DIR``):
 
 - accuracy: V(z_t) at the posterior's mean features of the run's last ``--episodes`` episodes against
   the discounted real reward-to-go ``G_t = sum_{j>=t} gamma^(j-t) r_j`` (V counts the reward of its own
@@ -15,16 +14,14 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import write_json
-from held_fixed import build_agent, filter_replay
+from collodreamer.analysis.held_fixed import build_agent, filter_replay
+from collodreamer.config import ConfigError
 
 
 def reward_to_go(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -81,30 +78,22 @@ def train_eval_gap(agent, features: torch.Tensor) -> float:
     return float((trained - evaluated).abs().mean())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("run_dir", metavar="RUN_DIR")
-    parser.add_argument("--episodes", type=int, default=10, help="the run's last episodes to measure on")
-    parser.add_argument("--tail", type=int, default=300, help="steps before an episode's end left out")
-    parser.add_argument("--plans", type=int, default=20)
-    parser.add_argument("--out", help="JSON path (default results/value_diagnostics/<run name>.json)")
-    args = parser.parse_args()
-    run_dir = Path(args.run_dir)
+def diagnose_value(run_dir: Path, episodes: int = 10, tail: int = 300, plans: int = 20) -> dict[str, Any]:
+    """The value's accuracy on the run's last ``episodes`` episodes, the planner's view of it at the
+    terminal states of ``plans`` plans, and its train/eval gap."""
     config, agent, payload = build_agent(run_dir, [])
     if config.agent != "collodreamer":
-        raise SystemExit(f"{run_dir} is a {config.agent} run; its checkpoint holds no ColloDreamer value")
+        raise ConfigError(f"{run_dir} is a {config.agent} run; its checkpoint holds no ColloDreamer value")
     agent.critic.value.load_state_dict(payload["agent"]["value"])
     gamma = config.value.gamma
     replay = filter_replay(agent, run_dir, config)
     rssm = agent.world_model.rssm
 
-    accuracy = value_accuracy(agent, replay, gamma, args.episodes, args.tail)
+    accuracy = value_accuracy(agent, replay, gamma, episodes, tail)
 
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
-    starts = [replay.windows(1, 1, rng)[1] for _ in range(args.plans)]
+    starts = [replay.windows(1, 1, rng)[1] for _ in range(plans)]
     terminal, knots = [], None
     for post in starts:
         result = agent.plan(rssm.feature({k: v[:, 0] for k, v in post.items()}), None, training=False)
@@ -121,25 +110,19 @@ def main() -> None:
     _, batch_post = replay.windows(config.replay.batch_size, config.replay.batch_length, rng)
     replayed = rssm.mean_feature(batch_post).flatten(0, 1)
     planner = {
-        "plans": args.plans,
+        "plans": plans,
         "terminal_value_mean": float(agent.value_of(terminal).detach().mean()),
         "clip_binds_share": binds,
         "grad_norm_mean": float(gradient.norm(dim=-1).mean()),
         "grad_zero_share": float((gradient.norm(dim=-1) == 0).float().mean()),
     }
     gap = {"replay_batch": train_eval_gap(agent, replayed), "one_plan": train_eval_gap(agent, knots)}
-    result = {
+    return {
         "benchmark": "value_diagnostics",
         "run": str(run_dir),
         "env_frames": payload["counters"]["env_frames"],
-        "value": {k: v for k, v in vars(config.value).items()},
+        "value": dict(vars(config.value)),
         "accuracy": accuracy,
         "planner": planner,
         "train_eval_gap": gap,
     }
-    print(f"accuracy: {accuracy}\nplanner: {planner}\ntrain/eval gap: {gap}")
-    write_json(Path(args.out or f"results/value_diagnostics/{run_dir.name}.json"), result)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,3 @@
+"""Analysis of trained runs: a run's world model and replay held fixed (held_fixed.py), screens of
+planner and value variants on it (screen.py), and diagnostics of a run's value (value.py) and actor
+(actor.py)."""

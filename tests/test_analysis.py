@@ -1,0 +1,47 @@
+"""The analysis of trained runs: screen specs, the screen's table, the value diagnostics' math."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from collodreamer.analysis.screen import load_screen, screen_report
+from collodreamer.analysis.value import reward_to_go
+from collodreamer.config import make_config, preset_dir
+
+
+def test_reward_to_go_by_hand():
+    rewards = torch.tensor([1.0, 0.0, 2.0])
+    # G_2 = 2, G_1 = 0 + 0.5 * 2, G_0 = 1 + 0.5 * 1
+    assert torch.allclose(reward_to_go(rewards, 0.5), torch.tensor([1.5, 1.0, 2.0]))
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (preset_dir() / "screens").glob("*.yaml")))
+def test_every_shipped_screen_variant_is_a_valid_config(name):
+    spec = load_screen(name)
+    assert spec["variants"]
+    for source in spec.get("shares", {}).values():
+        assert source in spec["variants"]
+    for overrides in spec["variants"].values():
+        make_config(["tiny"], [f"agent={spec.get('agent', 'collodreamer')}", *overrides])
+
+
+def test_screen_report_pairs_every_variant_with_the_first(tmp_path: Path):
+    spec = {"variants": {"a": [], "b": ["planner.iterations=3"]}}
+    for name, returns in (("a", [1.0, 2.0, 3.0]), ("b", [2.0, 4.0, 3.0])):
+        row = {
+            "variant": name,
+            "returns": returns,
+            "mean": sum(returns) / 3,
+            "ci95": [0.0, 5.0],
+            "plan_ms": 10.0,
+            "plan_iterations": 3.0,
+            "value_train_seconds": 0.0,
+            "test_metrics": {"plan/promise_gap": 0.25, "plan/rollout_gap": 0.125},
+        }
+        (tmp_path / f"{name}.json").write_text(json.dumps(row))
+    table = screen_report(spec, tmp_path)
+    assert "| b | 3.0 [0.0, 5.0] | +1.0 " in table and "+0.250, +0.125" in table
+    rows = json.loads((tmp_path / "screen.json").read_text())["rows"]
+    assert rows[1]["paired_difference"] == pytest.approx(1.0)
