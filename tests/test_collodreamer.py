@@ -177,7 +177,10 @@ def test_schedules_hit_their_ends():
 
 
 def tiny_agent(**overrides) -> ColloDreamerAgent:
-    config = make_config(["tiny"], ["agent=collodreamer", *[f"{k}={v}" for k, v in overrides.items()]])
+    """A tiny ColloDreamer with the paper's value (the inner style these tests exercise)."""
+    config = make_config(
+        ["tiny", "collodreamer_paper"], ["agent=collodreamer", *[f"{k}={v}" for k, v in overrides.items()]]
+    )
     return ColloDreamerAgent(config, EnvSpec((5,), 2), torch.device("cpu"))
 
 
@@ -275,11 +278,16 @@ def test_amortised_policy_learns_the_plans_and_initialises_them():
     assert agent.metrics()["policy/loss"] < 1.0
 
 
-def test_collodreamer_defaults_follow_the_paper():
+def test_collodreamer_defaults_follow_the_paper_in_the_model_and_the_preset_in_the_value():
     config = make_config(overrides=["agent=collodreamer"])
     assert config.model.latent == "categorical" and config.model.kl_balancing
     assert config.model.deter == 300 and config.value.gamma == 0.99
-    assert config.value.norm != "none" and config.value.dropout and config.value.clip
+    # It acts with the actor beside the planner; the paper's value and planner are a preset.
+    assert config.value.style == "imagination" and config.planner.candidates == ["policy"]
+    assert config.planner.feedback == 1.0
+    paper = make_config(["collodreamer_paper"], ["agent=collodreamer"])
+    assert paper.value.style == "inner" and paper.value.norm != "none" and paper.value.dropout
+    assert paper.value.clip and paper.planner.candidates == [] and paper.planner.feedback == 0.0
     assert make_config(overrides=["agent=latco"]).model.latent == "gaussian"
     # Agent defaults come first: presets and overrides still win.
     assert make_config(overrides=["agent=collodreamer", "model.deter=50"]).model.deter == 50

@@ -188,7 +188,7 @@ def test_policy_anchor_is_the_actors_rollout():
 
 
 def test_value_targets_use_the_pessimistic_reward():
-    agent = tiny("collodreamer", "pessimism.reward_heads=2", "pessimism.reward_kappa=3")
+    agent = tiny("collodreamer", "value.style=inner", "pessimism.reward_heads=2", "pessimism.reward_kappa=3")
     features = torch.randn(2, 4, agent.world_model.feature_dim)
     actions = torch.rand(2, 4, 2) * 2 - 1
     with torch.no_grad():
