@@ -61,6 +61,29 @@ def median_ms(
     return statistics.median(times), times
 
 
+def interleaved_ms(
+    works: dict[str, Callable[[], Any]],
+    repeats: int,
+    warmup: int = 2,
+    sync: Callable[[], None] = lambda: None,
+) -> dict[str, list[float]]:
+    """Milliseconds per call of each of ``works``, their calls alternating (``repeats`` rounds after
+    ``warmup``), so that load from other processes falls on each alike: on a busy machine only such
+    same-process comparisons are fair."""
+    for _ in range(warmup):
+        for work in works.values():
+            work()
+    times: dict[str, list[float]] = {name: [] for name in works}
+    for _ in range(repeats):
+        for name, work in works.items():
+            sync()
+            start = time.perf_counter()
+            work()
+            sync()
+            times[name].append(1000 * (time.perf_counter() - start))
+    return times
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
