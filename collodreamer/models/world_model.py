@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from collodreamer.config import ModelConfig
-from collodreamer.models.losses import gaussian_nll, kl_loss
+from collodreamer.models.losses import gaussian_nll, image_nll, kl_loss
 from collodreamer.models.networks import (
     MLP,
     ConvDecoder,
@@ -73,12 +73,12 @@ class WorldModel(nn.Module):
 
         Returns (loss, posteriors, priors, metrics)."""
         config = self.config
-        post, prior = self.observe(batch)
+        obs = self.scale(batch["obs"])
+        post, prior = self.rssm.observe(self.embed(obs), batch["action"], batch["is_first"])
         feature = self.rssm.feature(post)
         recon = self.reconstruct(feature)
         reward = self.reward_of(feature)
-        target = image_target(batch["obs"]) if self.pixels else self.obs_norm(batch["obs"])
-        obs_loss = gaussian_nll(recon.float(), target, 3 if self.pixels else 1).mean()
+        obs_loss = image_nll(recon.float(), obs) if self.pixels else gaussian_nll(recon, obs, 1).mean()
         reward_loss = gaussian_nll(reward, batch["reward"], 0).mean()
         extra = {}
         if self.rssm.categorical:
@@ -140,9 +140,16 @@ class WorldModel(nn.Module):
         return self.rssm.observe(self.encode(batch["obs"]), batch["action"], batch["is_first"])
 
     def encode(self, obs: torch.Tensor) -> torch.Tensor:
-        """Float32 embeddings of observations (images as uint8, state vectors standardised)."""
-        if not self.pixels:
-            return self.encoder(self.obs_norm(obs))
+        """Embeddings of observations (images as uint8, state vectors in their own units)."""
+        return self.embed(self.scale(obs))
+
+    def scale(self, obs: torch.Tensor) -> torch.Tensor:
+        """Observations in the model's scale, the encoder's input and the decoder's target: images as
+        pixels / 255 - 0.5, state vectors standardised."""
+        return image_target(obs) if self.pixels else self.obs_norm(obs)
+
+    def embed(self, obs: torch.Tensor) -> torch.Tensor:
+        """Float32 embeddings of observations in the model's scale (:meth:`scale`)."""
         with autocast(self.device, self.bfloat16):
             return self.encoder(obs).float()
 
