@@ -74,8 +74,8 @@ def measure(
         model_steps[precision] = partial(agent.world_model.train_step, batch)
         behaviour_steps[precision] = partial(agent.behaviour.train, post)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    model_ms = interleaved_ms(model_steps, args.repeats, sync=sync)
-    behaviour_ms = interleaved_ms(behaviour_steps, args.repeats, sync=sync)
+    model_ms, model_cpu_ms = interleaved_ms(model_steps, args.repeats, sync=sync)
+    behaviour_ms, behaviour_cpu_ms = interleaved_ms(behaviour_steps, args.repeats, sync=sync)
     starts = flatten(post)["deter"].shape[0]
     return [
         {
@@ -86,8 +86,12 @@ def measure(
             "bfloat16": agent.world_model.bfloat16,
             "world_model_ms": statistics.median(model_ms[precision]),
             "actor_critic_ms": statistics.median(behaviour_ms[precision]),
+            "world_model_cpu_ms": statistics.median(model_cpu_ms[precision]),
+            "actor_critic_cpu_ms": statistics.median(behaviour_cpu_ms[precision]),
             "world_model_runs_ms": model_ms[precision],
+            "world_model_runs_cpu_ms": model_cpu_ms[precision],
             "actor_critic_runs_ms": behaviour_ms[precision],
+            "actor_critic_runs_cpu_ms": behaviour_cpu_ms[precision],
             "imagination_starts": min(config.actor.starts or starts, starts),
         }
         for precision, agent in agents.items()
@@ -113,16 +117,18 @@ def main() -> None:
     rng = np.random.default_rng(0)
     rows = []
     print(f"device: {device}, {args.threads} torch thread(s)")
-    header = ("preset", "obs", "batch", "precision", "world model ms", "actor-critic ms")
-    print("{:16s} {:6s} {:>7s} {:>9s} {:>15s} {:>16s}".format(*header))
+    header = ("preset", "obs", "batch", "precision", "world model ms (CPU)", "actor-critic ms (CPU)")
+    print("{:16s} {:6s} {:>7s} {:>9s} {:>22s} {:>22s}".format(*header))
     for preset in args.presets:
         for obs in args.obs:
             for batch_size in args.batches:
                 for row in measure(preset, obs, batch_size, args, device, rng):
                     rows.append(row)
+                    model = f"{row['world_model_ms']:.0f} ({row['world_model_cpu_ms']:.0f})"
+                    behaviour = f"{row['actor_critic_ms']:.0f} ({row['actor_critic_cpu_ms']:.0f})"
                     print(
                         f"{preset:16s} {obs:6s} {row['batch']:>7s} {row['precision']:>9s} "
-                        f"{row['world_model_ms']:15.1f} {row['actor_critic_ms']:16.1f}"
+                        f"{model:>22s} {behaviour:>22s}"
                     )
     command = " ".join(["python", *sys.argv])
     write_json(
