@@ -126,6 +126,22 @@ def test_saved_config_missing_a_newer_key_warns_and_takes_the_default(tmp_path: 
     assert "predates" not in caplog.text
 
 
+@pytest.mark.parametrize(
+    ("obs", "amp", "precision"),
+    [("pixels", False, "float32"), ("pixels", True, "bfloat16"), ("state", False, "auto")],
+)
+def test_saved_config_with_model_amp_loads_as_model_precision(tmp_path: Path, caplog, obs, amp, precision):
+    """A run saved before model.precision resumes: a pixel run in the format it trained in, a state run
+    (which the setting does not touch) at today's default, so it still matches a new run of its settings."""
+    data = to_dict(make_config(["tiny"], ["agent=dreamer", f"env.obs={obs}"]))
+    del data["model"]["precision"]
+    data["model"]["amp"] = amp
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    with caplog.at_level("WARNING"):
+        assert load_config(tmp_path / "config.yaml").model.precision == precision
+    assert ("model.precision=auto" in caplog.text) == (obs == "state")
+
+
 def test_config_listing_names_type_value_source_and_help(capsys, tmp_path):
     from collodreamer.cli import main
 

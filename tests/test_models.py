@@ -14,7 +14,7 @@ from collodreamer.models.losses import (
     lambda_returns,
     tanh_gaussian_entropy,
 )
-from collodreamer.models.networks import MLP
+from collodreamer.models.networks import MLP, ConvDecoder
 from collodreamer.models.optim import update_target
 from collodreamer.models.rssm import RSSM
 
@@ -215,3 +215,15 @@ def test_tanh_gaussian_entropy_gradient_pulls_saturated_actions_back():
     tanh_gaussian_entropy(mean, std, torch.zeros(2)).backward()
     assert torch.allclose(mean.grad, -2.0 * torch.tanh(mean.detach()), atol=1e-6)
     assert torch.allclose(std.grad, torch.full((2,), 100.0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv_decoder_matches_its_layers_applied_in_turn(channels_last):
+    """The decoder computes its first transposed conv (on a 1x1 input) as a matrix product."""
+    decoder = ConvDecoder(20, 4)
+    if channels_last:
+        decoder.to(memory_format=torch.channels_last)
+    feature = torch.randn(3, 5, 20)
+    hidden = decoder.linear(feature.reshape(-1, 20)).reshape(-1, 32 * 4, 1, 1)
+    expected = decoder.net(hidden).permute(0, 2, 3, 1).reshape(3, 5, 64, 64, 3)
+    assert torch.allclose(decoder(feature), expected, atol=1e-6)

@@ -16,7 +16,7 @@ from collodreamer.agents.base import Sampler
 from collodreamer.agents.promise import Segment, promise_metrics
 from collodreamer.averages import Averages
 from collodreamer.config import ActorConfig, Config
-from collodreamer.models import MLP, WorldModel, autocast, to_torch
+from collodreamer.models import MLP, WorldModel, to_torch
 from collodreamer.models.losses import lambda_returns, tanh_gaussian_entropy
 from collodreamer.models.optim import adam, explore, frozen, load_optimizer, optimizer_step
 from collodreamer.models.rssm import State, flatten
@@ -74,7 +74,7 @@ class ImaginedBehaviour:
         device = world_model.device
         feature_dim = world_model.feature_dim
         self.actor = Actor(feature_dim, action_dim, config.actor).to(device)
-        self.critic = Critic(feature_dim, config.value, device, config.model.amp)
+        self.critic = Critic(feature_dim, config.value, device)
         self.actor_optimizer = adam(self.actor.parameters(), config.actor.lr)
 
     def value_of(self, feature: torch.Tensor) -> torch.Tensor:
@@ -97,11 +97,11 @@ class ImaginedBehaviour:
 
     def _update(self, start: State) -> dict[str, float]:
         actor_config, value_config = self.config.actor, self.config.value
-        with frozen(self.world_model), autocast(self.world_model.device, self.config.model.amp):
+        with frozen(self.world_model):
             features, _ = self.world_model.rssm.imagine(start, self.actor.sample, actor_config.horizon)
             rewards = self.reward(features[1:])
             values = self.critic.target(features[1:])
-        returns = lambda_returns(rewards.float(), values.float(), value_config.gamma, value_config.lam)
+        returns = lambda_returns(rewards, values, value_config.gamma, value_config.lam)
         # Weight step t by gamma^t: later imagined steps matter less (DreamerV1).
         discounts = torch.full_like(returns, value_config.gamma)
         weights = torch.cumprod(torch.cat([torch.ones_like(discounts[:1]), discounts[:-1]]), 0)
@@ -117,7 +117,7 @@ class ImaginedBehaviour:
             "actor/grad_norm": actor_norm,
             "actor/entropy": entropy.mean().item(),
             "actor/std": std.mean().item(),
-            "imagine/reward": rewards.float().mean().item(),
+            "imagine/reward": rewards.mean().item(),
             "imagine/return": returns.mean().item(),
         }
 

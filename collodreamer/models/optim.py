@@ -102,10 +102,22 @@ def frozen(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+def uses_bfloat16(precision: str, device: torch.device) -> bool:
+    """Whether ``model.precision`` means bfloat16 on ``device``: always for ``bfloat16``; for ``auto``
+    where the device computes it natively (a CUDA GPU that supports it, a CPU with AVX512-BF16 or AMX;
+    elsewhere the CPU would emulate it, slower than float32)."""
+    if precision != "auto":
+        return precision == "bfloat16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = torch.cpu  # torch's own checks, as its oneDNN kernels use them
+    return device.type == "cpu" and (cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+
+
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast on CUDA when enabled; a no-op otherwise."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bfloat16 autocast on ``device`` when enabled; a no-op otherwise."""
+    if enabled:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

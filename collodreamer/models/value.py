@@ -13,14 +13,7 @@ from torch import nn
 from collodreamer.config import ValueConfig
 from collodreamer.models.ensemble import pessimistic
 from collodreamer.models.networks import MLP
-from collodreamer.models.optim import (
-    adam,
-    autocast,
-    load_optimizer,
-    nonfinite,
-    optimizer_step,
-    update_target,
-)
+from collodreamer.models.optim import adam, load_optimizer, nonfinite, optimizer_step, update_target
 
 
 def straight_through_clip(value: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -65,12 +58,8 @@ class Critic:
     and its Adam optimiser. V stays in eval mode (batch norm's running statistics, no dropout)
     except inside :meth:`update`."""
 
-    def __init__(
-        self, feature_dim: int, config: ValueConfig, device: torch.device, amp: bool = False
-    ) -> None:
+    def __init__(self, feature_dim: int, config: ValueConfig, device: torch.device) -> None:
         self.config = config
-        self.device = device
-        self.amp = amp
         self.value = ValueNetwork(feature_dim, config).to(device).eval()
         self.target = copy.deepcopy(self.value).requires_grad_(False)
         self.optimizer = adam(self.value.parameters(), config.lr)
@@ -87,8 +76,7 @@ class Critic:
             return {"value/loss": math.nan, "value/grad_norm": math.nan, "value/mean": math.nan}
         with torch.enable_grad():
             self.value.train()
-            with autocast(self.device, self.amp):
-                prediction = self.value.heads(features.detach()).float()
+            prediction = self.value.heads(features.detach())
             squared = 0.5 * (prediction - targets.detach()) ** 2
             loss = (squared if weights is None else weights * squared).mean()
             norm = optimizer_step(self.optimizer, loss, self.value, self.config.grad_clip, "value")

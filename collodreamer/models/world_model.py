@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from collodreamer.config import ModelConfig
-from collodreamer.models.losses import gaussian_nll, kl_loss
+from collodreamer.models.losses import gaussian_nll, image_nll, kl_loss
 from collodreamer.models.networks import (
     MLP,
     ConvDecoder,
@@ -18,7 +18,7 @@ from collodreamer.models.networks import (
     RunningNorm,
     image_target,
 )
-from collodreamer.models.optim import adam, autocast, load_optimizer, optimizer_step
+from collodreamer.models.optim import adam, autocast, load_optimizer, optimizer_step, uses_bfloat16
 from collodreamer.models.rssm import RSSM, State
 from collodreamer.spec import EnvSpec
 from collodreamer.timing import timed
@@ -51,6 +51,12 @@ class WorldModel(nn.Module):
             self.decoder = MLP(feature_dim, spec.obs_shape[0], config.units, config.layers)
         self.reward = MLP(feature_dim, 1, config.units, config.layers)
         self.to(device)
+        # The conv stacks alone may compute in bfloat16 (model.precision); channels last suits the
+        # oneDNN and cuDNN convolutions and makes the decoder's channels-last images a view.
+        self.bfloat16 = self.pixels and uses_bfloat16(config.precision, device)
+        if self.pixels:
+            self.encoder.to(memory_format=torch.channels_last)
+            self.decoder.to(memory_format=torch.channels_last)
         self.optimizer = adam(self.parameters(), config.lr)
 
     @property
@@ -67,24 +73,23 @@ class WorldModel(nn.Module):
 
         Returns (loss, posteriors, priors, metrics)."""
         config = self.config
-        with autocast(self.device, config.amp):
-            post, prior = self.observe(batch)
-            feature = self.rssm.feature(post)
-            recon = self.decoder(feature)
-            reward = self.reward_of(feature)
-            # Categorical latents: the planner's knots hold class probabilities (mu is a mean), never
-            # one-hot samples, so the reward head also learns at the posterior's probabilities.
-            mean_reward = self.reward_of(self.rssm.mean_feature(post)) if self.rssm.categorical else None
-        target = image_target(batch["obs"]) if self.pixels else self.obs_norm(batch["obs"])
-        obs_loss = gaussian_nll(recon.float(), target, 3 if self.pixels else 1).mean()
-        reward_loss = gaussian_nll(reward.float(), batch["reward"], 0).mean()
+        obs = self.scale(batch["obs"])
+        post, prior = self.rssm.observe(self.embed(obs), batch["action"], batch["is_first"])
+        feature = self.rssm.feature(post)
+        recon = self.reconstruct(feature)
+        reward = self.reward_of(feature)
+        obs_loss = image_nll(recon.float(), obs) if self.pixels else gaussian_nll(recon, obs, 1).mean()
+        reward_loss = gaussian_nll(reward, batch["reward"], 0).mean()
         extra = {}
-        if mean_reward is not None:
-            mean_reward_loss = gaussian_nll(mean_reward.float(), batch["reward"], 0).mean()
+        if self.rssm.categorical:
+            # The planner's knots hold class probabilities (mu is a mean), never one-hot samples, so
+            # the reward head also learns at the posterior's probabilities.
+            mean_reward = self.reward_of(self.rssm.mean_feature(post))
+            mean_reward_loss = gaussian_nll(mean_reward, batch["reward"], 0).mean()
             extra["model/reward_mean_feature_loss"] = mean_reward_loss.item()
             reward_loss = 0.5 * (reward_loss + mean_reward_loss)
         balance = config.kl_balance if config.kl_balancing else None
-        kl, kl_value = kl_loss(self.rssm.kl, _float(post), _float(prior), balance, config.free_nats)
+        kl, kl_value = kl_loss(self.rssm.kl, post, prior, balance, config.free_nats)
         loss = obs_loss + reward_loss + config.kl_scale * kl
         metrics = {
             "model/loss": loss.item(),
@@ -115,10 +120,16 @@ class WorldModel(nn.Module):
             )
         return {k: v.detach() for k, v in post.items()}, metrics
 
+    def reconstruct(self, feature: torch.Tensor) -> torch.Tensor:
+        """The decoder's mean observation in the loss's units (images as pixels / 255 - 0.5, channels
+        last, in bfloat16 where the conv stacks compute in it; state vectors standardised)."""
+        with autocast(self.device, self.bfloat16):
+            return self.decoder(feature)
+
     def decode(self, feature: torch.Tensor) -> torch.Tensor:
         """The decoder's mean observation in the environment's units: images as floats in [0, 255]
         (channels last), state vectors unstandardised."""
-        recon = self.decoder(feature)
+        recon = self.reconstruct(feature).float()
         if self.pixels:
             return ((recon + 0.5) * 255.0).clamp(0.0, 255.0)
         return self.obs_norm.inverse(recon)
@@ -129,8 +140,18 @@ class WorldModel(nn.Module):
         return self.rssm.observe(self.encode(batch["obs"]), batch["action"], batch["is_first"])
 
     def encode(self, obs: torch.Tensor) -> torch.Tensor:
-        """Embeddings of observations (images as uint8, state vectors standardised)."""
-        return self.encoder(obs if self.pixels else self.obs_norm(obs))
+        """Embeddings of observations (images as uint8, state vectors in their own units)."""
+        return self.embed(self.scale(obs))
+
+    def scale(self, obs: torch.Tensor) -> torch.Tensor:
+        """Observations in the model's scale, the encoder's input and the decoder's target: images as
+        pixels / 255 - 0.5, state vectors standardised."""
+        return image_target(obs) if self.pixels else self.obs_norm(obs)
+
+    def embed(self, obs: torch.Tensor) -> torch.Tensor:
+        """Float32 embeddings of observations in the model's scale (:meth:`scale`)."""
+        with autocast(self.device, self.bfloat16):
+            return self.encoder(obs).float()
 
     @torch.no_grad()
     def filter(self, obs: np.ndarray, state: State | None, action: torch.Tensor | None) -> State:
@@ -153,7 +174,3 @@ class WorldModel(nn.Module):
     def load_training_state(self, state: dict[str, Any]) -> None:
         self.load_state_dict(state["params"])
         load_optimizer(self.optimizer, state["optimizer"], self.config.lr)
-
-
-def _float(state: State) -> State:
-    return {k: v.float() for k, v in state.items()}
