@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from collodreamer.agents import ModelBased, Planner, make_agent
 from collodreamer.agents.collodreamer import (
     ColloDreamerAgent,
     latent_objective,
@@ -427,3 +428,11 @@ def test_latent_objective_enters_the_world_model_step():
     assert not torch.equal(rssm.img_out[2].weight, old.img_out[2].weight)  # the model moved, "old" not
     agent.train_step(batch)  # the second update copies the dynamics into the old model
     assert torch.equal(rssm.img_out[2].weight, old.img_out[2].weight)
+
+
+def test_optional_capabilities_are_declared_protocols():
+    expected = {"random": (False, False), "dreamer": (True, False), "latco": (True, True)}
+    expected["collodreamer"] = (True, True)
+    for name, (model_based, planner) in expected.items():
+        agent = make_agent(make_config(["tiny"], [f"agent={name}"]), EnvSpec((5,), 2))
+        assert (isinstance(agent, ModelBased), isinstance(agent, Planner)) == (model_based, planner)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from collodreamer.agents.base import Agent
+from collodreamer.agents.base import Agent, ModelBased, Planner
 from collodreamer.agents.collodreamer import ColloDreamerAgent
 from collodreamer.agents.dreamer import DreamerAgent
 from collodreamer.agents.latco import LatCoAgent
@@ -40,4 +40,4 @@ def make_agent(config: Config, spec: EnvSpec) -> Agent:
     raise ConfigError(f"agent: unknown agent '{config.agent}'")
 
 
-__all__ = ["Agent", "make_agent", "resolve_device"]
+__all__ = ["Agent", "ModelBased", "Planner", "make_agent", "resolve_device"]

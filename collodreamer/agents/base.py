@@ -1,12 +1,19 @@
-"""The interface every agent offers the training loop."""
+"""The interface every agent offers the training loop, and the optional capabilities some offer (a
+world model to predict with, a planner to trace): callers ask ``isinstance(agent, Planner)``, never
+for an attribute."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from collodreamer.config import PlannerConfig
+    from collodreamer.models import WorldModel
+    from collodreamer.planning import Objective
 
 # (count, length) -> a replay batch of tensors and its posterior states, [count, length, ...] each
 Sampler = Callable[[int, int], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]
@@ -34,3 +41,20 @@ class Agent(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class ModelBased(Protocol):
+    """An agent that acts through a learned world model (every agent but the random one)."""
+
+    world_model: WorldModel
+    device: torch.device
+
+
+@runtime_checkable
+class Planner(ModelBased, Protocol):
+    """An agent that plans by collocation on its world model: its objective and planner settings."""
+
+    def objective(self) -> Objective: ...
+
+    def planner_config(self) -> PlannerConfig: ...

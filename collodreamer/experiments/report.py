@@ -16,6 +16,7 @@ from pathlib import Path
 import imageio.v2 as imageio
 import numpy as np
 
+from collodreamer.agents import Planner
 from collodreamer.data import EpisodeStore
 from collodreamer.envs import make_env
 from collodreamer.seeds import env_seed
@@ -74,7 +75,7 @@ def write_report(
             written += [out / "promise.json", out / "promise.png"]
     finally:
         env.close()
-    if hasattr(agent, "objective"):
+    if isinstance(agent, Planner):
         env = make_env(config.env, env_seed(config.seed, "report"))
         try:
             for index in range(plans):

@@ -24,7 +24,7 @@ from typing import IO, Any
 import numpy as np
 from tqdm import tqdm
 
-from collodreamer.agents import make_agent
+from collodreamer.agents import ModelBased, Planner, make_agent
 from collodreamer.config import (
     Config,
     ConfigError,
@@ -341,10 +341,10 @@ class Trainer:
         """``run.report``: the report's pictures of this test to TensorBoard (the latest episode's
         open-loop prediction, a plan of a planning agent). Its random draws leave the run's random
         states as they were, so the run goes on as it would without them."""
-        if not self.store.num_episodes or not hasattr(self.agent, "world_model"):
+        if not self.store.num_episodes or not isinstance(self.agent, ModelBased):
             return  # nothing to predict yet, or no model to predict with
         config, frames = self.config, self.counters.env_frames
-        if self.report_env is None and hasattr(self.agent, "objective"):
+        if self.report_env is None and isinstance(self.agent, Planner):
             self.report_env = make_env(config.env, env_seed(config.seed, "report"))
         title = f"{config.agent} {config.env.task} at {frames} env frames"
         states = rng_states()

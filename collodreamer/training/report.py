@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from collodreamer.agents import Planner
 from collodreamer.envs import Env
 from collodreamer.models import to_torch
 from collodreamer.planning import Plan, collocate
@@ -266,7 +267,7 @@ def report_images(
         if video is not None
         else figure_image(state_prediction_figure(prediction, title))
     }
-    if env is not None and hasattr(agent, "objective"):
+    if env is not None and isinstance(agent, Planner):
         trace = trace_plan(agent, env, warmup=0)
         images["plan"] = figure_image(plan_figure(trace, f"{title}: a plan from a test start", pixels))
         if pixels:
