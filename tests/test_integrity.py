@@ -1,0 +1,53 @@
+"""Nothing silently lost or changed on resume (issue 29), on real tiny runs of dm_control: missing
+episodes, the run's identity, finite blow-ups, the lock, a damaged config.yaml, code in a checkpoint,
+a full disk, bad input and signals at the edges."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from test_faults import copy_of, error_line
+
+from collodreamer.training import CheckpointError, Trainer, load_checkpoint
+from collodreamer.training.checkpoint import HEADER
+
+
+@pytest.fixture(scope="module")
+def dreamer_run(tmp_path_factory) -> Path:
+    """A finished tiny Dreamer run from states: 200 env frames, 2 episodes, 4 updates."""
+    from test_faults import config_of
+
+    run = tmp_path_factory.mktemp("dreamer") / "run"
+    Trainer(config_of("dreamer", "run.steps=200"), run).run()
+    return run
+
+
+# --- 6: code in a checkpoint ----------------------------------------------------------------------
+
+
+class RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path: Path, cli, dreamer_run):
+    run = copy_of(dreamer_run, tmp_path)
+    marker = tmp_path / "ran"
+    payload = load_checkpoint(run / "checkpoint.pt")  # numpy RNG states load under weights_only
+    buffer = io.BytesIO()
+    torch.save({**payload, "extra": RunsCode(marker)}, buffer)
+    data = buffer.getvalue()  # with a valid checksum: the checksum stops damage, not tampering
+    (run / "checkpoint.pt").write_bytes(HEADER + hashlib.sha256(data).hexdigest().encode() + b"\n" + data)
+    with pytest.raises(CheckpointError, match=r"holds posix.system, which no checkpoint holds"):
+        load_checkpoint(run / "checkpoint.pt")
+    line = error_line(cli("train", "--resume", str(run), check=False))
+    assert "which no checkpoint holds: refused, as loading it could run code" in line
+    assert not marker.exists()
