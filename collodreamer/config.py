@@ -501,6 +501,13 @@ def validate(config: Config) -> None:
         "model.classes": config.model.classes,
         "model.hidden": config.model.hidden,
         "model.units": config.model.units,
+        "model.layers": config.model.layers,
+        "model.cnn_depth": config.model.cnn_depth,
+        "actor.units": config.actor.units,
+        "actor.layers": config.actor.layers,
+        "value.layers": config.value.layers,
+        "policy.units": config.policy.units,
+        "policy.layers": config.policy.layers,
         "value.units": config.value.units,
         "value.target_period": config.value.target_period,
         "value.update_every": config.value.update_every,
@@ -549,6 +556,19 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"value.dropout needs one probability per hidden layer ({config.value.layers}), "
             f"got {len(config.value.dropout)}"
+        )
+    for index, probability in enumerate(config.value.dropout):
+        if not 0 <= probability < 1:
+            raise ConfigError(f"value.dropout[{index}] must be in [0, 1), got {probability}")
+    if config.value.clip_low >= config.value.clip_high:
+        raise ConfigError(
+            f"value.clip_low ({config.value.clip_low}) must be below value.clip_high "
+            f"({config.value.clip_high})"
+        )
+    if config.env.action_repeat > config.env.time_limit:
+        raise ConfigError(
+            f"env.action_repeat ({config.env.action_repeat}) cannot exceed env.time_limit "
+            f"({config.env.time_limit}): an episode would end within one agent step"
         )
     if config.pessimism.reward_heads == 1:
         raise ConfigError("pessimism.reward_heads: the std of one head is zero; use 0 (off) or 2 or more")

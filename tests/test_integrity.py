@@ -51,3 +51,34 @@ def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path: Path, cli, 
     line = error_line(cli("train", "--resume", str(run), check=False))
     assert "which no checkpoint holds: refused, as loading it could run code" in line
     assert not marker.exists()
+
+
+# --- 8: bad input ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--task", "dmc:cheetah_fly"], "unknown task 'dmc:cheetah_fly'; valid tasks:"),
+        (["--task", "gym:NoSuchTask-v0"], "unknown task 'gym:NoSuchTask-v0':"),
+        (["--task", "gym:CartPole-v1"], "task 'gym:CartPole-v1' has Discrete(2) actions"),
+        (["device=tpu"], "device: 'tpu' is not a torch device"),
+        (["--obs", "pixels", "env.camera=99"], "env.camera: dmc:reacher_easy has cameras 0 to 1"),
+        (["value.dropout=[1.5,1.5,1.5]"], "value.dropout[0] must be in [0, 1), got 1.5"),
+        (["actor.layers=-1"], "actor.layers must be positive, got -1"),
+        (["value.clip_low=300"], "value.clip_low (300.0) must be below value.clip_high (200.0)"),
+        (["env.action_repeat=1000"], "env.action_repeat (1000) cannot exceed env.time_limit (100)"),
+    ]
+    + ([] if torch.cuda.is_available() else [(["device=cuda"], "device: cuda was asked for")]),
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, cli, args, message):
+    result = cli(
+        "train", "--preset", "tiny", "--logdir", str(tmp_path / "runs"), *args, cwd=tmp_path, check=False
+    )
+    assert error_line(result).startswith(f"collodreamer: error: {message}")
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_eval_of_no_episodes_is_refused(cli, dreamer_run):
+    line = error_line(cli("eval", str(dreamer_run), "--episodes", "0", check=False))
+    assert line == "collodreamer: error: --episodes must be at least 1, got 0"

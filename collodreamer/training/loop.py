@@ -119,6 +119,12 @@ class Trainer:
         self.config = config
         if config.run.wandb:
             import_wandb()  # missing: a one-line error before anything is written
+        # The task, its camera and the device are checked here, before anything is written.
+        seed_everything(config.seed, config.run.threads)
+        self.env = make_env(config.env, env_seed(config.seed, "train"))
+        self.eval_env = make_env(config.env, env_seed(config.seed, "test"))
+        self.report_env: Env | None = None  # made at the first report of a planning agent
+        self.agent = make_agent(config, self.env.spec)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._lock = lock_run(self.run_dir)
         payload = None
@@ -132,11 +138,6 @@ class Trainer:
                 )
         elif resume:
             log.warning("%s has no checkpoint: training starts anew on the episodes on disk", self.run_dir)
-        seed_everything(config.seed, config.run.threads)
-        self.env = make_env(config.env, env_seed(config.seed, "train"))
-        self.eval_env = make_env(config.env, env_seed(config.seed, "test"))
-        self.report_env: Env | None = None  # made at the first report of a planning agent
-        self.agent = make_agent(config, self.env.spec)
         self.store = EpisodeStore(
             self.run_dir / "episodes", config.replay.capacity, config.env.action_repeat, config.seed
         )
