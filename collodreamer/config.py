@@ -269,6 +269,42 @@ class Config:
     latent_objective: LatentObjectiveConfig = field(default_factory=LatentObjectiveConfig)
 
 
+# The settings a resumed run may change (``--resume RUN_DIR key=value``): how long, how fast and on
+# what it trains, and what it logs. Every other setting is the run's identity (agent, task, obs,
+# action repeat, model shapes, ...), which its checkpoint holds (the README's "Resuming a run").
+RESUMABLE = frozenset(
+    {
+        "device",
+        "run.steps",
+        "run.train_every",
+        "run.train_steps",
+        "run.eval_start",
+        "run.eval_every",
+        "run.eval_episodes",
+        "run.checkpoint_every",
+        "run.log_every",
+        "run.max_nonfinite",
+        "run.max_weight_growth",
+        "run.video",
+        "run.video_size",
+        "run.report",
+        "run.keep_checkpoints",
+        "run.wandb",
+        "run.wandb_project",
+        "run.threads",
+        "model.lr",
+        "model.grad_clip",
+        "actor.lr",
+        "actor.grad_clip",
+        "value.lr",
+        "value.grad_clip",
+        "policy.lr",
+        "policy.grad_clip",
+        "pessimism.lr",
+    }
+)
+
+
 def preset_dir() -> Path:
     """The folder of YAML presets shipped with the package (``configs/`` in the repository)."""
     return Path(str(resources.files("collodreamer"))) / "configs"
@@ -671,3 +707,15 @@ def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         for key, value in flatten(new).items()
         if key in before and before[key] != value
     ]
+
+
+def check_resumable(saved: dict[str, Any], config: Config) -> None:
+    """A one-line :class:`ConfigError` naming the first setting outside :data:`RESUMABLE` in which
+    ``config`` differs from ``saved``, the nested config dict a run was checkpointed with."""
+    before = flatten(saved)
+    for key, value in flatten(to_dict(config)).items():
+        if key in before and key not in RESUMABLE and before[key] != value:
+            raise ConfigError(
+                f"{key} cannot change on resume ({before[key]} -> {value}): it is part of the run's "
+                "identity; start a new run for it (what may change: the README's 'Resuming a run')"
+            )

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_faults import copy_of, error_line
+from test_faults import copy_of, error_line, files_of
 
+from collodreamer.config import load_config
 from collodreamer.training import CheckpointError, Trainer, load_checkpoint
 from collodreamer.training.checkpoint import HEADER
 
@@ -82,3 +83,50 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, cli, args, mes
 def test_eval_of_no_episodes_is_refused(cli, dreamer_run):
     line = error_line(cli("eval", str(dreamer_run), "--episodes", "0", check=False))
     assert line == "collodreamer: error: --episodes must be at least 1, got 0"
+
+
+# --- 2, 5: the run's identity, and a damaged config.yaml ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, change",
+    [
+        (
+            "env.task=dmc:reacher_hard",
+            "env.task cannot change on resume (dmc:reacher_easy -> dmc:reacher_hard)",
+        ),
+        ("env.action_repeat=4", "env.action_repeat cannot change on resume (2 -> 4)"),
+        ("model.deter=32", "model.deter cannot change on resume (16 -> 32)"),
+        ("seed=3", "seed cannot change on resume (0 -> 3)"),
+    ],
+)
+def test_another_identity_on_resume_is_refused_naming_the_setting(
+    tmp_path: Path, cli, dreamer_run, override, change
+):
+    run = copy_of(dreamer_run, tmp_path)
+    before = files_of(run)
+    line = error_line(cli("train", "--resume", str(run), override, check=False))
+    assert line.startswith(f"collodreamer: error: {change}: it is part of the run's identity")
+    assert files_of(run) == before
+
+
+def test_the_checkpoints_config_wins_over_a_damaged_config_yaml(tmp_path: Path, cli, dreamer_run):
+    run = copy_of(dreamer_run, tmp_path)
+    path = run / "config.yaml"
+    path.write_text(path.read_text().replace("task: dmc:reacher_easy", "task: dmc:reacher_hard", 1))
+    path.write_text(path.read_text().replace("lr: 0.0006", "lr: 0.0016", 1))
+    result = cli("train", "--resume", str(run), "run.steps=300", "actor.lr=0.001")
+    assert (
+        f"WARNING {path} differs from the config in {run / 'checkpoint.pt'} in env.task, model.lr: "
+        "the checkpoint's is used" in result.stderr
+    )
+    config = load_checkpoint(run / "checkpoint.pt")["config"]
+    assert (config["env"]["task"], config["model"]["lr"], config["actor"]["lr"]) == (
+        "dmc:reacher_easy",
+        6e-4,
+        1e-3,
+    )
+    assert load_config(path).model.lr == 6e-4  # repaired
+    path.write_bytes(b"\x00\xff not yaml")
+    result = cli("train", "--resume", str(run), "run.steps=400")
+    assert "the checkpoint's config is used" in result.stderr

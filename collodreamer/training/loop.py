@@ -29,6 +29,8 @@ from collodreamer.config import (
     Config,
     ConfigError,
     changed_settings,
+    check_resumable,
+    from_dict,
     load_config,
     make_config,
     save_config,
@@ -136,6 +138,7 @@ class Trainer:
                     f"checkpoint {self.checkpoint_path} holds a {saved} run, which cannot go on as "
                     f"{config.agent} (the checkpoint would lose its state); start a new run instead"
                 )
+            check_resumable(payload.get("config", {}), config)
         elif resume:
             log.warning("%s has no checkpoint: training starts anew on the episodes on disk", self.run_dir)
         self.store = EpisodeStore(
@@ -488,6 +491,34 @@ def train(config: Config, run_dir: Path) -> dict[str, Any]:
 
 
 def resume(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Continue the run in ``run_dir`` from its checkpoint (``overrides`` may e.g. extend steps)."""
-    base = load_config(Path(run_dir) / "config.yaml")
-    return Trainer(make_config(overrides=overrides, base=base), run_dir, resume=True).run()
+    """Continue the run in ``run_dir`` from its checkpoint; ``overrides`` may change the settings
+    :data:`collodreamer.config.RESUMABLE` lists (e.g. extend steps, lower a learning rate)."""
+    return Trainer(make_config(overrides=overrides, base=saved_config(run_dir)), run_dir, resume=True).run()
+
+
+def saved_config(run_dir: Path) -> Config:
+    """The config of the run in ``run_dir``: its checkpoint's, which wins over a ``config.yaml`` that
+    differs (damaged, or edited) with a warning naming the settings; ``config.yaml`` before the
+    first checkpoint."""
+    path, checkpoint = Path(run_dir) / "config.yaml", Path(run_dir) / "checkpoint.pt"
+    if not checkpoint.exists():
+        return load_config(path)
+    saved = load_checkpoint(checkpoint).get("config")
+    if saved is None:  # a checkpoint from before configs were saved in them
+        return load_config(path)
+    config = from_dict(saved)
+    try:
+        on_disk = to_dict(load_config(path))
+    except ConfigError as error:
+        log.warning("%s; the checkpoint's config is used", error)
+        return config
+    differing = [change.split(":")[0] for change in changed_settings(to_dict(config), on_disk)]
+    if differing:
+        log.warning(
+            "%s differs from the config in %s in %s: the checkpoint's is used",
+            path,
+            checkpoint,
+            ", ".join(differing),
+        )
+    return config
+
