@@ -40,9 +40,11 @@ def _train(args: argparse.Namespace) -> None:
         if args.preset or args.agent or args.task or args.obs:
             raise ConfigError("--resume takes the run's saved config; change it with key=value only")
         args.run_dir = args.resume
-        result = resume(Path(args.resume), args.overrides)
+        result = resume(Path(args.resume), args.overrides, args.without_missing_episodes)
         print(f"run {args.resume}: {result['env_frames']} env frames, {result['updates']} updates")
         return
+    if args.without_missing_episodes:
+        raise ConfigError("--without-missing-episodes goes with --resume RUN_DIR")
     # --agent, --task, --obs and --video are short for these overrides
     flag_overrides = [
         f"{key}={value}"
@@ -223,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", help="exact run directory (default: under --logdir)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     train.add_argument("--video", action="store_true", help="save test episodes as mp4")
+    train.add_argument(
+        "--without-missing-episodes",
+        action="store_true",
+        help="with --resume: go on from the checkpoint though some of its episode files are missing",
+    )
     train.add_argument(
         "overrides",
         nargs="*",

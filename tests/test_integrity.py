@@ -14,7 +14,7 @@ import torch
 from test_faults import copy_of, error_line, files_of
 
 from collodreamer.config import load_config
-from collodreamer.training import CheckpointError, Trainer, load_checkpoint
+from collodreamer.training import CheckpointError, Trainer, load_checkpoint, read_metrics
 from collodreamer.training.checkpoint import HEADER
 
 
@@ -130,3 +130,34 @@ def test_the_checkpoints_config_wins_over_a_damaged_config_yaml(tmp_path: Path, 
     path.write_bytes(b"\x00\xff not yaml")
     result = cli("train", "--resume", str(run), "run.steps=400")
     assert "the checkpoint's config is used" in result.stderr
+
+
+# --- 1: missing episode files ---------------------------------------------------------------------
+
+
+def test_missing_episodes_are_refused_or_gone_on_without_keeping_the_metrics(
+    tmp_path: Path, cli, dreamer_run
+):
+    run = copy_of(dreamer_run, tmp_path)
+    resumed_to_400 = cli("train", "--resume", str(run), "run.steps=400")
+    assert resumed_to_400.returncode == 0
+    history = (run / "metrics.jsonl").read_bytes()
+    for path in sorted((run / "episodes").glob("ep-*.npz"))[:2]:  # old episodes deleted to save space
+        path.unlink()
+    before = files_of(run)
+    line = error_line(cli("train", "--resume", str(run), "run.steps=500", check=False))
+    assert line == (
+        f"collodreamer: error: 2 episodes (200 env frames) that checkpoint {run / 'checkpoint.pt'} trained "
+        f"on are missing from {run / 'episodes'}: put them back, or go on without them with "
+        "--without-missing-episodes (the metrics recorded so far are kept)"
+    )
+    assert files_of(run) == before
+    result = cli("train", "--resume", str(run), "run.steps=500", "--without-missing-episodes")
+    assert "going on at 400 env frames without 2 missing episodes" in result.stderr
+    metrics = (run / "metrics.jsonl").read_bytes()
+    assert metrics.startswith(history)  # every line kept
+    records = read_metrics(run / "metrics.jsonl")
+    assert {"step": 400, "replay/missing_episodes": 2, "replay/missing_frames": 200}.items() <= {
+        **next(r for r in records if "replay/missing_episodes" in r)
+    }.items()
+    assert load_checkpoint(run / "checkpoint.pt")["counters"]["env_frames"] == 500

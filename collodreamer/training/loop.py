@@ -36,7 +36,7 @@ from collodreamer.config import (
     save_config,
     to_dict,
 )
-from collodreamer.data import EpisodeStore, add_step, finish_episode, start_episode
+from collodreamer.data import EpisodeStore, ReplayError, add_step, finish_episode, start_episode
 from collodreamer.envs import Env, make_env
 from collodreamer.files import remove_temp_files
 from collodreamer.models.optim import nonfinite
@@ -111,9 +111,12 @@ class Trainer:
     """One run: its directory holds ``config.yaml``, ``episodes/``, ``metrics.jsonl``,
     ``tensorboard/``, ``checkpoint.pt``, ``checkpoints/`` and ``videos/``. ``resume`` continues from
     the checkpoint, or, where a run stopped before its first one, starts training anew on the
-    episodes on disk."""
+    episodes on disk. Episode files of the checkpoint's that are missing are refused, unless
+    ``without_missing_episodes``: the run then goes on from the checkpoint without them."""
 
-    def __init__(self, config: Config, run_dir: Path, resume: bool = False) -> None:
+    def __init__(
+        self, config: Config, run_dir: Path, resume: bool = False, without_missing_episodes: bool = False
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.checkpoint_path = self.run_dir / "checkpoint.pt"
         if not resume and self.checkpoint_path.exists():
@@ -152,24 +155,34 @@ class Trainer:
         # after the last checkpoint are kept, and they count.
         disk_frames, disk_episodes = self.store.load()
         self.store.check_shapes(self.env.spec.obs_shape, self.env.spec.action_dim)
+        missing = (self.counters.episodes - disk_episodes, self.counters.env_frames - disk_frames)
+        if payload is not None and missing[1] > 0 and not without_missing_episodes:
+            raise ReplayError(
+                f"{missing[0]} episodes ({missing[1]} env frames) that checkpoint {self.checkpoint_path} "
+                f"trained on are missing from {self.store.directory}: put them back, or go on without "
+                "them with --without-missing-episodes (the metrics recorded so far are kept)"
+            )
         # Only once the saved state fits this config is anything written.
         save_config(config, self.run_dir / "config.yaml")
         for directory in (self.run_dir, self.store.directory, self.run_dir / "checkpoints"):
             for path in remove_temp_files(directory):
                 log.info("removed %s, left by a write cut short", path)
-        if payload is not None and disk_frames < self.counters.env_frames:
-            log.warning(
-                "replay holds %d env frames, checkpoint counted %d: episode files are missing",
-                disk_frames,
-                self.counters.env_frames,
-            )
-        self.counters.env_frames = disk_frames
-        self.counters.episodes = max(self.counters.episodes, disk_episodes)
+        if payload is None or missing[1] <= 0:
+            self.counters.env_frames = disk_frames
+            self.counters.episodes = max(self.counters.episodes, disk_episodes)
         self._last_test = self._keep_metrics()
         self._clock = (time.perf_counter(), self.counters.elapsed_s)
         self._stop = 0  # the signal that asked the run to stop, once one did
         nonfinite.clear()
         self.logger = Logger(self.run_dir, self.elapsed, config, self.counters.env_frames)
+        if payload is not None and missing[1] > 0:  # going on without them: the count stays, marked
+            log.warning(
+                "going on at %d env frames without %d missing episodes", self.counters.env_frames, missing[0]
+            )
+            self.logger.record(
+                self.counters.env_frames,
+                {"replay/missing_episodes": missing[0], "replay/missing_frames": missing[1]},
+            )
 
     def elapsed(self) -> float:
         """Wall-clock seconds of this run: those before the checkpoint resumed from, plus this process's."""
@@ -490,10 +503,13 @@ def train(config: Config, run_dir: Path) -> dict[str, Any]:
     return Trainer(config, run_dir).run()
 
 
-def resume(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+def resume(
+    run_dir: Path, overrides: list[str] | tuple[str, ...] = (), without_missing_episodes: bool = False
+) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its checkpoint; ``overrides`` may change the settings
     :data:`collodreamer.config.RESUMABLE` lists (e.g. extend steps, lower a learning rate)."""
-    return Trainer(make_config(overrides=overrides, base=saved_config(run_dir)), run_dir, resume=True).run()
+    config = make_config(overrides=overrides, base=saved_config(run_dir))
+    return Trainer(config, run_dir, resume=True, without_missing_episodes=without_missing_episodes).run()
 
 
 def saved_config(run_dir: Path) -> Config:
