@@ -447,15 +447,19 @@ def test_unwritable_run_directory_and_odd_metrics_lines(tmp_path: Path, cli, dre
     line = error_line(cli("train", *STATE, "seed=-1", check=False))
     assert line == "collodreamer: error: seed must be in [0, 4294947295], got -1"
     run = copy_of(dreamer_run, tmp_path)
-    if os.geteuid() == 0:  # root writes into read-only directories: a lock that cannot be opened instead
-        (run / ".lock").unlink()
-        (run / ".lock").mkdir()
-        expected = f"collodreamer: error: Is a directory: {run / '.lock'}"
+    config = (run / "config.yaml").read_bytes()
+    if os.geteuid() == 0:  # root writes into read-only directories: a config that cannot be replaced
+        (run / "config.yaml").unlink()
+        (run / "config.yaml").mkdir()
+        expected = f"collodreamer: error: Is a directory: {run / 'config.yaml'}"
     else:
         run.chmod(0o555)
         expected = f"collodreamer: error: Permission denied: {run / 'config.yaml'}"
     assert error_line(cli("train", "--resume", str(run), check=False)) == expected
     run.chmod(0o755)
+    if (run / "config.yaml").is_dir():
+        (run / "config.yaml").rmdir()
+        (run / "config.yaml").write_bytes(config)
     with open(run / "metrics.jsonl", "ab") as handle:
         handle.write(b'42\n{"train/return": 1.0}\n\xff\xfe\x00 binary\n{"step": "soon"}\n')
     records = read_metrics(run / "metrics.jsonl")

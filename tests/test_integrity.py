@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_faults import copy_of, error_line, files_of
+from test_faults import copy_of, error_line, files_of, resumed
 
-from collodreamer.config import load_config
+from collodreamer.config import ConfigError, load_config
 from collodreamer.training import CheckpointError, Trainer, load_checkpoint, read_metrics
 from collodreamer.training.checkpoint import HEADER
 
@@ -161,3 +161,24 @@ def test_missing_episodes_are_refused_or_gone_on_without_keeping_the_metrics(
         **next(r for r in records if "replay/missing_episodes" in r)
     }.items()
     assert load_checkpoint(run / "checkpoint.pt")["counters"]["env_frames"] == 500
+
+
+# --- 4: the lock ----------------------------------------------------------------------------------
+
+
+def test_the_lock_holds_with_its_file_deleted_and_only_its_holder_rewrites_metrics(
+    tmp_path: Path, cli, dreamer_run
+):
+    run = copy_of(dreamer_run, tmp_path)
+    with open(run / "metrics.jsonl", "ab") as handle:  # a line that a resume would rewrite away
+        handle.write(b'{"step": 100000, "train/return": 1.0}\n')
+    holder = resumed(run, "run.steps=300")
+    for path in run.glob(".lock"):  # what an older version locked
+        path.unlink()
+    line = error_line(cli("train", "--resume", str(run), "run.steps=300", check=False))
+    assert line == f"collodreamer: error: {run} is in use by another collodreamer process"
+    with pytest.raises(ConfigError, match="is in use by another collodreamer process"):
+        resumed(run, "run.steps=300")
+    assert b'"step": 100000' not in (run / "metrics.jsonl").read_bytes()  # the holder's rewrite alone
+    holder.run()
+    resumed(run, "run.steps=400").run()  # free once the holder is done

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -95,16 +95,27 @@ def in_a_row(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {name} {units[name]}" for name, n in counts.items())
 
 
-def lock_run(run_dir: Path) -> IO:
-    """Hold an exclusive lock on ``run_dir/.lock`` for this process's lifetime (the OS releases it when
-    the process ends, even on SIGKILL), so two processes never write to the same run."""
-    handle = open(run_dir / ".lock", "w")  # noqa: SIM115 (held until the process exits)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise ConfigError(f"{run_dir} is in use by another collodreamer process") from None
-    return handle
+class RunLock:
+    """An exclusive lock on the run directory itself, held until :meth:`close` or the process ends (the
+    OS releases it then, even on SIGKILL), so two processes never write to the same run. No file is
+    locked, so no deletion can break it."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self._fd = -1
+        fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(f"{run_dir} is in use by another collodreamer process") from None
+        self._fd = fd
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    __del__ = close  # a Trainer that failed to start lets go of its run
 
 
 class Trainer:
@@ -131,7 +142,7 @@ class Trainer:
         self.report_env: Env | None = None  # made at the first report of a planning agent
         self.agent = make_agent(config, self.env.spec)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = lock_run(self.run_dir)
+        self._lock = RunLock(self.run_dir)
         payload = None
         if resume and self.checkpoint_path.exists():
             payload = load_checkpoint(self.checkpoint_path)
