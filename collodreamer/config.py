@@ -68,6 +68,9 @@ class RunConfig:
     # Updates (or plans) of one network in a row that may go non-finite, each skipped, before the run
     # stops with an error naming it; its last finite checkpoint stays on disk.
     max_nonfinite: int = 100
+    # A network whose weight norm grows past this many times its level at the start (of the run, or of
+    # a resume) has blown up though finite (a learning rate far too large): the run stops the same way.
+    max_weight_growth: float = 1000.0
     video: bool = False  # save the first test episode of each evaluation as mp4
     video_size: int = 128  # pixels per side of test videos
     # At each test, also write the report's pictures to TensorBoard: the world model's open-loop
@@ -512,6 +515,7 @@ def validate(config: Config) -> None:
     positive = {
         "run.steps": config.run.steps,
         "run.max_nonfinite": config.run.max_nonfinite,
+        "run.max_weight_growth": config.run.max_weight_growth,
         "model.lr": config.model.lr,
         "actor.lr": config.actor.lr,
         "value.lr": config.value.lr,

@@ -7,11 +7,12 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 from pathlib import Path
 
 import pytest
 import torch
-from test_faults import copy_of, error_line, files_of, resumed
+from test_faults import PLANNER, STATE, copy_of, error_line, files_of, resumed
 
 from collodreamer.config import ConfigError, load_config
 from collodreamer.training import CheckpointError, Trainer, load_checkpoint, read_metrics
@@ -182,3 +183,34 @@ def test_the_lock_holds_with_its_file_deleted_and_only_its_holder_rewrites_metri
     assert b'"step": 100000' not in (run / "metrics.jsonl").read_bytes()  # the holder's rewrite alone
     holder.run()
     resumed(run, "run.steps=400").run()  # free once the holder is done
+
+
+# --- 3: finite blow-ups ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "agent, override, network",
+    [
+        ("dreamer", "actor.lr=1e6", "actor"),
+        ("collodreamer", "value.lr=1e6", "value"),
+        ("latco", "policy.lr=1e6", "policy"),
+    ],
+)
+def test_weights_blowing_up_while_finite_stop_the_run(tmp_path: Path, cli, agent, override, network):
+    run = tmp_path / "run"
+    extra = ["planner.init=policy"] if agent == "latco" else []
+    args = ["train", *STATE, "--agent", agent, "--run-dir", str(run), *PLANNER, *extra, override]
+    line = error_line(cli(*args, check=False))
+    assert re.fullmatch(
+        rf"collodreamer: error: training diverged at \d+ env frames: the {network} weights grew from norm "
+        rf"\S+ to \S+, past run.max_weight_growth=1000 times: lower {override.split('=')[0]}; "
+        rf"{re.escape(str(run / 'checkpoint.pt'))} holds the last finite state, at \d+ env frames: .*",
+        line,
+    )
+    payload = load_checkpoint(run / "checkpoint.pt")  # the last healthy state: weights as they were
+    assert (
+        max(float(t.abs().max()) for t in payload["agent"][network].values() if t.is_floating_point()) < 100
+    )
+    if agent == "dreamer":
+        cli("train", "--resume", str(run), "actor.lr=1e-4")
+        assert load_checkpoint(run / "checkpoint.pt")["counters"]["env_frames"] == 400

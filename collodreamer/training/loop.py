@@ -39,7 +39,7 @@ from collodreamer.config import (
 from collodreamer.data import EpisodeStore, ReplayError, add_step, finish_episode, start_episode
 from collodreamer.envs import Env, make_env
 from collodreamer.files import remove_temp_files
-from collodreamer.models.optim import nonfinite
+from collodreamer.models.optim import RATE_SETTINGS, growth, nonfinite
 from collodreamer.seeds import env_seed
 from collodreamer.timing import take_seconds, timed
 from collodreamer.training.checkpoint import (
@@ -185,6 +185,8 @@ class Trainer:
         self._clock = (time.perf_counter(), self.counters.elapsed_s)
         self._stop = 0  # the signal that asked the run to stop, once one did
         nonfinite.clear()
+        growth.clear()
+        growth.limit = config.run.max_weight_growth
         self.logger = Logger(self.run_dir, self.elapsed, config, self.counters.env_frames)
         if payload is not None and missing[1] > 0:  # going on without them: the count stays, marked
             log.warning(
@@ -297,13 +299,22 @@ class Trainer:
 
     def _check_finite(self) -> None:
         """Count the updates (and plans) skipped as non-finite; stop the run once one network's run of
-        them in a row reaches ``run.max_nonfinite``."""
+        them in a row reaches ``run.max_nonfinite``, or once its weights grew past
+        ``run.max_weight_growth`` times their level."""
         skipped, longest = nonfinite.take()
         for name, count in skipped.items():
             self.counters.skipped[name] = self.counters.skipped.get(name, 0) + count
         limit = self.config.run.max_nonfinite
         if max(longest.values(), default=0) >= limit:
             raise self._diverged(f"{in_a_row(longest)} non-finite in a row (run.max_nonfinite={limit})")
+        grown = growth.take()
+        if grown:
+            name, (level, norm) = next(iter(grown.items()))
+            raise self._diverged(
+                f"the {name} weights grew from norm {level:.3g} to {norm:.3g}, past "
+                f"run.max_weight_growth={self.config.run.max_weight_growth:g} times: lower "
+                f"{RATE_SETTINGS.get(name, 'its learning rate')}"
+            )
 
     def _diverged(self, what: str) -> DivergenceError:
         """A one-line error saying what diverged, and which checkpoint holds the last finite state."""
