@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
+from types import FrameType
 
 import numpy as np
 
@@ -331,7 +334,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def terminated(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM as Ctrl-C (the training loop takes both over while it runs): one line and exit 143, not
+    a silent -15."""
+    raise KeyboardInterrupt(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, terminated)
     args = build_parser().parse_args(argv)
     if args.command == "plot" and not args.metric:
         args.metric = ["test/return"]
@@ -351,11 +362,13 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as stop:
         print(f"collodreamer: {stop}", file=sys.stderr)
         return 128 + stop.signum
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # a second signal, or one before the run started
+        signum = stop.args[0] if stop.args else signal.SIGINT
         run_dir = args.run_dir if args.command == "train" else None
-        hint = f"; continue with: collodreamer train --resume {run_dir}" if run_dir else ""
-        print(f"collodreamer: interrupted{hint}", file=sys.stderr)
-        return 130
+        resumable = run_dir is not None and (Path(run_dir) / "config.yaml").exists()
+        hint = f"; continue with: collodreamer train --resume {run_dir}" if resumable else ""
+        print(f"collodreamer: stopped by {signal.Signals(signum).name}{hint}", file=sys.stderr)
+        return 128 + signum
     return 0
 
 

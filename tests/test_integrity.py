@@ -6,15 +6,22 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from test_faults import PLANNER, STATE, copy_of, error_line, files_of, resumed
 
+from collodreamer.cli import main as cli_main
 from collodreamer.config import ConfigError, load_config
+from collodreamer.data import EpisodeStore
 from collodreamer.training import CheckpointError, Trainer, load_checkpoint, read_metrics
 from collodreamer.training.checkpoint import HEADER
 
@@ -154,7 +161,7 @@ def test_missing_episodes_are_refused_or_gone_on_without_keeping_the_metrics(
     )
     assert files_of(run) == before
     result = cli("train", "--resume", str(run), "run.steps=500", "--without-missing-episodes")
-    assert "going on at 400 env frames without 2 missing episodes" in result.stderr
+    assert "going on at 400 env frames without 2 episodes, missing or damaged" in result.stderr
     metrics = (run / "metrics.jsonl").read_bytes()
     assert metrics.startswith(history)  # every line kept
     records = read_metrics(run / "metrics.jsonl")
@@ -214,3 +221,62 @@ def test_weights_blowing_up_while_finite_stop_the_run(tmp_path: Path, cli, agent
     if agent == "dreamer":
         cli("train", "--resume", str(run), "actor.lr=1e-4")
         assert load_checkpoint(run / "checkpoint.pt")["counters"]["env_frames"] == 400
+
+
+# --- 9: signals at the edges ----------------------------------------------------------------------
+
+
+def test_a_signal_during_start_up_gives_no_resume_hint_that_fails(tmp_path: Path, monkeypatch, capsys):
+    def interrupted(self):
+        raise KeyboardInterrupt  # Ctrl-C once the run folder exists, before its config.yaml
+
+    monkeypatch.setattr(EpisodeStore, "load", interrupted)
+    run = tmp_path / "run"
+    assert cli_main(["train", *STATE, "--agent", "random", "--run-dir", str(run)]) == 130
+    assert run.exists() and not (run / "config.yaml").exists()
+    assert capsys.readouterr().err.splitlines()[-1] == "collodreamer: stopped by SIGINT"
+
+
+def test_sigterm_before_training_is_one_line_and_143(tmp_path: Path):
+    run = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "collodreamer", "train", *STATE, "--run-dir", str(run)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)  # loading torch, or starting the run
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("collodreamer: stopped by SIGTERM")
+
+
+def test_a_second_sigterm_stops_at_once_with_143(tmp_path: Path, monkeypatch, capsys, dreamer_run):
+    run = copy_of(dreamer_run, tmp_path)
+
+    def signalled_twice(self):
+        self._on_signal(signal.SIGTERM, None)
+        self._on_signal(signal.SIGTERM, None)
+
+    monkeypatch.setattr(Trainer, "run", signalled_twice)
+    assert cli_main(["train", "--resume", str(run)]) == 143
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == f"collodreamer: stopped by SIGTERM; continue with: collodreamer train --resume {run}"
+
+
+def test_an_episode_whose_record_a_kill_cut_is_recorded_on_resume(tmp_path: Path, dreamer_run):
+    run = copy_of(dreamer_run, tmp_path)
+    path = run / "metrics.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    last = max(i for i, line in enumerate(lines) if b"train/return" in line)
+    expected = json.loads(lines[last])
+    path.write_bytes(b"".join(lines[:last]) + lines[last][:30])  # killed in the middle of the line
+    resumed(run)
+    returns = [r for r in read_metrics(path) if "train/return" in r]
+    assert [r["step"] for r in returns] == [100, 200]
+    for key in ("step", "train/episode_length", "train/episodes"):
+        assert returns[-1][key] == expected[key]
+    assert returns[-1]["train/return"] == pytest.approx(expected["train/return"], abs=1e-4)
+    steps = [r["step"] for r in read_metrics(path)]
+    assert steps == sorted(steps)

@@ -155,6 +155,11 @@ def keep_metrics_until(path: Path, step: int) -> tuple[list[dict[str, Any]], int
     lines = data.splitlines()
     records = [record for record in read_metrics(path) if record["step"] <= step]
     if len(records) < len(lines) or not data.endswith(b"\n"):
-        text = "".join(json.dumps(record) + "\n" for record in records).encode()
-        write_atomic(path, lambda handle: handle.write(text))
+        write_metrics(path, records)
     return records, len(lines) - len(records)
+
+
+def write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
+    """Replace ``metrics.jsonl`` at ``path`` (atomically) with ``records``."""
+    text = "".join(json.dumps(record) + "\n" for record in records).encode()
+    write_atomic(Path(path), lambda handle: handle.write(text))

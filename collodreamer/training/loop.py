@@ -55,7 +55,7 @@ from collodreamer.training.checkpoint import (
     set_rng_states,
 )
 from collodreamer.training.evaluation import evaluate
-from collodreamer.training.logger import Logger, import_wandb, keep_metrics_until
+from collodreamer.training.logger import Logger, import_wandb, keep_metrics_until, write_metrics
 from collodreamer.training.report import report_images
 
 log = logging.getLogger("collodreamer")
@@ -123,7 +123,8 @@ class Trainer:
     ``tensorboard/``, ``checkpoint.pt``, ``checkpoints/`` and ``videos/``. ``resume`` continues from
     the checkpoint, or, where a run stopped before its first one, starts training anew on the
     episodes on disk. Episode files of the checkpoint's that are missing are refused, unless
-    ``without_missing_episodes``: the run then goes on from the checkpoint without them."""
+    ``without_missing_episodes``: the run then goes on from the checkpoint without them, as it does
+    without damaged ones."""
 
     def __init__(
         self, config: Config, run_dir: Path, resume: bool = False, without_missing_episodes: bool = False
@@ -167,9 +168,10 @@ class Trainer:
         disk_frames, disk_episodes = self.store.load()
         self.store.check_shapes(self.env.spec.obs_shape, self.env.spec.action_dim)
         missing = (self.counters.episodes - disk_episodes, self.counters.env_frames - disk_frames)
-        if payload is not None and missing[1] > 0 and not without_missing_episodes:
+        absent = missing[0] - len(self.store.damaged)  # damaged files are reported by name above
+        if payload is not None and missing[1] > 0 and absent > 0 and not without_missing_episodes:
             raise ReplayError(
-                f"{missing[0]} episodes ({missing[1]} env frames) that checkpoint {self.checkpoint_path} "
+                f"{absent} episodes ({missing[1]} env frames) that checkpoint {self.checkpoint_path} "
                 f"trained on are missing from {self.store.directory}: put them back, or go on without "
                 "them with --without-missing-episodes (the metrics recorded so far are kept)"
             )
@@ -190,7 +192,9 @@ class Trainer:
         self.logger = Logger(self.run_dir, self.elapsed, config, self.counters.env_frames)
         if payload is not None and missing[1] > 0:  # going on without them: the count stays, marked
             log.warning(
-                "going on at %d env frames without %d missing episodes", self.counters.env_frames, missing[0]
+                "going on at %d env frames without %d episodes, missing or damaged",
+                self.counters.env_frames,
+                missing[0],
             )
             self.logger.record(
                 self.counters.env_frames,
@@ -231,6 +235,13 @@ class Trainer:
         if removed:
             frames = self.counters.env_frames
             log.info("%s: removed %d lines past %d env frames, or unreadable", path, removed, frames)
+        rebuilt = self._rebuilt_returns(records)
+        if rebuilt:
+            log.info(
+                "%s: recorded again the returns of %d episodes a kill left unrecorded", path, len(rebuilt)
+            )
+            records = sorted(records + rebuilt, key=lambda record: record["step"])
+            write_metrics(path, records)
         tests = [record["step"] for record in records if "test/return" in record]
         if not tests:
             return None
@@ -239,6 +250,25 @@ class Trainer:
             self.counters.next_eval, next_eval_after(int(tests[-1]), run.eval_start, run.eval_every)
         )
         return int(tests[-1])
+
+    def _rebuilt_returns(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The ``train/return`` records of the episodes on disk after the last one recorded (a kill
+        between saving an episode and recording it), rebuilt from their files."""
+        returns = [record for record in records if "train/return" in record]
+        recorded = int(returns[-1].get("train/episodes", len(returns))) if returns else 0
+        step = int(returns[-1]["step"]) if returns else 0
+        rebuilt = []
+        for frames, episode_return in self.store.loaded[recorded:]:
+            step += frames
+            rebuilt.append(
+                {
+                    "step": step,
+                    "train/return": episode_return,
+                    "train/episode_length": frames,
+                    "train/episodes": recorded + len(rebuilt) + 1,
+                }
+            )
+        return rebuilt
 
     def payload(self) -> dict[str, Any]:
         """What a checkpoint holds: the run's whole state now."""
@@ -414,7 +444,7 @@ class Trainer:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self._stop:  # asked twice: stop at once
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt(signum)
         self._stop = signum
         log.warning("%s: stopping after the current step, with a checkpoint", signal.Signals(signum).name)
 
