@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -280,3 +281,60 @@ def test_an_episode_whose_record_a_kill_cut_is_recorded_on_resume(tmp_path: Path
     assert returns[-1]["train/return"] == pytest.approx(expected["train/return"], abs=1e-4)
     steps = [r["step"] for r in read_metrics(path)]
     assert steps == sorted(steps)
+
+
+# --- 7: a full disk -------------------------------------------------------------------------------
+
+
+def limited_to(size: int):
+    def limit() -> None:  # in the child: files may not grow past size bytes, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    return limit
+
+
+def test_a_full_disk_under_tensorboard_is_one_line_naming_it(tmp_path: Path):
+    run = tmp_path / "run"
+    args = [
+        sys.executable,
+        "-m",
+        "collodreamer",
+        "train",
+        *STATE,
+        "--agent",
+        "dreamer",
+        "--run-dir",
+        str(run),
+    ]
+    result = subprocess.run(args, capture_output=True, text=True, preexec_fn=limited_to(3000), timeout=300)
+    assert error_line(result) == f"collodreamer: error: File too large: {run / 'tensorboard'}"
+    assert "Traceback" not in result.stderr
+
+
+def test_a_video_that_cannot_be_written_is_one_line_and_no_truncated_file(tmp_path: Path):
+    path = tmp_path / "test.mp4"
+    script = (
+        "import sys, numpy as np\n"
+        "from pathlib import Path\n"
+        "from collodreamer.training.evaluation import save_video\n"
+        "frames = list(np.random.default_rng(0).integers(0, 255, (60, 128, 128, 3), dtype=np.uint8))\n"
+        "try:\n"
+        f"    save_video(Path({str(path)!r}), frames)\n"
+        "except OSError as error:\n"
+        "    print(f'{error.strerror}: {error.filename}', file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        preexec_fn=limited_to(20_000),
+        timeout=300,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("cannot encode the video (")
+        and lines[0].endswith(f": {path}")
+    )
+    assert not path.exists()

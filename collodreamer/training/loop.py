@@ -7,6 +7,7 @@ or update, with a checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -177,7 +178,12 @@ class Trainer:
             )
         # Only once the saved state fits this config is anything written.
         save_config(config, self.run_dir / "config.yaml")
-        for directory in (self.run_dir, self.store.directory, self.run_dir / "checkpoints"):
+        for directory in (
+            self.run_dir,
+            self.store.directory,
+            self.run_dir / "checkpoints",
+            self.run_dir / "videos",
+        ):
             for path in remove_temp_files(directory):
                 log.info("removed %s, left by a write cut short", path)
         if payload is None or missing[1] <= 0:
@@ -471,9 +477,13 @@ class Trainer:
                 if not self._stop and self._last_test != self.counters.env_frames:
                     self._evaluate()
                 self._checkpoint(final=True)
+        except BaseException:
+            with contextlib.suppress(OSError):  # the error that stopped the run is the one to tell
+                self.logger.close()
+            raise
         finally:
-            self.logger.close()
             self._lock.close()
+        self.logger.close()
         if self._stop:
             name = signal.Signals(self._stop).name
             raise Interrupted(
@@ -589,4 +599,3 @@ def saved_config(run_dir: Path) -> Config:
             ", ".join(differing),
         )
     return config
-
