@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_faults import PLANNER, STATE, copy_of, error_line, files_of, resumed
+from test_faults import PLANNER, STATE, config_of, copy_of, error_line, files_of, resumed
 
 from collodreamer.cli import main as cli_main
 from collodreamer.config import ConfigError, load_config
@@ -26,12 +26,12 @@ from collodreamer.data import EpisodeStore
 from collodreamer.training import CheckpointError, Trainer, load_checkpoint, read_metrics
 from collodreamer.training.checkpoint import HEADER
 
+pytestmark = pytest.mark.slow  # trains tiny runs on real dm_control
+
 
 @pytest.fixture(scope="module")
 def dreamer_run(tmp_path_factory) -> Path:
     """A finished tiny Dreamer run from states: 200 env frames, 2 episodes, 4 updates."""
-    from test_faults import config_of
-
     run = tmp_path_factory.mktemp("dreamer") / "run"
     Trainer(config_of("dreamer", "run.steps=200"), run).run()
     return run
