@@ -114,6 +114,12 @@ def start_command(agent: str, run: Path) -> list[str]:
     return command("train", *TINY, "--agent", agent, "--run-dir", str(run), *PLANNER, *ENDLESS[1:])
 
 
+def default_sigint() -> None:
+    """In the child: SIGINT as a terminal sends it, though this benchmark may run in the background
+    (where the shell ignores SIGINT, and its children would inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt(run: Path, agent: str, signum: int, delay: float) -> tuple[int, str]:
     """Start (or resume) an endless run, send ``signum`` after ``delay`` seconds; (exit code, output)."""
     if (run / "config.yaml").exists():
@@ -121,7 +127,14 @@ def interrupt(run: Path, agent: str, signum: int, delay: float) -> tuple[int, st
     else:
         args = [*start_command(agent, run), ENDLESS[0]]
     with tempfile.TemporaryFile("w+") as output:
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=output, env=ENVIRONMENT, text=True)
+        process = subprocess.Popen(
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=output,
+            env=ENVIRONMENT,
+            text=True,
+            preexec_fn=default_sigint,
+        )
         time.sleep(delay)
         process.send_signal(signum)
         code = process.wait(timeout=600)
