@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from collodreamer.agents import make_agent
-from collodreamer.config import ConfigError, load_config, make_config
+from collodreamer.config import MAX_SEED, ConfigError, load_config, make_config
 from collodreamer.data import EpisodeStore
 from collodreamer.models.optim import nonfinite, optimizer_step
 from collodreamer.spec import EnvSpec
@@ -445,7 +445,7 @@ def test_a_second_writer_never_overwrites_an_episode(tmp_path: Path, dreamer_run
 
 def test_unwritable_run_directory_and_odd_metrics_lines(tmp_path: Path, cli, dreamer_run):
     line = error_line(cli("train", *STATE, "seed=-1", check=False))
-    assert line == "collodreamer: error: seed must be in [0, 4294947295], got -1"
+    assert line == f"collodreamer: error: seed must be in [0, {MAX_SEED}], got -1"
     run = copy_of(dreamer_run, tmp_path)
     config = (run / "config.yaml").read_bytes()
     if os.geteuid() == 0:  # root writes into read-only directories: a config that cannot be replaced
