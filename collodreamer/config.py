@@ -639,8 +639,9 @@ def _plain(data: Any) -> Any:
 
 
 def from_dict(data: dict[str, Any]) -> Config:
-    """Rebuild a Config from :func:`to_dict` output, validating every key."""
-    config = _merge(Config(), data)
+    """Rebuild a Config from :func:`to_dict` output (of today's code or an older one), validating
+    every key."""
+    config = _merge(Config(), _renamed(data))
     validate(config)
     return config
 
