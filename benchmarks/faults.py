@@ -2,7 +2,9 @@
 full disk, each repeated; prints a table and writes results/faults.json and results/faults.md.
 
 python benchmarks/faults.py [--kills 20] [--signals 8] [--episode-flips 300] [--checkpoint-flips 150]
-                            [--disk-full 12] [--seed 0] [--root DIR] [--out results/faults]
+                            [--disk-full 12] [--missing-episodes 20] [--identity 20] [--blow-ups 4]
+                            [--second-writers 3] [--config-flips 100] [--seed 0] [--root DIR]
+                            [--out results/faults]
 
 About 10 minutes on one core.
 
@@ -13,13 +15,23 @@ Probes (dreamer, latco and collodreamer in turn where a run is started):
 - checkpoint flip: one random bit of its checkpoint flipped: a resume must refuse it in one line and
   leave it as it is; moved aside by hand, the run then goes on from its episodes;
 - disk full: files may not grow past a random size (RLIMIT_FSIZE, 1 to 256 kB, log-uniform): the run
-  stops with one line and leaves no temp file.
+  stops with one line and leaves no temp file;
+- episode files deleted (some or all): a resume refuses in one line, writing nothing; with
+  ``--without-missing-episodes`` it goes on, keeping every metrics line;
+- another identity on resume (agent, task, obs, action repeat, seed, a model size): refused in one line
+  naming the setting, nothing written;
+- a learning rate of 1e6: the run stops in one line (non-finite, or weights grown past
+  ``run.max_weight_growth``), then resumes with the rate lowered;
+- a second writer on a run in use, its old lock file deleted: refused in one line, the first run's
+  metrics left as they are;
+- config flip: one random bit of ``config.yaml`` flipped: the resume goes on with the checkpoint's config.
 
 After each fault the run is resumed (``--resume RUN_DIR run.steps=...``) to a finite end. Columns:
 ``resumed``, trials whose run then reached its end; ``one line``, trials that ended with a one-line
-message where one was due (signals, damaged checkpoints, a full disk); ``tracebacks``; ``data lost``,
-episode files that loaded before the fault and not after (a damaged file itself excepted: it is
-reported by name and kept).
+message where one was due (signals, damaged checkpoints, a full disk, refused resumes); ``tracebacks``;
+``data lost``, episode files that loaded before the fault and not after (a damaged file itself
+excepted: it is reported by name and kept), and for the resume probes also a metrics history cut, a
+file a refused resume changed, or a setting a damaged ``config.yaml`` changed.
 """
 
 from __future__ import annotations
@@ -102,6 +114,12 @@ def start_command(agent: str, run: Path) -> list[str]:
     return command("train", *TINY, "--agent", agent, "--run-dir", str(run), *PLANNER, *ENDLESS[1:])
 
 
+def default_sigint() -> None:
+    """In the child: SIGINT as a terminal sends it, though this benchmark may run in the background
+    (where the shell ignores SIGINT, and its children would inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt(run: Path, agent: str, signum: int, delay: float) -> tuple[int, str]:
     """Start (or resume) an endless run, send ``signum`` after ``delay`` seconds; (exit code, output)."""
     if (run / "config.yaml").exists():
@@ -109,7 +127,14 @@ def interrupt(run: Path, agent: str, signum: int, delay: float) -> tuple[int, st
     else:
         args = [*start_command(agent, run), ENDLESS[0]]
     with tempfile.TemporaryFile("w+") as output:
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=output, env=ENVIRONMENT, text=True)
+        process = subprocess.Popen(
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=output,
+            env=ENVIRONMENT,
+            text=True,
+            preexec_fn=default_sigint,
+        )
         time.sleep(delay)
         process.send_signal(signum)
         code = process.wait(timeout=600)
@@ -131,8 +156,8 @@ def probe_kills(root: Path, trials: int, rng: np.random.Generator, signals: bool
         run = root / f"{'signal' if signals else 'kill'}-{agent}"
         signum = (signal.SIGINT, signal.SIGTERM)[trial % 2] if signals else signal.SIGKILL
         code, output = interrupt(run, agent, signum, float(rng.uniform(2.0, 9.0)))
-        if signals:  # SIGTERM before the run's loop starts ends the process as its default does
-            row["one_line"] += (code == 128 + signum and one_line(output)) or code == -signum
+        if signals:
+            row["one_line"] += code == 128 + signum and one_line(output)
         row["tracebacks"] += "Traceback" in output
         kept = loadable(run)
         ok, output = finish(run, start=start_command(agent, run))
@@ -241,6 +266,143 @@ def probe_disk_full(root: Path, trials: int, rng: np.random.Generator) -> dict[s
     return row
 
 
+def history(run: Path) -> bytes:
+    return (run / "metrics.jsonl").read_bytes()
+
+
+def probe_missing_episodes(root: Path, base: Path, trials: int, rng: np.random.Generator) -> dict[str, Any]:
+    """Some episode files deleted (all of them, or old ones): a resume refuses in one line, writing
+    nothing; with --without-missing-episodes it goes on keeping every metrics line."""
+    row = {"trials": trials, "resumed": 0, "one_line": 0, "tracebacks": 0, "data_lost": 0}
+    steps = load_checkpoint(base / "checkpoint.pt")["counters"]["env_frames"]
+    for trial in range(trials):
+        run = root / f"missing-{trial}"
+        shutil.copytree(base, run)
+        files = sorted((run / "episodes").glob("ep-*.npz"))
+        for path in files[: int(rng.integers(1, len(files) + 1))]:
+            path.unlink()
+        before, kept = history(run), loadable(run)
+        code, output = main_in_process("train", "--resume", str(run), f"run.steps={steps + 100}")
+        refused = code == 2 and one_line(output) and "are missing from" in output
+        row["one_line"] += refused and history(run) == before
+        row["tracebacks"] += "Traceback" in output
+        code, output = main_in_process(
+            "train", "--resume", str(run), f"run.steps={steps + 100}", "--without-missing-episodes"
+        )
+        row["resumed"] += code == 0
+        row["tracebacks"] += "Traceback" in output
+        row["data_lost"] += (not history(run).startswith(before)) + len(kept - loadable(run))
+        shutil.rmtree(run)
+    return row
+
+
+IDENTITY = [
+    "agent=latco",
+    "env.task=dmc:reacher_hard",
+    "env.task=dmc:finger_spin",
+    "env.obs=pixels",
+    "env.action_repeat=4",
+    "seed=1",
+    "model.deter=32",
+    "model.latent=categorical",
+    "actor.units=32",
+    "value.layers=2",
+]
+
+
+def probe_identity(root: Path, base: Path, trials: int, rng: np.random.Generator) -> dict[str, Any]:
+    """An override of the run's identity on resume: refused in one line naming the setting, nothing
+    written."""
+    row = {"trials": trials, "resumed": 0, "one_line": 0, "tracebacks": 0, "data_lost": 0}
+    run = root / "identity"
+    shutil.copytree(base, run)
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for _ in range(trials):
+        override = IDENTITY[int(rng.integers(len(IDENTITY)))]
+        code, output = main_in_process("train", "--resume", str(run), override)
+        named = override.split("=")[0] in output or "cannot go on as" in output
+        row["one_line"] += code == 2 and one_line(output) and named
+        row["tracebacks"] += "Traceback" in output
+        row["data_lost"] += sum(p.read_bytes() != data for p, data in files.items())
+    code, output = main_in_process("train", "--resume", str(run))
+    row["resumed"] = trials if code == 0 else 0
+    return row
+
+
+BLOW_UPS = {
+    "dreamer": ["actor.lr=1e6", "model.lr=1e6"],
+    "latco": ["model.lr=1e6"],
+    "collodreamer": ["value.lr=1e6"],
+}
+
+
+def probe_blow_ups(root: Path, trials: int) -> dict[str, Any]:
+    """A learning rate of 1e6: the run stops in one line naming what diverged, its checkpoint finite;
+    resumed with the rate lowered, it reaches its end."""
+    row = {"trials": trials, "resumed": 0, "one_line": 0, "tracebacks": 0, "data_lost": 0}
+    cases = [(agent, override) for agent, overrides in BLOW_UPS.items() for override in overrides]
+    for trial in range(trials):
+        agent, override = cases[trial % len(cases)]
+        run = root / f"blow-up-{trial}"
+        code, output = main_in_process(
+            "train", *TINY, "--agent", agent, "--run-dir", str(run), *PLANNER, override, "run.steps=400"
+        )
+        row["one_line"] += code == 2 and one_line(output) and "training diverged" in output
+        row["tracebacks"] += "Traceback" in output
+        kept = loadable(run)
+        code, output = main_in_process("train", "--resume", str(run), override.split("=")[0] + "=1e-4")
+        row["resumed"] += code == 0
+        row["tracebacks"] += "Traceback" in output
+        row["data_lost"] += len(kept - loadable(run))
+    return row
+
+
+def probe_second_writer(root: Path, trials: int) -> dict[str, Any]:
+    """A second ``--resume`` on a run in use, its old lock file deleted: refused in one line; the first
+    run's metrics are not rewritten."""
+    row = {"trials": trials, "resumed": 0, "one_line": 0, "tracebacks": 0, "data_lost": 0}
+    for trial in range(trials):
+        agent = AGENTS[trial % len(AGENTS)]
+        run = root / f"second-writer-{agent}"
+        args = [*start_command(agent, run), ENDLESS[0]]
+        process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENVIRONMENT
+        )
+        while process.poll() is None and not (run / "checkpoint.pt").exists():
+            time.sleep(0.1)
+        for path in run.glob(".lock"):
+            path.unlink()
+        before = history(run)
+        code, output = main_in_process("train", "--resume", str(run))
+        row["one_line"] += code == 2 and one_line(output) and "in use" in output
+        row["tracebacks"] += "Traceback" in output
+        row["data_lost"] += not history(run).startswith(before)
+        process.kill()
+        process.wait()
+        kept = loadable(run)
+        ok, output = finish(run)
+        row["resumed"] += ok
+        row["data_lost"] += len(kept - loadable(run))
+    return row
+
+
+def probe_config_flips(root: Path, base: Path, trials: int, rng: np.random.Generator) -> dict[str, Any]:
+    """One random bit of ``config.yaml`` flipped: the resume goes on with the checkpoint's config (a
+    setting it changed silently counts as data lost)."""
+    row = {"trials": trials, "resumed": 0, "one_line": None, "tracebacks": 0, "data_lost": 0}
+    saved = load_checkpoint(base / "checkpoint.pt")["config"]
+    for trial in range(trials):
+        run = root / f"config-flip-{trial}"
+        shutil.copytree(base, run)
+        flip_bit(run / "config.yaml", rng)
+        code, output = main_in_process("train", "--resume", str(run))
+        row["resumed"] += code == 0
+        row["tracebacks"] += "Traceback" in output
+        row["data_lost"] += code == 0 and load_checkpoint(run / "checkpoint.pt")["config"] != saved
+        shutil.rmtree(run)
+    return row
+
+
 def table(rows: dict[str, dict[str, Any]]) -> str:
     lines = ["| probe | trials | resumed | one line | tracebacks | data lost |", "|---|---|---|---|---|---|"]
     for probe, row in rows.items():
@@ -259,6 +421,11 @@ def main() -> None:
     parser.add_argument("--episode-flips", type=int, default=300)
     parser.add_argument("--checkpoint-flips", type=int, default=150)
     parser.add_argument("--disk-full", type=int, default=12)
+    parser.add_argument("--missing-episodes", type=int, default=20)
+    parser.add_argument("--identity", type=int, default=20)
+    parser.add_argument("--blow-ups", type=int, default=4)
+    parser.add_argument("--second-writers", type=int, default=3)
+    parser.add_argument("--config-flips", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", help="folder for the runs (default: a temporary one, removed after)")
     parser.add_argument("--out", default="results/faults", help="writes OUT.json and OUT.md")
@@ -277,12 +444,19 @@ def main() -> None:
                 root, base, args.checkpoint_flips, rng
             ),
             "disk full (file size limit)": lambda: probe_disk_full(root, args.disk_full, rng),
+            "episode files deleted": lambda: probe_missing_episodes(root, base, args.missing_episodes, rng),
+            "another identity on resume": lambda: probe_identity(root, base, args.identity, rng),
+            "learning rate 1e6 (finite blow-up)": lambda: probe_blow_ups(root, args.blow_ups),
+            "second writer, lock file deleted": lambda: probe_second_writer(root, args.second_writers),
+            "bit flip in config.yaml": lambda: probe_config_flips(root, base, args.config_flips, rng),
         }
         rows = {}
         for name, probe in probes.items():
             start = time.perf_counter()
-            rows[name] = {**probe(), "seconds": round(time.perf_counter() - start, 1)}
-            print(f"{name}: {rows[name]}", flush=True)
+            row = probe()
+            if row["trials"]:  # a probe given 0 trials is left out of the table
+                rows[name] = {**row, "seconds": round(time.perf_counter() - start, 1)}
+                print(f"{name}: {rows[name]}", flush=True)
     markdown = table(rows)
     print(markdown)
     seconds = time.perf_counter() - started

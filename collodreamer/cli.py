@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
+from types import FrameType
 
 import numpy as np
 
@@ -40,9 +43,11 @@ def _train(args: argparse.Namespace) -> None:
         if args.preset or args.agent or args.task or args.obs:
             raise ConfigError("--resume takes the run's saved config; change it with key=value only")
         args.run_dir = args.resume
-        result = resume(Path(args.resume), args.overrides)
+        result = resume(Path(args.resume), args.overrides, args.without_missing_episodes)
         print(f"run {args.resume}: {result['env_frames']} env frames, {result['updates']} updates")
         return
+    if args.without_missing_episodes:
+        raise ConfigError("--without-missing-episodes goes with --resume RUN_DIR")
     # --agent, --task, --obs and --video are short for these overrides
     flag_overrides = [
         f"{key}={value}"
@@ -224,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     train.add_argument("--video", action="store_true", help="save test episodes as mp4")
     train.add_argument(
+        "--without-missing-episodes",
+        action="store_true",
+        help="with --resume: go on from the checkpoint though some of its episode files are missing",
+    )
+    train.add_argument(
         "overrides",
         nargs="*",
         metavar="key=value",
@@ -324,7 +334,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def terminated(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM as Ctrl-C (the training loop takes both over while it runs): one line and exit 143, not
+    a silent -15."""
+    raise KeyboardInterrupt(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, terminated)
     args = build_parser().parse_args(argv)
     if args.command == "plot" and not args.metric:
         args.metric = ["test/return"]
@@ -344,11 +362,13 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as stop:
         print(f"collodreamer: {stop}", file=sys.stderr)
         return 128 + stop.signum
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # a second signal, or one before the run started
+        signum = stop.args[0] if stop.args else signal.SIGINT
         run_dir = args.run_dir if args.command == "train" else None
-        hint = f"; continue with: collodreamer train --resume {run_dir}" if run_dir else ""
-        print(f"collodreamer: interrupted{hint}", file=sys.stderr)
-        return 130
+        resumable = run_dir is not None and (Path(run_dir) / "config.yaml").exists()
+        hint = f"; continue with: collodreamer train --resume {run_dir}" if resumable else ""
+        print(f"collodreamer: stopped by {signal.Signals(signum).name}{hint}", file=sys.stderr)
+        return 128 + signum
     return 0
 
 

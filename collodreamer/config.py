@@ -68,6 +68,9 @@ class RunConfig:
     # Updates (or plans) of one network in a row that may go non-finite, each skipped, before the run
     # stops with an error naming it; its last finite checkpoint stays on disk.
     max_nonfinite: int = 100
+    # A network whose weight norm grows past this many times its level at the start (of the run, or of
+    # a resume) has blown up though finite (a learning rate far too large): the run stops the same way.
+    max_weight_growth: float = 1000.0
     video: bool = False  # save the first test episode of each evaluation as mp4
     video_size: int = 128  # pixels per side of test videos
     # At each test, also write the report's pictures to TensorBoard: the world model's open-loop
@@ -267,6 +270,42 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     pessimism: PessimismConfig = field(default_factory=PessimismConfig)
     latent_objective: LatentObjectiveConfig = field(default_factory=LatentObjectiveConfig)
+
+
+# The settings a resumed run may change (``--resume RUN_DIR key=value``): how long, how fast and on
+# what it trains, and what it logs. Every other setting is the run's identity (agent, task, obs,
+# action repeat, model shapes, ...), which its checkpoint holds (the README's "Resuming a run").
+RESUMABLE = frozenset(
+    {
+        "device",
+        "run.steps",
+        "run.train_every",
+        "run.train_steps",
+        "run.eval_start",
+        "run.eval_every",
+        "run.eval_episodes",
+        "run.checkpoint_every",
+        "run.log_every",
+        "run.max_nonfinite",
+        "run.max_weight_growth",
+        "run.video",
+        "run.video_size",
+        "run.report",
+        "run.keep_checkpoints",
+        "run.wandb",
+        "run.wandb_project",
+        "run.threads",
+        "model.lr",
+        "model.grad_clip",
+        "actor.lr",
+        "actor.grad_clip",
+        "value.lr",
+        "value.grad_clip",
+        "policy.lr",
+        "policy.grad_clip",
+        "pessimism.lr",
+    }
+)
 
 
 def preset_dir() -> Path:
@@ -476,6 +515,7 @@ def validate(config: Config) -> None:
     positive = {
         "run.steps": config.run.steps,
         "run.max_nonfinite": config.run.max_nonfinite,
+        "run.max_weight_growth": config.run.max_weight_growth,
         "model.lr": config.model.lr,
         "actor.lr": config.actor.lr,
         "value.lr": config.value.lr,
@@ -501,6 +541,13 @@ def validate(config: Config) -> None:
         "model.classes": config.model.classes,
         "model.hidden": config.model.hidden,
         "model.units": config.model.units,
+        "model.layers": config.model.layers,
+        "model.cnn_depth": config.model.cnn_depth,
+        "actor.units": config.actor.units,
+        "actor.layers": config.actor.layers,
+        "value.layers": config.value.layers,
+        "policy.units": config.policy.units,
+        "policy.layers": config.policy.layers,
         "value.units": config.value.units,
         "value.target_period": config.value.target_period,
         "value.update_every": config.value.update_every,
@@ -550,6 +597,19 @@ def validate(config: Config) -> None:
             f"value.dropout needs one probability per hidden layer ({config.value.layers}), "
             f"got {len(config.value.dropout)}"
         )
+    for index, probability in enumerate(config.value.dropout):
+        if not 0 <= probability < 1:
+            raise ConfigError(f"value.dropout[{index}] must be in [0, 1), got {probability}")
+    if config.value.clip_low >= config.value.clip_high:
+        raise ConfigError(
+            f"value.clip_low ({config.value.clip_low}) must be below value.clip_high "
+            f"({config.value.clip_high})"
+        )
+    if config.env.action_repeat > config.env.time_limit:
+        raise ConfigError(
+            f"env.action_repeat ({config.env.action_repeat}) cannot exceed env.time_limit "
+            f"({config.env.time_limit}): an episode would end within one agent step"
+        )
     if config.pessimism.reward_heads == 1:
         raise ConfigError("pessimism.reward_heads: the std of one head is zero; use 0 (off) or 2 or more")
     if config.planner.feedback and not has_policy(config):
@@ -579,8 +639,9 @@ def _plain(data: Any) -> Any:
 
 
 def from_dict(data: dict[str, Any]) -> Config:
-    """Rebuild a Config from :func:`to_dict` output, validating every key."""
-    config = _merge(Config(), data)
+    """Rebuild a Config from :func:`to_dict` output (of today's code or an older one), validating
+    every key."""
+    config = _merge(Config(), _renamed(data))
     validate(config)
     return config
 
@@ -651,3 +712,15 @@ def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         for key, value in flatten(new).items()
         if key in before and before[key] != value
     ]
+
+
+def check_resumable(saved: dict[str, Any], config: Config) -> None:
+    """A one-line :class:`ConfigError` naming the first setting outside :data:`RESUMABLE` in which
+    ``config`` differs from ``saved``, the nested config dict a run was checkpointed with."""
+    before = flatten(saved)
+    for key, value in flatten(to_dict(config)).items():
+        if key in before and key not in RESUMABLE and before[key] != value:
+            raise ConfigError(
+                f"{key} cannot change on resume ({before[key]} -> {value}): it is part of the run's "
+                "identity; start a new run for it (what may change: the README's 'Resuming a run')"
+            )

@@ -64,6 +64,13 @@ class DMCEnv(Env):
         self.config = config
         self.action_repeat = config.action_repeat
         self._env = suite.load(domain, task, task_kwargs={"random": seed})
+        cameras = self._env.physics.model.ncam
+        if not -1 <= config.camera < cameras:
+            self._env.close()
+            raise ConfigError(
+                f"env.camera: {config.task} has cameras 0 to {cameras - 1} (-1: Dreamer's choice), "
+                f"got {config.camera}"
+            )
         self._camera = config.camera if config.camera >= 0 else (2 if domain == "quadruped" else 0)
         spec = self._env.action_spec()
         self._low, self._high = spec.minimum.astype(np.float64), spec.maximum.astype(np.float64)

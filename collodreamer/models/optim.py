@@ -4,6 +4,7 @@ frozen modules, mixed precision, target networks, and replay arrays to tensors o
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -65,18 +66,69 @@ class NonFiniteCounter:
 
 nonfinite = NonFiniteCounter()
 
+# The learning rate that drives each network's updates, named by the settings a resume may change.
+RATE_SETTINGS = {
+    "world_model": "model.lr",
+    "actor": "actor.lr",
+    "value": "value.lr",
+    "policy": "policy.lr",
+    "reward_heads": "pessimism.lr",
+}
+
+
+class WeightGrowth:
+    """A health check beside the non-finite one: each network's weight norm against its level at its
+    first update in this process. A network whose norm grew past ``limit`` times that level has blown
+    up while staying finite (e.g. ``value.lr=1e6``: weights of 1e28); the training loop stops it."""
+
+    def __init__(self) -> None:
+        self.limit = math.inf
+        self.clear()
+
+    def clear(self) -> None:
+        self._level: dict[str, float] = {}
+        self._grown: dict[str, tuple[float, float]] = {}
+
+    def before(self, name: str, module: nn.Module) -> None:
+        """Before an update of ``name``: its level, once, before its first update."""
+        if name not in self._level:
+            self._level[name] = max(weight_norm(module), 1e-6)
+
+    def check(self, name: str, module: nn.Module) -> None:
+        """After an update of ``name``: note it when its weights grew past the limit."""
+        norm = weight_norm(module)
+        if norm > self.limit * self._level[name]:
+            self._grown.setdefault(name, (self._level[name], norm))
+
+    def take(self) -> dict[str, tuple[float, float]]:
+        """The networks that grew past the limit since the last call: their level and their norm."""
+        grown, self._grown = self._grown, {}
+        return grown
+
+
+growth = WeightGrowth()
+
+
+@torch.no_grad()
+def weight_norm(module: nn.Module) -> float:
+    """The 2-norm of all of ``module``'s parameters together."""
+    return float(nn.utils.get_total_norm(list(module.parameters())))
+
 
 def optimizer_step(
     optimizer: torch.optim.Optimizer, loss: torch.Tensor, module: nn.Module, clip: float, name: str
 ) -> float:
     """Zero, backprop, clip the gradient norm to ``clip``, step; returns the pre-clip norm. A non-finite
     loss or gradient norm never reaches the weights: that step is skipped (the optimiser's state stays
-    as it was too) and counted under ``name`` in :data:`nonfinite`."""
+    as it was too) and counted under ``name`` in :data:`nonfinite`; the weights a step changed are
+    measured by :data:`growth`."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     norm = nn.utils.clip_grad_norm_(module.parameters(), clip)
     if nonfinite.count(name, bool(torch.isfinite(norm) & torch.isfinite(loss.detach()))):
+        growth.before(name, module)
         optimizer.step()
+        growth.check(name, module)
     else:
         optimizer.zero_grad(set_to_none=True)
     return norm.item()

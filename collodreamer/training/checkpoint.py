@@ -7,6 +7,7 @@ import hashlib
 import io
 import logging
 import random
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,16 @@ from collodreamer.files import write_atomic
 
 log = logging.getLogger("collodreamer")
 HEADER = b"collodreamer-checkpoint sha256="
+# What a checkpoint may hold besides tensors and plain data: numpy arrays (the RNG states of numpy and
+# dm_control). Loading allows these alone (weights_only), so a checkpoint can hold no code.
+SAFE_GLOBALS = [
+    np._core.multiarray._reconstruct,
+    np.ndarray,
+    np.dtype,
+    np.dtypes.UInt32DType,
+    np.dtypes.Int64DType,
+    np.dtypes.Float64DType,
+]
 ZIP = b"PK"  # how torch.save's files start: a checkpoint from before checksums
 
 
@@ -93,9 +104,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     else:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated: it has no checkpoint header")
     try:
-        # Our own files: they hold numpy RNG states, which weights_only loading refuses.
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # whatever unpickling a damaged file raises
+        if str(error).startswith("Weights only load failed"):  # a crafted file, or a damaged one
+            found = re.search(r"GLOBAL (\S+)", str(error))
+            what = found.group(1) if found else "objects other than tensors and plain data"
+            raise CheckpointError(
+                f"checkpoint {path} holds {what}, which no checkpoint holds: refused, as loading it "
+                "could run code"
+            ) from None
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {first}") from None
     if not isinstance(payload, dict) or "counters" not in payload:

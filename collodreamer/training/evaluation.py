@@ -4,6 +4,7 @@ learning), on fresh episodes."""
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,7 @@ from collodreamer.agents import Agent, make_agent
 from collodreamer.agents.random_agent import RandomAgent, ZeroAgent
 from collodreamer.config import Config, load_config
 from collodreamer.envs import Env, make_env
+from collodreamer.files import write_atomic
 from collodreamer.seeds import env_seed
 from collodreamer.spec import EnvSpec
 from collodreamer.training.checkpoint import DivergenceError, load_checkpoint, restoring, seed_everything
@@ -56,8 +58,38 @@ def evaluate(
         returns.append(total)
         lengths.append(length)
         if frames is not None and video_path is not None:
-            imageio.mimsave(video_path, frames, fps=30, macro_block_size=1)
+            save_video(video_path, frames)
     return returns, lengths
+
+
+def save_video(path: Path, frames: list[np.ndarray]) -> None:
+    """``frames`` as an mp4 at ``path``, written atomically (never a truncated file); a failure is a
+    one-line OSError naming ``path``."""
+    try:  # quiet: ffmpeg's own messages would break the one-line errors
+        data = imageio.mimwrite(
+            "<bytes>", frames, format="mp4", fps=30, macro_block_size=1, ffmpeg_log_level="quiet"
+        )
+    except OSError as error:  # ffmpeg failed: its message runs over many lines
+        first = (str(error).strip() or type(error).__name__).splitlines()[0]
+        raise OSError(error.errno or errno.EIO, f"cannot encode the video ({first})", str(path)) from None
+    if not complete_mp4(data):  # ffmpeg stopped writing (a full disk) without saying so
+        raise OSError(errno.EIO, "cannot encode the video (ffmpeg's output is truncated)", str(path))
+    write_atomic(path, lambda handle: handle.write(data))
+
+
+def complete_mp4(data: bytes) -> bool:
+    """Whether the top-level boxes of the MP4 ``data`` run exactly to its end and include the index
+    (``moov``), which ffmpeg writes last."""
+    position, kinds = 0, set()
+    while position + 8 <= len(data):
+        size, kind = int.from_bytes(data[position : position + 4], "big"), data[position + 4 : position + 8]
+        if size == 1:  # a 64-bit size follows
+            size = int.from_bytes(data[position + 8 : position + 16], "big")
+        if size < 8:
+            return False
+        kinds.add(kind)
+        position += size
+    return position == len(data) and b"moov" in kinds
 
 
 def checkpoint_path(run_dir: Path, checkpoint: Path | None) -> Path:

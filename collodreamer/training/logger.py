@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,16 @@ def start_wandb(run_dir: Path, config: Config) -> Any:
     return run
 
 
+def _quiet_tensorboard_thread(args: threading.ExceptHookArgs) -> None:
+    """TensorBoard's writer thread fails on a full disk with a traceback of its own; its error comes
+    again in the main thread, as a one-line error naming the folder, so the traceback goes."""
+    if not (isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
+        _default_excepthook(args)
+
+
+_default_excepthook = threading.excepthook
+
+
 class Logger:
     """Collects scalars between writes; averages repeated ones (e.g. per-update losses). Every record
     carries ``elapsed_s``, the run's wall-clock seconds so far as ``clock`` tells them. The config is
@@ -65,11 +77,15 @@ class Logger:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.clock = clock
         self._file = open(self.path, "a", buffering=1)  # noqa: SIM115 (line-buffered: a kill loses no line)
-        self._tensorboard = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        threading.excepthook = _quiet_tensorboard_thread
+        self._tensorboard_dir = Path(run_dir) / "tensorboard"
+        with self._naming_tensorboard():
+            self._tensorboard = SummaryWriter(str(self._tensorboard_dir))
         self._averages = Averages()
         text = yaml.safe_dump(to_dict(config), sort_keys=False)
         # indented: a Markdown code block, as TensorBoard renders text
-        self._tensorboard.add_text("config", "\n".join("    " + line for line in text.splitlines()), step)
+        with self._naming_tensorboard():
+            self._tensorboard.add_text("config", "\n".join("    " + line for line in text.splitlines()), step)
         self._wandb = start_wandb(run_dir, config) if config.run.wandb else None
 
     def add(self, metrics: dict[str, float]) -> None:
@@ -89,22 +105,35 @@ class Logger:
         """Write ``values`` alone at ``step``, leaving the collected averages for the next write."""
         self._emit({"step": step, **values})
 
+    @contextlib.contextmanager
+    def _naming_tensorboard(self) -> Iterator[None]:
+        """TensorBoard's write errors (its writer thread's, raised again here) name its folder."""
+        try:
+            yield
+        except OSError as error:
+            raise OSError(error.errno, error.strerror or str(error), str(self._tensorboard_dir)) from None
+
     def _emit(self, record: dict[str, Any]) -> None:
         record["elapsed_s"] = round(self.clock(), 3)
-        self._file.write(json.dumps(record) + "\n")
+        try:
+            self._file.write(json.dumps(record) + "\n")
+        except OSError as error:
+            raise OSError(error.errno, error.strerror, str(self.path)) from None
         scalars = {
             key: value
             for key, value in record.items()
             if key != "step" and isinstance(value, int | float) and math.isfinite(value)
         }
-        for key, value in scalars.items():
-            self._tensorboard.add_scalar(key, value, record["step"])
+        with self._naming_tensorboard():
+            for key, value in scalars.items():
+                self._tensorboard.add_scalar(key, value, record["step"])
         if self._wandb is not None:
             self._wandb.log({"env_frames": record["step"], **scalars})
 
     def image(self, tag: str, image: np.ndarray, step: int) -> None:
         """An RGB image ``[H, W, 3]`` (uint8) to TensorBoard."""
-        self._tensorboard.add_image(tag, image, step, dataformats="HWC")
+        with self._naming_tensorboard():
+            self._tensorboard.add_image(tag, image, step, dataformats="HWC")
 
     def animation(self, tag: str, frames: np.ndarray, step: int, fps: int = 15) -> None:
         """Frames ``[T, H, W, 3]`` (uint8) to TensorBoard as an animated GIF, which its images tab plays
@@ -113,7 +142,10 @@ class Logger:
         imageio.mimsave(buffer, list(frames), format="GIF", duration=1 / fps, loop=0)
         height, width = frames.shape[1:3]
         gif = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=buffer.getvalue())
-        self._tensorboard.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=gif)]), step)
+        with self._naming_tensorboard():
+            self._tensorboard.file_writer.add_summary(
+                Summary(value=[Summary.Value(tag=tag, image=gif)]), step
+            )
 
     def test_video(self, path: Path, step: int) -> None:
         """A test video (mp4) to W&B, when it tracks the run (TensorBoard has the curves only)."""
@@ -122,10 +154,22 @@ class Logger:
             self._wandb.log({"env_frames": step, "test/video": wandb.Video(str(path), format="mp4")})
 
     def close(self) -> None:
-        self._file.close()
-        self._tensorboard.close()
-        if self._wandb is not None:
-            self._wandb.finish()
+        """Close every file, even when one fails (the last failure is raised, naming its file)."""
+        with contextlib.ExitStack() as stack:
+            if self._wandb is not None:
+                stack.callback(self._wandb.finish)
+            stack.callback(self._close_tensorboard)
+            stack.callback(self._close_metrics)
+
+    def _close_tensorboard(self) -> None:
+        with self._naming_tensorboard():
+            self._tensorboard.close()
+
+    def _close_metrics(self) -> None:
+        try:
+            self._file.close()
+        except OSError as error:
+            raise OSError(error.errno, error.strerror, str(self.path)) from None
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -155,6 +199,11 @@ def keep_metrics_until(path: Path, step: int) -> tuple[list[dict[str, Any]], int
     lines = data.splitlines()
     records = [record for record in read_metrics(path) if record["step"] <= step]
     if len(records) < len(lines) or not data.endswith(b"\n"):
-        text = "".join(json.dumps(record) + "\n" for record in records).encode()
-        write_atomic(path, lambda handle: handle.write(text))
+        write_metrics(path, records)
     return records, len(lines) - len(records)
+
+
+def write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
+    """Replace ``metrics.jsonl`` at ``path`` (atomically) with ``records``."""
+    text = "".join(json.dumps(record) + "\n" for record in records).encode()
+    write_atomic(Path(path), lambda handle: handle.write(text))

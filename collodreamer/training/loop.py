@@ -7,6 +7,7 @@ or update, with a checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -19,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -29,15 +30,17 @@ from collodreamer.config import (
     Config,
     ConfigError,
     changed_settings,
+    check_resumable,
+    from_dict,
     load_config,
     make_config,
     save_config,
     to_dict,
 )
-from collodreamer.data import EpisodeStore, add_step, finish_episode, start_episode
+from collodreamer.data import EpisodeStore, ReplayError, add_step, finish_episode, start_episode
 from collodreamer.envs import Env, make_env
 from collodreamer.files import remove_temp_files
-from collodreamer.models.optim import nonfinite
+from collodreamer.models.optim import RATE_SETTINGS, growth, nonfinite
 from collodreamer.seeds import env_seed
 from collodreamer.timing import take_seconds, timed
 from collodreamer.training.checkpoint import (
@@ -53,7 +56,7 @@ from collodreamer.training.checkpoint import (
     set_rng_states,
 )
 from collodreamer.training.evaluation import evaluate
-from collodreamer.training.logger import Logger, import_wandb, keep_metrics_until
+from collodreamer.training.logger import Logger, import_wandb, keep_metrics_until, write_metrics
 from collodreamer.training.report import report_images
 
 log = logging.getLogger("collodreamer")
@@ -93,25 +96,40 @@ def in_a_row(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {name} {units[name]}" for name, n in counts.items())
 
 
-def lock_run(run_dir: Path) -> IO:
-    """Hold an exclusive lock on ``run_dir/.lock`` for this process's lifetime (the OS releases it when
-    the process ends, even on SIGKILL), so two processes never write to the same run."""
-    handle = open(run_dir / ".lock", "w")  # noqa: SIM115 (held until the process exits)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise ConfigError(f"{run_dir} is in use by another collodreamer process") from None
-    return handle
+class RunLock:
+    """An exclusive lock on the run directory itself, held until :meth:`close` or the process ends (the
+    OS releases it then, even on SIGKILL), so two processes never write to the same run. No file is
+    locked, so no deletion can break it."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self._fd = -1
+        fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(f"{run_dir} is in use by another collodreamer process") from None
+        self._fd = fd
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    __del__ = close  # a Trainer that failed to start lets go of its run
 
 
 class Trainer:
     """One run: its directory holds ``config.yaml``, ``episodes/``, ``metrics.jsonl``,
     ``tensorboard/``, ``checkpoint.pt``, ``checkpoints/`` and ``videos/``. ``resume`` continues from
     the checkpoint, or, where a run stopped before its first one, starts training anew on the
-    episodes on disk."""
+    episodes on disk. Episode files of the checkpoint's that are missing are refused, unless
+    ``without_missing_episodes``: the run then goes on from the checkpoint without them, as it does
+    without damaged ones."""
 
-    def __init__(self, config: Config, run_dir: Path, resume: bool = False) -> None:
+    def __init__(
+        self, config: Config, run_dir: Path, resume: bool = False, without_missing_episodes: bool = False
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.checkpoint_path = self.run_dir / "checkpoint.pt"
         if not resume and self.checkpoint_path.exists():
@@ -119,8 +137,14 @@ class Trainer:
         self.config = config
         if config.run.wandb:
             import_wandb()  # missing: a one-line error before anything is written
+        # The task, its camera and the device are checked here, before anything is written.
+        seed_everything(config.seed, config.run.threads)
+        self.env = make_env(config.env, env_seed(config.seed, "train"))
+        self.eval_env = make_env(config.env, env_seed(config.seed, "test"))
+        self.report_env: Env | None = None  # made at the first report of a planning agent
+        self.agent = make_agent(config, self.env.spec)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = lock_run(self.run_dir)
+        self._lock = RunLock(self.run_dir)
         payload = None
         if resume and self.checkpoint_path.exists():
             payload = load_checkpoint(self.checkpoint_path)
@@ -130,13 +154,9 @@ class Trainer:
                     f"checkpoint {self.checkpoint_path} holds a {saved} run, which cannot go on as "
                     f"{config.agent} (the checkpoint would lose its state); start a new run instead"
                 )
+            check_resumable(payload.get("config", {}), config)
         elif resume:
             log.warning("%s has no checkpoint: training starts anew on the episodes on disk", self.run_dir)
-        seed_everything(config.seed, config.run.threads)
-        self.env = make_env(config.env, env_seed(config.seed, "train"))
-        self.eval_env = make_env(config.env, env_seed(config.seed, "test"))
-        self.report_env: Env | None = None  # made at the first report of a planning agent
-        self.agent = make_agent(config, self.env.spec)
         self.store = EpisodeStore(
             self.run_dir / "episodes", config.replay.capacity, config.env.action_repeat, config.seed
         )
@@ -148,24 +168,44 @@ class Trainer:
         # after the last checkpoint are kept, and they count.
         disk_frames, disk_episodes = self.store.load()
         self.store.check_shapes(self.env.spec.obs_shape, self.env.spec.action_dim)
+        missing = (self.counters.episodes - disk_episodes, self.counters.env_frames - disk_frames)
+        absent = missing[0] - len(self.store.damaged)  # damaged files are reported by name above
+        if payload is not None and missing[1] > 0 and absent > 0 and not without_missing_episodes:
+            raise ReplayError(
+                f"{absent} episodes ({missing[1]} env frames) that checkpoint {self.checkpoint_path} "
+                f"trained on are missing from {self.store.directory}: put them back, or go on without "
+                "them with --without-missing-episodes (the metrics recorded so far are kept)"
+            )
         # Only once the saved state fits this config is anything written.
         save_config(config, self.run_dir / "config.yaml")
-        for directory in (self.run_dir, self.store.directory, self.run_dir / "checkpoints"):
+        for directory in (
+            self.run_dir,
+            self.store.directory,
+            self.run_dir / "checkpoints",
+            self.run_dir / "videos",
+        ):
             for path in remove_temp_files(directory):
                 log.info("removed %s, left by a write cut short", path)
-        if payload is not None and disk_frames < self.counters.env_frames:
-            log.warning(
-                "replay holds %d env frames, checkpoint counted %d: episode files are missing",
-                disk_frames,
-                self.counters.env_frames,
-            )
-        self.counters.env_frames = disk_frames
-        self.counters.episodes = max(self.counters.episodes, disk_episodes)
+        if payload is None or missing[1] <= 0:
+            self.counters.env_frames = disk_frames
+            self.counters.episodes = max(self.counters.episodes, disk_episodes)
         self._last_test = self._keep_metrics()
         self._clock = (time.perf_counter(), self.counters.elapsed_s)
         self._stop = 0  # the signal that asked the run to stop, once one did
         nonfinite.clear()
+        growth.clear()
+        growth.limit = config.run.max_weight_growth
         self.logger = Logger(self.run_dir, self.elapsed, config, self.counters.env_frames)
+        if payload is not None and missing[1] > 0:  # going on without them: the count stays, marked
+            log.warning(
+                "going on at %d env frames without %d episodes, missing or damaged",
+                self.counters.env_frames,
+                missing[0],
+            )
+            self.logger.record(
+                self.counters.env_frames,
+                {"replay/missing_episodes": missing[0], "replay/missing_frames": missing[1]},
+            )
 
     def elapsed(self) -> float:
         """Wall-clock seconds of this run: those before the checkpoint resumed from, plus this process's."""
@@ -201,6 +241,13 @@ class Trainer:
         if removed:
             frames = self.counters.env_frames
             log.info("%s: removed %d lines past %d env frames, or unreadable", path, removed, frames)
+        rebuilt = self._rebuilt_returns(records)
+        if rebuilt:
+            log.info(
+                "%s: recorded again the returns of %d episodes a kill left unrecorded", path, len(rebuilt)
+            )
+            records = sorted(records + rebuilt, key=lambda record: record["step"])
+            write_metrics(path, records)
         tests = [record["step"] for record in records if "test/return" in record]
         if not tests:
             return None
@@ -209,6 +256,25 @@ class Trainer:
             self.counters.next_eval, next_eval_after(int(tests[-1]), run.eval_start, run.eval_every)
         )
         return int(tests[-1])
+
+    def _rebuilt_returns(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The ``train/return`` records of the episodes on disk after the last one recorded (a kill
+        between saving an episode and recording it), rebuilt from their files."""
+        returns = [record for record in records if "train/return" in record]
+        recorded = int(returns[-1].get("train/episodes", len(returns))) if returns else 0
+        step = int(returns[-1]["step"]) if returns else 0
+        rebuilt = []
+        for frames, episode_return in self.store.loaded[recorded:]:
+            step += frames
+            rebuilt.append(
+                {
+                    "step": step,
+                    "train/return": episode_return,
+                    "train/episode_length": frames,
+                    "train/episodes": recorded + len(rebuilt) + 1,
+                }
+            )
+        return rebuilt
 
     def payload(self) -> dict[str, Any]:
         """What a checkpoint holds: the run's whole state now."""
@@ -269,13 +335,22 @@ class Trainer:
 
     def _check_finite(self) -> None:
         """Count the updates (and plans) skipped as non-finite; stop the run once one network's run of
-        them in a row reaches ``run.max_nonfinite``."""
+        them in a row reaches ``run.max_nonfinite``, or once its weights grew past
+        ``run.max_weight_growth`` times their level."""
         skipped, longest = nonfinite.take()
         for name, count in skipped.items():
             self.counters.skipped[name] = self.counters.skipped.get(name, 0) + count
         limit = self.config.run.max_nonfinite
         if max(longest.values(), default=0) >= limit:
             raise self._diverged(f"{in_a_row(longest)} non-finite in a row (run.max_nonfinite={limit})")
+        grown = growth.take()
+        if grown:
+            name, (level, norm) = next(iter(grown.items()))
+            raise self._diverged(
+                f"the {name} weights grew from norm {level:.3g} to {norm:.3g}, past "
+                f"run.max_weight_growth={self.config.run.max_weight_growth:g} times: lower "
+                f"{RATE_SETTINGS.get(name, 'its learning rate')}"
+            )
 
     def _diverged(self, what: str) -> DivergenceError:
         """A one-line error saying what diverged, and which checkpoint holds the last finite state."""
@@ -375,7 +450,7 @@ class Trainer:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self._stop:  # asked twice: stop at once
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt(signum)
         self._stop = signum
         log.warning("%s: stopping after the current step, with a checkpoint", signal.Signals(signum).name)
 
@@ -402,9 +477,13 @@ class Trainer:
                 if not self._stop and self._last_test != self.counters.env_frames:
                     self._evaluate()
                 self._checkpoint(final=True)
+        except BaseException:
+            with contextlib.suppress(OSError):  # the error that stopped the run is the one to tell
+                self.logger.close()
+            raise
         finally:
-            self.logger.close()
             self._lock.close()
+        self.logger.close()
         if self._stop:
             name = signal.Signals(self._stop).name
             raise Interrupted(
@@ -486,7 +565,37 @@ def train(config: Config, run_dir: Path) -> dict[str, Any]:
     return Trainer(config, run_dir).run()
 
 
-def resume(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Continue the run in ``run_dir`` from its checkpoint (``overrides`` may e.g. extend steps)."""
-    base = load_config(Path(run_dir) / "config.yaml")
-    return Trainer(make_config(overrides=overrides, base=base), run_dir, resume=True).run()
+def resume(
+    run_dir: Path, overrides: list[str] | tuple[str, ...] = (), without_missing_episodes: bool = False
+) -> dict[str, Any]:
+    """Continue the run in ``run_dir`` from its checkpoint; ``overrides`` may change the settings
+    :data:`collodreamer.config.RESUMABLE` lists (e.g. extend steps, lower a learning rate)."""
+    config = make_config(overrides=overrides, base=saved_config(run_dir))
+    return Trainer(config, run_dir, resume=True, without_missing_episodes=without_missing_episodes).run()
+
+
+def saved_config(run_dir: Path) -> Config:
+    """The config of the run in ``run_dir``: its checkpoint's, which wins over a ``config.yaml`` that
+    differs (damaged, or edited) with a warning naming the settings; ``config.yaml`` before the
+    first checkpoint."""
+    path, checkpoint = Path(run_dir) / "config.yaml", Path(run_dir) / "checkpoint.pt"
+    if not checkpoint.exists():
+        return load_config(path)
+    saved = load_checkpoint(checkpoint).get("config")
+    if saved is None:  # a checkpoint from before configs were saved in them
+        return load_config(path)
+    config = from_dict(saved)
+    try:
+        on_disk = to_dict(load_config(path))
+    except ConfigError as error:
+        log.warning("%s; the checkpoint's config is used", error)
+        return config
+    differing = [change.split(":")[0] for change in changed_settings(to_dict(config), on_disk)]
+    if differing:
+        log.warning(
+            "%s differs from the config in %s in %s: the checkpoint's is used",
+            path,
+            checkpoint,
+            ", ".join(differing),
+        )
+    return config
