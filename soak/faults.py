@@ -1,7 +1,7 @@
 """Fault injection on real tiny runs (reacher_easy from states): kills, signals, damaged files and a
 full disk, each repeated; prints a table and writes results/faults.json and results/faults.md.
 
-python benchmarks/faults.py [--kills 20] [--signals 8] [--episode-flips 300] [--checkpoint-flips 150]
+python soak/faults.py [--kills 20] [--signals 8] [--episode-flips 300] [--checkpoint-flips 150]
                             [--disk-full 12] [--missing-episodes 20] [--identity 20] [--blow-ups 4]
                             [--second-writers 3] [--config-flips 100] [--seed 0] [--root DIR]
                             [--out results/faults]
@@ -53,11 +53,10 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import write_json
-
 from collodreamer import cli
 from collodreamer.data.episode import episode_problem
+from collodreamer.files import write_json
+from collodreamer.timing import machine
 from collodreamer.training import load_checkpoint, read_metrics
 
 AGENTS = ("dreamer", "latco", "collodreamer")
@@ -460,10 +459,16 @@ def main() -> None:
     markdown = table(rows)
     print(markdown)
     seconds = time.perf_counter() - started
-    invocation = "python benchmarks/faults.py " + " ".join(sys.argv[1:])
+    invocation = "python soak/faults.py " + " ".join(sys.argv[1:])
     write_json(
         Path(f"{args.out}.json"),
-        {"benchmark": "faults", "command": invocation, "seconds": seconds, "rows": rows},
+        {
+            "benchmark": "faults",
+            "machine": machine(),
+            "command": invocation,
+            "seconds": seconds,
+            "rows": rows,
+        },
     )
     Path(f"{args.out}.md").write_text(
         f"Fault injection on tiny runs, `{invocation.strip()}` ({seconds / 60:.1f} min):\n\n{markdown}\n"
