@@ -32,7 +32,7 @@ from collodreamer.config import PlannerConfig, load_config, make_config
 from collodreamer.data import EpisodeStore
 from collodreamer.envs import make_env
 from collodreamer.models import to_torch
-from collodreamer.models.optim import frozen
+from collodreamer.models.tensors import frozen
 from collodreamer.planning import collocate
 from collodreamer.training import load_checkpoint
 

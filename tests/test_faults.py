@@ -21,7 +21,8 @@ from torch import nn
 from collodreamer.agents import make_agent
 from collodreamer.config import MAX_SEED, ConfigError, load_config, make_config
 from collodreamer.data import EpisodeStore
-from collodreamer.models.optim import nonfinite, optimizer_step
+from collodreamer.health import nonfinite
+from collodreamer.models.optim import optimizer_step
 from collodreamer.spec import EnvSpec
 from collodreamer.training import (
     CheckpointError,

@@ -8,7 +8,7 @@ import torch
 
 from collodreamer.config import ModelConfig
 from collodreamer.models.losses import gaussian_nll, image_nll
-from collodreamer.models.optim import uses_bfloat16
+from collodreamer.models.tensors import uses_bfloat16
 from collodreamer.models.world_model import WorldModel
 from collodreamer.spec import EnvSpec
 

@@ -1,6 +1,6 @@
 """The interface every agent offers the training loop, and the optional capabilities some offer (a
 world model to predict with, a planner to trace): callers ask ``isinstance(agent, Planner)``, never
-for an attribute."""
+for an attribute. Also the exploration noise the acting agents share."""
 
 from __future__ import annotations
 
@@ -58,3 +58,10 @@ class Planner(ModelBased, Protocol):
     def objective(self) -> Objective: ...
 
     def planner_config(self) -> PlannerConfig: ...
+
+
+def explore(action: torch.Tensor, noise: float) -> torch.Tensor:
+    """An executed action with Gaussian exploration noise of std ``noise``, kept in [-1, 1]."""
+    if noise <= 0:
+        return action
+    return (action + noise * torch.randn_like(action)).clamp(-1.0, 1.0)

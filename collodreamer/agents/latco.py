@@ -17,13 +17,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from collodreamer.agents.base import Sampler
+from collodreamer.agents.base import Sampler, explore
 from collodreamer.agents.promise import Segment, promise_metrics
 from collodreamer.averages import Averages
 from collodreamer.config import Config, PlannerConfig
+from collodreamer.health import nonfinite
 from collodreamer.models import MLP, State, WorldModel, to_torch
 from collodreamer.models.ensemble import Ensemble
-from collodreamer.models.optim import adam, explore, frozen, load_optimizer, nonfinite, optimizer_step
+from collodreamer.models.optim import adam, load_optimizer, optimizer_step
+from collodreamer.models.tensors import frozen
 from collodreamer.models.world_model import ExtraLoss
 from collodreamer.planning import (
     Objective,

@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from collodreamer.config import ValueConfig
+from collodreamer.health import nonfinite
 from collodreamer.models.ensemble import pessimistic
 from collodreamer.models.networks import MLP
-from collodreamer.models.optim import adam, load_optimizer, nonfinite, optimizer_step, update_target
+from collodreamer.models.optim import adam, load_optimizer, optimizer_step, update_target
 
 
 def straight_through_clip(value: torch.Tensor, low: float, high: float) -> torch.Tensor:

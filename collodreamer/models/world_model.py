@@ -18,8 +18,9 @@ from collodreamer.models.networks import (
     RunningNorm,
     image_target,
 )
-from collodreamer.models.optim import adam, autocast, load_optimizer, optimizer_step, uses_bfloat16
+from collodreamer.models.optim import adam, load_optimizer, optimizer_step
 from collodreamer.models.rssm import RSSM, State
+from collodreamer.models.tensors import autocast, uses_bfloat16
 from collodreamer.spec import EnvSpec
 from collodreamer.timing import timed
 

@@ -40,7 +40,7 @@ from collodreamer.config import (
 from collodreamer.data import EpisodeStore, ReplayError, add_step, finish_episode, start_episode
 from collodreamer.envs import Env, make_env
 from collodreamer.files import remove_temp_files
-from collodreamer.models.optim import RATE_SETTINGS, growth, nonfinite
+from collodreamer.health import RATE_SETTINGS, growth, nonfinite
 from collodreamer.seeds import env_seed
 from collodreamer.timing import take_seconds, timed
 from collodreamer.training.checkpoint import (
