@@ -34,12 +34,13 @@ from collodreamer.envs import make_env
 from collodreamer.models import to_torch
 from collodreamer.models.tensors import frozen
 from collodreamer.planning import collocate
+from collodreamer.rundir import RunDir
 from collodreamer.training import load_checkpoint
 
 
 def start_features(agent: LatCoAgent, run_dir: Path, count: int, seed: int) -> torch.Tensor:
     """Posterior features of real observations from the run's replay episodes."""
-    store = EpisodeStore(run_dir / "episodes", 10**9, agent.config.env.action_repeat, seed)
+    store = EpisodeStore(RunDir(run_dir).episodes, 10**9, agent.config.env.action_repeat, seed)
     store.load()
     batch = to_torch(store.sample(count, 20), agent.device)
     with torch.no_grad():
@@ -49,7 +50,7 @@ def start_features(agent: LatCoAgent, run_dir: Path, count: int, seed: int) -> t
 
 def warm_start(args: argparse.Namespace) -> None:
     run_dir = Path(args.warm_start)
-    base = load_config(run_dir / "config.yaml")
+    base = load_config(RunDir(run_dir).config)
     config = make_config(
         overrides=[
             "agent=latco",
@@ -62,7 +63,7 @@ def warm_start(args: argparse.Namespace) -> None:
     )
     env = make_env(config.env, 0)
     agent = LatCoAgent(config, env.spec, torch.device("cpu"))
-    agent.world_model.load_training_state(load_checkpoint(run_dir / "checkpoint.pt")["agent"]["world_model"])
+    agent.world_model.load_training_state(load_checkpoint(RunDir(run_dir).checkpoint)["agent"]["world_model"])
     torch.manual_seed(0)
     train, test = (
         start_features(agent, run_dir, args.train_plans, 0),

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import write_json
 
 from collodreamer.experiments import expand, load_spec, run_sweep
+from collodreamer.rundir import RunDir
 from collodreamer.training import read_metrics
 
 
@@ -60,7 +61,7 @@ def frames_per_second(records: list[dict[str, Any]]) -> dict[str, float | None]:
 def run_rows(run_dirs: list[Path], thresholds: list[float]) -> list[dict[str, Any]]:
     rows = []
     for run_dir in run_dirs:
-        records = read_metrics(run_dir / "metrics.jsonl")
+        records = read_metrics(RunDir(run_dir).metrics)
         tests = [r for r in records if "test/return" in r]
         rows.append(
             {

@@ -16,6 +16,7 @@ import numpy as np
 
 from collodreamer.config import ConfigError, make_config, run_name
 from collodreamer.data import ReplayError
+from collodreamer.rundir import RunDir
 from collodreamer.training import CheckpointError, DivergenceError, Interrupted
 
 
@@ -73,7 +74,7 @@ def _eval(args: argparse.Namespace) -> None:
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be at least 1, got {args.episodes}")
-    if len(args.runs) == 1 and (Path(args.runs[0]) / "config.yaml").exists():
+    if len(args.runs) == 1 and RunDir(args.runs[0]).is_run():
         video = Path(args.video) if args.video else None
         checkpoint = Path(args.checkpoint) if args.checkpoint else None
         returns = evaluate_run(Path(args.runs[0]), args.episodes, video, checkpoint, args.policy)
@@ -136,7 +137,7 @@ def _plot(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from collodreamer.experiments.report import write_report
 
-    out = Path(args.out or Path(args.run_dir) / "report")
+    out = Path(args.out or RunDir(args.run_dir).report)
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
     for path in write_report(Path(args.run_dir), out, args.episodes, args.plans, checkpoint):
         print(f"wrote {path}")
@@ -365,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as stop:  # a second signal, or one before the run started
         signum = stop.args[0] if stop.args else signal.SIGINT
         run_dir = args.run_dir if args.command == "train" else None
-        resumable = run_dir is not None and (Path(run_dir) / "config.yaml").exists()
+        resumable = run_dir is not None and RunDir(run_dir).is_run()
         hint = f"; continue with: collodreamer train --resume {run_dir}" if resumable else ""
         print(f"collodreamer: stopped by {signal.Signals(signum).name}{hint}", file=sys.stderr)
         return 128 + signum

@@ -56,6 +56,7 @@ import numpy as np
 from collodreamer import cli
 from collodreamer.data.episode import episode_problem
 from collodreamer.files import write_json
+from collodreamer.rundir import RunDir
 from collodreamer.timing import machine
 from collodreamer.training import load_checkpoint, read_metrics
 
@@ -73,7 +74,7 @@ def command(*args: str) -> list[str]:
 def loadable(run: Path) -> set[str]:
     """The episode files of ``run`` that load whole and well formed."""
     names = set()
-    for path in (run / "episodes").glob("ep-*.npz"):
+    for path in RunDir(run).episodes.glob("ep-*.npz"):
         with contextlib.suppress(Exception), np.load(path, allow_pickle=False) as data:
             if episode_problem({k: data[k] for k in data.files}) is None:
                 names.add(path.name)
@@ -100,12 +101,12 @@ def finish(run: Path, extra: int = 100, start: list[str] | None = None) -> tuple
     """Resume ``run`` to ``extra`` env frames beyond its episodes (where a fault came before the run's
     config was written, rerun its ``start`` command instead); (reached its end, output)."""
     steps = disk_frames(run) + extra
-    if (run / "config.yaml").exists() or start is None:
+    if RunDir(run).config.exists() or start is None:
         args = command("train", "--resume", str(run), f"run.steps={steps}")
     else:
         args = [*start, f"run.steps={steps}"]
     result = subprocess.run(args, capture_output=True, text=True, env=ENVIRONMENT, timeout=600)
-    ok = result.returncode == 0 and load_checkpoint(run / "checkpoint.pt")["counters"]["env_frames"] >= steps
+    ok = result.returncode == 0 and load_checkpoint(RunDir(run).checkpoint)["counters"]["env_frames"] >= steps
     return ok, result.stderr
 
 
@@ -121,7 +122,7 @@ def default_sigint() -> None:
 
 def interrupt(run: Path, agent: str, signum: int, delay: float) -> tuple[int, str]:
     """Start (or resume) an endless run, send ``signum`` after ``delay`` seconds; (exit code, output)."""
-    if (run / "config.yaml").exists():
+    if RunDir(run).config.exists():
         args = command("train", "--resume", str(run), *ENDLESS)
     else:
         args = [*start_command(agent, run), ENDLESS[0]]
@@ -197,11 +198,11 @@ def main_in_process(*args: str) -> tuple[int, str]:
 
 def probe_episode_flips(root: Path, base: Path, trials: int, rng: np.random.Generator) -> dict[str, Any]:
     row = {"trials": trials, "resumed": 0, "one_line": None, "tracebacks": 0, "data_lost": 0}
-    steps = load_checkpoint(base / "checkpoint.pt")["counters"]["env_frames"]
+    steps = load_checkpoint(RunDir(base).checkpoint)["counters"]["env_frames"]
     for trial in range(trials):
         run = root / f"episode-flip-{trial}"
         shutil.copytree(base, run)
-        files = sorted((run / "episodes").glob("ep-*.npz"))
+        files = sorted(RunDir(run).episodes.glob("ep-*.npz"))
         damaged = files[int(rng.integers(len(files)))]
         flip_bit(damaged, rng)
         others = loadable(run) - {damaged.name}
@@ -216,17 +217,18 @@ def probe_episode_flips(root: Path, base: Path, trials: int, rng: np.random.Gene
 
 def probe_checkpoint_flips(root: Path, base: Path, trials: int, rng: np.random.Generator) -> dict[str, Any]:
     row = {"trials": trials, "resumed": 0, "one_line": 0, "tracebacks": 0, "data_lost": 0}
-    steps = load_checkpoint(base / "checkpoint.pt")["counters"]["env_frames"]
+    steps = load_checkpoint(RunDir(base).checkpoint)["counters"]["env_frames"]
     for trial in range(trials):
         run = root / f"checkpoint-flip-{trial}"
         shutil.copytree(base, run)
         kept = loadable(run)
-        damaged = flip_bit(run / "checkpoint.pt", rng)
+        damaged = flip_bit(RunDir(run).checkpoint, rng)
         code, output = main_in_process("train", "--resume", str(run))
         refused = code == 2 and one_line(output) and "checkpoint" in output
-        row["one_line"] += refused and (run / "checkpoint.pt").read_bytes() == damaged
+        row["one_line"] += refused and RunDir(run).checkpoint.read_bytes() == damaged
         row["tracebacks"] += "Traceback" in output
-        (run / "checkpoint.pt").rename(run / "checkpoint.pt.damaged")  # what the error asks of a user
+        checkpoint = RunDir(run).checkpoint
+        checkpoint.rename(checkpoint.with_name(checkpoint.name + ".damaged"))  # what the error asks of a user
         code, output = main_in_process("train", "--resume", str(run), f"run.steps={steps}")
         row["resumed"] += code == 0
         row["tracebacks"] += "Traceback" in output
@@ -257,7 +259,7 @@ def probe_disk_full(root: Path, trials: int, rng: np.random.Generator) -> dict[s
         row["tracebacks"] += "Traceback" in result.stderr
         kept = loadable(run)
         ok, output = finish(run, start=start)
-        metrics = run / "metrics.jsonl"
+        metrics = RunDir(run).metrics
         whole = len(read_metrics(metrics)) == len(metrics.read_bytes().splitlines())
         row["resumed"] += ok and whole
         row["tracebacks"] += "Traceback" in output
@@ -266,18 +268,18 @@ def probe_disk_full(root: Path, trials: int, rng: np.random.Generator) -> dict[s
 
 
 def history(run: Path) -> bytes:
-    return (run / "metrics.jsonl").read_bytes()
+    return RunDir(run).metrics.read_bytes()
 
 
 def probe_missing_episodes(root: Path, base: Path, trials: int, rng: np.random.Generator) -> dict[str, Any]:
     """Some episode files deleted (all of them, or old ones): a resume refuses in one line, writing
     nothing; with --without-missing-episodes it goes on keeping every metrics line."""
     row = {"trials": trials, "resumed": 0, "one_line": 0, "tracebacks": 0, "data_lost": 0}
-    steps = load_checkpoint(base / "checkpoint.pt")["counters"]["env_frames"]
+    steps = load_checkpoint(RunDir(base).checkpoint)["counters"]["env_frames"]
     for trial in range(trials):
         run = root / f"missing-{trial}"
         shutil.copytree(base, run)
-        files = sorted((run / "episodes").glob("ep-*.npz"))
+        files = sorted(RunDir(run).episodes.glob("ep-*.npz"))
         for path in files[: int(rng.integers(1, len(files) + 1))]:
             path.unlink()
         before, kept = history(run), loadable(run)
@@ -367,7 +369,7 @@ def probe_second_writer(root: Path, trials: int) -> dict[str, Any]:
         process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENVIRONMENT
         )
-        while process.poll() is None and not (run / "checkpoint.pt").exists():
+        while process.poll() is None and not RunDir(run).checkpoint.exists():
             time.sleep(0.1)
         for path in run.glob(".lock"):
             path.unlink()
@@ -389,15 +391,15 @@ def probe_config_flips(root: Path, base: Path, trials: int, rng: np.random.Gener
     """One random bit of ``config.yaml`` flipped: the resume goes on with the checkpoint's config (a
     setting it changed silently counts as data lost)."""
     row = {"trials": trials, "resumed": 0, "one_line": None, "tracebacks": 0, "data_lost": 0}
-    saved = load_checkpoint(base / "checkpoint.pt")["config"]
+    saved = load_checkpoint(RunDir(base).checkpoint)["config"]
     for trial in range(trials):
         run = root / f"config-flip-{trial}"
         shutil.copytree(base, run)
-        flip_bit(run / "config.yaml", rng)
+        flip_bit(RunDir(run).config, rng)
         code, output = main_in_process("train", "--resume", str(run))
         row["resumed"] += code == 0
         row["tracebacks"] += "Traceback" in output
-        row["data_lost"] += code == 0 and load_checkpoint(run / "checkpoint.pt")["config"] != saved
+        row["data_lost"] += code == 0 and load_checkpoint(RunDir(run).checkpoint)["config"] != saved
         shutil.rmtree(run)
     return row
 

@@ -285,7 +285,7 @@ def test_eval_of_reference_policies_over_runs_with_intervals(tmp_path: Path):
     group = result["groups"]["zero dmc:reacher_easy state"]
     assert group["seeds"] == ["1", "2"]
     assert group["mean"] == pytest.approx(np.mean([row["mean"] for row in result["runs"]]))
-    with pytest.raises(ConfigError, match="no run with a checkpoint.pt"):
+    with pytest.raises(ConfigError, match="no run with a trained checkpoint"):
         evaluate_runs([tmp_path], episodes=1)  # the agents were never trained
     with pytest.raises(ConfigError, match="--episodes must be at least 1"):
         evaluate_runs([tmp_path], episodes=0, policy="random")

@@ -19,6 +19,7 @@ import torch
 from collodreamer.agents.dreamer import DreamerAgent
 from collodreamer.config import ConfigError
 from collodreamer.models import to_torch
+from collodreamer.rundir import RunDir
 from collodreamer.training import load_agent
 
 
@@ -45,7 +46,7 @@ def diagnose_actor(run_dir: Path, every: int = 4) -> dict[str, Any]:
     if config.agent != "dreamer":
         raise ConfigError(f"{run_dir} is a {config.agent} run; the diagnostics need a dreamer run")
     rows = {}
-    for path in sorted((Path(run_dir) / "episodes").glob("*.npz"))[::every]:
+    for path in sorted(RunDir(run_dir).episodes.glob("*.npz"))[::every]:
         with np.load(path) as data:
             rows[path.name] = diagnose(agent, dict(data))
     return {

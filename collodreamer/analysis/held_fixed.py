@@ -19,6 +19,7 @@ from collodreamer.config import Config, load_config, make_config
 from collodreamer.data import EpisodeStore
 from collodreamer.envs import make_env
 from collodreamer.models import State, to_torch
+from collodreamer.rundir import RunDir
 from collodreamer.training import load_checkpoint
 
 
@@ -45,12 +46,12 @@ class Replay:
 
 def run_config(run_dir: Path, overrides: list[str] = ()) -> Config:
     """The run's saved config with ``overrides`` applied (model sizes must stay as trained)."""
-    return make_config(overrides=list(overrides), base=load_config(Path(run_dir) / "config.yaml"))
+    return make_config(overrides=list(overrides), base=load_config(RunDir(run_dir).config))
 
 
 def load_world_model_into(agent: Any, run_dir: Path) -> dict[str, Any]:
     """Copy the run's trained world model into ``agent``; returns the checkpoint's payload."""
-    payload = load_checkpoint(Path(run_dir) / "checkpoint.pt")
+    payload = load_checkpoint(RunDir(run_dir).checkpoint)
     agent.world_model.load_training_state(payload["agent"]["world_model"])
     return payload
 
@@ -69,7 +70,7 @@ def build_agent(run_dir: Path, overrides: list[str], seed: int = 0) -> tuple[Con
 @torch.no_grad()
 def filter_replay(agent: Any, run_dir: Path, config: Config) -> Replay:
     """Posterior states of every episode of the run under the agent's (fixed) world model."""
-    store = EpisodeStore(Path(run_dir) / "episodes", 10**9, config.env.action_repeat, 0)
+    store = EpisodeStore(RunDir(run_dir).episodes, 10**9, config.env.action_repeat, 0)
     store.load()
     model = agent.world_model
     posts, episodes = [], []

@@ -12,6 +12,7 @@ import numpy as np
 
 from collodreamer.config import ConfigError, load_config
 from collodreamer.experiments.stats import bootstrap_ci, stratified_bootstrap_ci
+from collodreamer.rundir import RunDir
 from collodreamer.training.evaluation import Policy, evaluate_run
 
 
@@ -24,19 +25,23 @@ def returns_summary(returns: list[float]) -> dict[str, Any]:
 def run_dirs(paths: list[Path], policy: Policy = "agent") -> list[Path]:
     """The runs named, or found one level under a folder of runs (a sweep's): those with a
     checkpoint (any with a config for a reference policy)."""
-    needed = "checkpoint.pt" if policy == "agent" else "config.yaml"
+
+    def usable(run: RunDir) -> bool:
+        return run.checkpoint.exists() if policy == "agent" else run.is_run()
+
     found = []
     for path in map(Path, paths):
-        candidates = [path] if (path / "config.yaml").exists() else sorted(path.glob("*/"))
-        found += [run for run in candidates if (run / needed).exists()]
+        candidates = [path] if RunDir(path).is_run() else sorted(path.glob("*/"))
+        found += [run for run in candidates if usable(RunDir(run))]
     if not found:
+        needed = "trained checkpoint" if policy == "agent" else "config"
         raise ConfigError(f"no run with a {needed} in {' '.join(map(str, paths))}")
     return found
 
 
 def _test_run(job: tuple[Path, int, Policy]) -> dict[str, Any]:
     run, episodes, policy = job
-    config = load_config(run / "config.yaml")
+    config = load_config(RunDir(run).config)
     agent = config.agent if policy == "agent" else policy
     return {
         "run": run.name,

@@ -13,6 +13,7 @@ import yaml
 
 from collodreamer.config import ConfigError, load_config
 from collodreamer.experiments.stats import aggregate, bootstrap_ci, iqm
+from collodreamer.rundir import RunDir
 from collodreamer.training.logger import read_metrics
 
 FINAL_TRAIN_EPISODES = 3  # the train return of a run is the mean of its last few episodes
@@ -43,14 +44,14 @@ def find_runs(paths: list[Path]) -> list[RunData]:
     for path in map(Path, paths):
         candidates = (
             [path]
-            if (path / "metrics.jsonl").exists()
+            if RunDir(path).metrics.exists()
             else sorted(p.parent for p in path.glob("*/metrics.jsonl"))
         )
         if not candidates:
             raise ConfigError(f"no runs (folders with metrics.jsonl) under {path}")
         for run_dir in candidates:
             variants = _variants(run_dir.parent / "sweep.yaml")
-            config = load_config(run_dir / "config.yaml")
+            config = load_config(RunDir(run_dir).config)
             runs.append(
                 RunData(
                     run_dir.name,
@@ -59,7 +60,7 @@ def find_runs(paths: list[Path]) -> list[RunData]:
                     config.env.obs,
                     config.seed,
                     variants.get(run_dir.name, ""),
-                    read_metrics(run_dir / "metrics.jsonl"),
+                    read_metrics(RunDir(run_dir).metrics),
                 )
             )
     return runs

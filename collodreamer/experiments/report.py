@@ -19,6 +19,7 @@ import numpy as np
 from collodreamer.agents import Planner
 from collodreamer.data import EpisodeStore
 from collodreamer.envs import make_env
+from collodreamer.rundir import RunDir
 from collodreamer.seeds import env_seed
 from collodreamer.training import load_agent
 from collodreamer.training.report import (
@@ -42,7 +43,7 @@ def write_report(
     latest); returns the files."""
     config, agent, counters = load_agent(run_dir, checkpoint)
     out.mkdir(parents=True, exist_ok=True)
-    store = EpisodeStore(Path(run_dir) / "episodes", 10**12, config.env.action_repeat, 0)
+    store = EpisodeStore(RunDir(run_dir).episodes, 10**12, config.env.action_repeat, 0)
     store.load()
     pixels = config.env.obs == "pixels"
     title = f"{config.agent} {config.env.task} at {counters['env_frames']} env frames"

@@ -43,6 +43,7 @@ import yaml
 
 from collodreamer.config import Config, ConfigError, load_config, load_preset, make_config, run_name, to_dict
 from collodreamer.envs import check_task
+from collodreamer.rundir import RunDir
 from collodreamer.training.checkpoint import CheckpointError, load_checkpoint
 
 log = logging.getLogger("collodreamer")
@@ -187,7 +188,7 @@ def _task(entry: Any) -> tuple[str, int | None]:
 
 def run_state(run: RunSpec, root: Path) -> str:
     """``done``, ``resume`` or ``new`` for a run directory."""
-    checkpoint = root / run.name / "checkpoint.pt"
+    checkpoint = RunDir(root / run.name).checkpoint
     if not checkpoint.exists():
         return "new"
     frames = _frames(checkpoint)
@@ -221,7 +222,7 @@ def finished_runs(folder: Path, wanted: set[str]) -> dict[str, Path]:
             config = load_config(config_path)
             key = config_hash(config)
             wanted_here = key in wanted and key not in found and not run_dir.is_symlink()
-            if wanted_here and _frames(run_dir / "checkpoint.pt") >= config.run.steps:
+            if wanted_here and _frames(RunDir(run_dir).checkpoint) >= config.run.steps:
                 found[key] = run_dir
     return found
 
@@ -301,7 +302,7 @@ def execute(command: list[str], run_dir: str, threads: int) -> tuple[int, str]:
     log.info("run %s started", Path(run_dir).name)
     threads_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     environment = {**os.environ, **threads_env, "CI": "1", "PYTHONUNBUFFERED": "1"}
-    path = Path(run_dir) / "train.log"
+    path = RunDir(run_dir).train_log
     with open(path, "a") as log_file:
         log_file.write(f"$ {shlex.join(command)}\n")
         log_file.flush()
@@ -369,7 +370,7 @@ def run_sweep(
         if code == 0:
             log.info("run %s finished (%d of %d)", run.name, ended, len(todo))
         else:
-            log.error("run %s failed: %s (log: %s)", run.name, error, root / run.name / "train.log")
+            log.error("run %s failed: %s (log: %s)", run.name, error, RunDir(root / run.name).train_log)
 
     if backend == "ray":
         _run_ray(jobs, address, threads, gpus_per_run, record)

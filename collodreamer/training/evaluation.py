@@ -17,6 +17,7 @@ from collodreamer.agents.random_agent import RandomAgent, ZeroAgent
 from collodreamer.config import Config, load_config
 from collodreamer.envs import Env, make_env
 from collodreamer.files import write_atomic
+from collodreamer.rundir import RunDir
 from collodreamer.seeds import env_seed
 from collodreamer.spec import EnvSpec
 from collodreamer.training.checkpoint import DivergenceError, load_checkpoint, restoring, seed_everything
@@ -96,7 +97,7 @@ def checkpoint_path(run_dir: Path, checkpoint: Path | None) -> Path:
     """``checkpoint`` as given, or under ``run_dir`` (e.g. ``checkpoints/checkpoint-00020000.pt``);
     without one, the run's latest, ``run_dir/checkpoint.pt``."""
     if checkpoint is None:
-        return Path(run_dir) / "checkpoint.pt"
+        return RunDir(run_dir).checkpoint
     return checkpoint if checkpoint.exists() else Path(run_dir) / checkpoint
 
 
@@ -112,7 +113,7 @@ def _restore_agent(path: Path, config: Config, spec: EnvSpec) -> tuple[Agent, di
 def load_agent(run_dir: Path, checkpoint: Path | None = None) -> tuple[Config, Agent, dict[str, int]]:
     """The config of the run in ``run_dir``, its agent restored from a checkpoint (see
     :func:`checkpoint_path`), and that checkpoint's counters."""
-    config = load_config(Path(run_dir) / "config.yaml")
+    config = load_config(RunDir(run_dir).config)
     env = make_env(config.env, env_seed(config.seed, "train"))
     env.close()
     agent, counters = _restore_agent(checkpoint_path(run_dir, checkpoint), config, env.spec)
@@ -129,7 +130,7 @@ def evaluate_run(
     """The returns of fresh test episodes (the eval stream of :mod:`collodreamer.seeds`) of a
     checkpoint of ``run_dir`` (see :func:`checkpoint_path`), or of a reference ``policy`` on the
     run's task."""
-    config = load_config(Path(run_dir) / "config.yaml")
+    config = load_config(RunDir(run_dir).config)
     seed_everything(config.seed, config.run.threads)
     env = make_env(config.env, env_seed(config.seed, "eval"))
     try:

@@ -22,6 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 from collodreamer.averages import Averages
 from collodreamer.config import Config, ConfigError, to_dict
 from collodreamer.files import write_atomic
+from collodreamer.rundir import RunDir
 
 
 def import_wandb() -> Any:
@@ -74,7 +75,7 @@ class Logger:
     written to TensorBoard (text) when the logger starts, at ``step`` env frames."""
 
     def __init__(self, run_dir: Path, clock: Callable[[], float], config: Config, step: int) -> None:
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = RunDir(run_dir).metrics
         self.clock = clock
         self._file = open(self.path, "a", buffering=1)  # noqa: SIM115 (line-buffered: a kill loses no line)
         threading.excepthook = _quiet_tensorboard_thread

@@ -41,6 +41,7 @@ from collodreamer.data import EpisodeStore, ReplayError, add_step, finish_episod
 from collodreamer.envs import Env, make_env
 from collodreamer.files import remove_temp_files
 from collodreamer.health import RATE_SETTINGS, growth, nonfinite
+from collodreamer.rundir import RunDir
 from collodreamer.seeds import env_seed
 from collodreamer.timing import take_seconds, timed
 from collodreamer.training.checkpoint import (
@@ -131,7 +132,7 @@ class Trainer:
         self, config: Config, run_dir: Path, resume: bool = False, without_missing_episodes: bool = False
     ) -> None:
         self.run_dir = Path(run_dir)
-        self.checkpoint_path = self.run_dir / "checkpoint.pt"
+        self.checkpoint_path = RunDir(self.run_dir).checkpoint
         if not resume and self.checkpoint_path.exists():
             raise ConfigError(f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir}")
         self.config = config
@@ -158,7 +159,7 @@ class Trainer:
         elif resume:
             log.warning("%s has no checkpoint: training starts anew on the episodes on disk", self.run_dir)
         self.store = EpisodeStore(
-            self.run_dir / "episodes", config.replay.capacity, config.env.action_repeat, config.seed
+            RunDir(self.run_dir).episodes, config.replay.capacity, config.env.action_repeat, config.seed
         )
         self.rng = np.random.default_rng(config.seed)
         self.counters = Counters(next_eval=config.run.eval_start)
@@ -177,11 +178,11 @@ class Trainer:
                 "them with --without-missing-episodes (the metrics recorded so far are kept)"
             )
         # Only once the saved state fits this config is anything written.
-        save_config(config, self.run_dir / "config.yaml")
+        save_config(config, RunDir(self.run_dir).config)
         for directory in (
             self.run_dir,
             self.store.directory,
-            self.run_dir / "checkpoints",
+            RunDir(self.run_dir).checkpoints,
             self.run_dir / "videos",
         ):
             for path in remove_temp_files(directory):
@@ -236,7 +237,7 @@ class Trainer:
         """Cut ``metrics.jsonl`` back to where the run goes on from (what was logged later is logged
         again, tests included); schedule the next test after the last one logged, whose env frames
         this returns (None before the first)."""
-        path = self.run_dir / "metrics.jsonl"
+        path = RunDir(self.run_dir).metrics
         records, removed = keep_metrics_until(path, self.counters.env_frames)
         if removed:
             frames = self.counters.env_frames
@@ -441,7 +442,7 @@ class Trainer:
         if nonfinite.failing():
             log.warning("no checkpoint kept at this test while updates are non-finite")
             return
-        directory = self.run_dir / "checkpoints"
+        directory = RunDir(self.run_dir).checkpoints
         directory.mkdir(exist_ok=True)
         with timed("checkpoint"):
             save_checkpoint(directory / f"checkpoint-{self.counters.env_frames:08d}.pt", self.payload())
@@ -578,7 +579,7 @@ def saved_config(run_dir: Path) -> Config:
     """The config of the run in ``run_dir``: its checkpoint's, which wins over a ``config.yaml`` that
     differs (damaged, or edited) with a warning naming the settings; ``config.yaml`` before the
     first checkpoint."""
-    path, checkpoint = Path(run_dir) / "config.yaml", Path(run_dir) / "checkpoint.pt"
+    path, checkpoint = RunDir(run_dir).config, RunDir(run_dir).checkpoint
     if not checkpoint.exists():
         return load_config(path)
     saved = load_checkpoint(checkpoint).get("config")
