@@ -6,12 +6,9 @@ python benchmarks/env_throughput.py [--repeats 5] [--steps 200] [--out results/.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).parent))
 from common import median_rate, write_json
 
 from collodreamer.config import EnvConfig

@@ -17,13 +17,10 @@ stopping (planner.tolerance), and the iterations, milliseconds and returns are r
 from __future__ import annotations
 
 import argparse
-import sys
 from functools import partial
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
 from common import median_ms, write_json
 
 from collodreamer.agents import resolve_device

@@ -13,14 +13,12 @@ machine it ran on.
 from __future__ import annotations
 
 import argparse
-import sys
 from itertools import pairwise
 from math import inf, isfinite
 from pathlib import Path
 from statistics import median
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).parent))
 from common import write_json
 
 from collodreamer.experiments import expand, load_spec, run_sweep

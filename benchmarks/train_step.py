@@ -20,8 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
 from common import interleaved_ms, write_json
 
 from collodreamer.agents import resolve_device
