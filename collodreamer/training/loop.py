@@ -132,7 +132,8 @@ class Trainer:
         self, config: Config, run_dir: Path, resume: bool = False, without_missing_episodes: bool = False
     ) -> None:
         self.run_dir = Path(run_dir)
-        self.checkpoint_path = RunDir(self.run_dir).checkpoint
+        self.files = RunDir(self.run_dir)
+        self.checkpoint_path = self.files.checkpoint
         if not resume and self.checkpoint_path.exists():
             raise ConfigError(f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir}")
         self.config = config
@@ -159,7 +160,7 @@ class Trainer:
         elif resume:
             log.warning("%s has no checkpoint: training starts anew on the episodes on disk", self.run_dir)
         self.store = EpisodeStore(
-            RunDir(self.run_dir).episodes, config.replay.capacity, config.env.action_repeat, config.seed
+            self.files.episodes, config.replay.capacity, config.env.action_repeat, config.seed
         )
         self.rng = np.random.default_rng(config.seed)
         self.counters = Counters(next_eval=config.run.eval_start)
@@ -178,11 +179,11 @@ class Trainer:
                 "them with --without-missing-episodes (the metrics recorded so far are kept)"
             )
         # Only once the saved state fits this config is anything written.
-        save_config(config, RunDir(self.run_dir).config)
+        save_config(config, self.files.config)
         for directory in (
             self.run_dir,
             self.store.directory,
-            RunDir(self.run_dir).checkpoints,
+            self.files.checkpoints,
             self.run_dir / "videos",
         ):
             for path in remove_temp_files(directory):
@@ -237,7 +238,7 @@ class Trainer:
         """Cut ``metrics.jsonl`` back to where the run goes on from (what was logged later is logged
         again, tests included); schedule the next test after the last one logged, whose env frames
         this returns (None before the first)."""
-        path = RunDir(self.run_dir).metrics
+        path = self.files.metrics
         records, removed = keep_metrics_until(path, self.counters.env_frames)
         if removed:
             frames = self.counters.env_frames
@@ -442,7 +443,7 @@ class Trainer:
         if nonfinite.failing():
             log.warning("no checkpoint kept at this test while updates are non-finite")
             return
-        directory = RunDir(self.run_dir).checkpoints
+        directory = self.files.checkpoints
         directory.mkdir(exist_ok=True)
         with timed("checkpoint"):
             save_checkpoint(directory / f"checkpoint-{self.counters.env_frames:08d}.pt", self.payload())
@@ -579,7 +580,8 @@ def saved_config(run_dir: Path) -> Config:
     """The config of the run in ``run_dir``: its checkpoint's, which wins over a ``config.yaml`` that
     differs (damaged, or edited) with a warning naming the settings; ``config.yaml`` before the
     first checkpoint."""
-    path, checkpoint = RunDir(run_dir).config, RunDir(run_dir).checkpoint
+    files = RunDir(run_dir)
+    path, checkpoint = files.config, files.checkpoint
     if not checkpoint.exists():
         return load_config(path)
     saved = load_checkpoint(checkpoint).get("config")
