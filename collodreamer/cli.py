@@ -38,13 +38,15 @@ CHECKPOINT_HELP = (
 
 
 def _train(args: argparse.Namespace) -> None:
+    from collodreamer.analysis.report import TestReport
     from collodreamer.training import resume, train
 
+    reporter = TestReport()  # drawn only where run.report asks
     if args.resume:
         if args.preset or args.agent or args.task or args.obs:
             raise ConfigError("--resume takes the run's saved config; change it with key=value only")
         args.run_dir = args.resume
-        result = resume(Path(args.resume), args.overrides, args.without_missing_episodes)
+        result = resume(Path(args.resume), args.overrides, args.without_missing_episodes, reporter)
         print(f"run {args.resume}: {result['env_frames']} env frames, {result['updates']} updates")
         return
     if args.without_missing_episodes:
@@ -64,7 +66,7 @@ def _train(args: argparse.Namespace) -> None:
         run_dir = Path(args.logdir) / run_name(config, stamp=time.strftime("%Y%m%d-%H%M%S"))
     args.run_dir = str(run_dir)  # for the hint after a Ctrl-C
     print(f"run directory: {run_dir}")
-    result = train(config, run_dir)
+    result = train(config, run_dir, reporter)
     print(f"run {run_dir}: {result['env_frames']} env frames, {result['updates']} updates")
 
 
@@ -135,7 +137,7 @@ def _plot(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from collodreamer.experiments.report import write_report
+    from collodreamer.analysis.report import write_report
 
     out = Path(args.out or RunDir(args.run_dir).report)
     checkpoint = Path(args.checkpoint) if args.checkpoint else None

@@ -257,8 +257,8 @@ def test_a_second_sigterm_stops_at_once_with_143(tmp_path: Path, monkeypatch, ca
     run = copy_of(dreamer_run, tmp_path)
 
     def signalled_twice(self):
-        self._on_signal(signal.SIGTERM, None)
-        self._on_signal(signal.SIGTERM, None)
+        self.stop._on_signal(signal.SIGTERM, None)
+        self.stop._on_signal(signal.SIGTERM, None)
 
     monkeypatch.setattr(Trainer, "run", signalled_twice)
     assert cli_main(["train", "--resume", str(run)]) == 143

@@ -7,12 +7,12 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 
+from collodreamer.analysis.prediction import open_loop, trace_plan
+from collodreamer.analysis.report import pixel_triptych, write_report
 from collodreamer.config import make_config
 from collodreamer.data import EpisodeStore
 from collodreamer.envs import make_env
-from collodreamer.experiments.report import write_report
 from collodreamer.training import Trainer, load_agent
-from collodreamer.training.report import open_loop, pixel_triptych, trace_plan
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,8 @@
 from collodreamer.training.checkpoint import CheckpointError, DivergenceError, load_checkpoint
 from collodreamer.training.evaluation import evaluate, evaluate_run, load_agent
 from collodreamer.training.logger import read_metrics
-from collodreamer.training.loop import Interrupted, Trainer, resume, train
+from collodreamer.training.loop import Trainer, resume, train
+from collodreamer.training.signals import Interrupted
 
 __all__ = [
     "CheckpointError",

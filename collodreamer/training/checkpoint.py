@@ -1,5 +1,6 @@
 """Atomic checkpoints with a checksum: a temp file replaces ``checkpoint.pt`` only once fully written,
-its first line holds the SHA-256 of the rest, and no checkpoint ever holds a non-finite tensor."""
+its first line holds the SHA-256 of the rest, and no checkpoint ever holds a non-finite tensor. Also
+what a checkpoint holds of the loop (its counters, the random states) and the config of a saved run."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ import random
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import torch
 
+from collodreamer.config import Config, ConfigError, changed_settings, from_dict, load_config, to_dict
 from collodreamer.files import write_atomic
+from collodreamer.rundir import RunDir
 
 log = logging.getLogger("collodreamer")
 HEADER = b"collodreamer-checkpoint sha256="
@@ -31,6 +35,19 @@ SAFE_GLOBALS = [
     np.dtypes.Float64DType,
 ]
 ZIP = b"PK"  # how torch.save's files start: a checkpoint from before checksums
+
+
+@dataclass
+class Counters:
+    """Progress of a run; saved in every checkpoint."""
+
+    env_frames: int = 0
+    updates: int = 0
+    episodes: int = 0
+    next_eval: int = 0
+    last_checkpoint: int = 0
+    elapsed_s: float = 0.0  # wall-clock seconds up to the last checkpoint, summed across resumes
+    skipped: dict[str, int] = field(default_factory=dict)  # non-finite updates (plans) skipped, per network
 
 
 class CheckpointError(RuntimeError):
@@ -170,3 +187,40 @@ def seed_everything(seed: int, threads: int = 0) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def keep_checkpoint(files: RunDir, frames: int, payload: dict[str, Any], keep: int) -> None:
+    """``run.keep_checkpoints``: ``payload`` kept as the checkpoint of the test at ``frames`` env frames,
+    written as the latest is (atomic, checksummed, finite); only the newest ``keep`` stay."""
+    files.checkpoints.mkdir(exist_ok=True)
+    save_checkpoint(files.kept_checkpoint(frames), payload)
+    for old in files.kept_checkpoints()[:-keep]:
+        old.unlink()
+
+
+def saved_config(run_dir: Path) -> Config:
+    """The config of the run in ``run_dir``: its checkpoint's, which wins over a ``config.yaml`` that
+    differs (damaged, or edited) with a warning naming the settings; ``config.yaml`` before the
+    first checkpoint."""
+    files = RunDir(run_dir)
+    path, checkpoint = files.config, files.checkpoint
+    if not checkpoint.exists():
+        return load_config(path)
+    saved = load_checkpoint(checkpoint).get("config")
+    if saved is None:  # a checkpoint from before configs were saved in them
+        return load_config(path)
+    config = from_dict(saved)
+    try:
+        on_disk = to_dict(load_config(path))
+    except ConfigError as error:
+        log.warning("%s; the checkpoint's config is used", error)
+        return config
+    differing = [change.split(":")[0] for change in changed_settings(to_dict(config), on_disk)]
+    if differing:
+        log.warning(
+            "%s differs from the config in %s in %s: the checkpoint's is used",
+            path,
+            checkpoint,
+            ", ".join(differing),
+        )
+    return config

@@ -5,6 +5,7 @@ learning), on fresh episodes."""
 from __future__ import annotations
 
 import errno
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -14,12 +15,13 @@ import numpy as np
 
 from collodreamer.agents import Agent, make_agent
 from collodreamer.agents.random_agent import RandomAgent, ZeroAgent
-from collodreamer.config import Config, load_config
+from collodreamer.config import Config, RunConfig, load_config
 from collodreamer.envs import Env, make_env
 from collodreamer.files import write_atomic
 from collodreamer.rundir import RunDir
 from collodreamer.seeds import env_seed
 from collodreamer.spec import EnvSpec
+from collodreamer.timing import timed
 from collodreamer.training.checkpoint import DivergenceError, load_checkpoint, restoring, seed_everything
 
 Policy = Literal["agent", "random", "zero"]
@@ -61,6 +63,24 @@ def evaluate(
         if frames is not None and video_path is not None:
             save_video(video_path, frames)
     return returns, lengths
+
+
+def test_record(
+    agent: Agent, env: Env, run: RunConfig, video: Path | None, stop: Callable[[], bool]
+) -> dict[str, float] | None:
+    """A test of the training loop, ``run.eval_episodes`` episodes (the first filmed to ``video``), as
+    its record: the agent's acting metrics, the mean return, its spread and the episode length as
+    ``test/*``, and the seconds it took. None when ``stop()`` cut it short."""
+    start = time.perf_counter()
+    with timed("test", absorb=True):
+        returns, lengths = evaluate(agent, env, run.eval_episodes, video, run.video_size, stop)
+    if stop():
+        return None
+    record = {f"test/{key}": value for key, value in agent.metrics().items()}
+    record["test/return"], record["test/return_std"] = np.mean(returns), np.std(returns)
+    record["test/episode_length"] = np.mean(lengths)
+    record["perf/eval_seconds"] = time.perf_counter() - start
+    return {key: float(value) for key, value in record.items()}
 
 
 def save_video(path: Path, frames: list[np.ndarray]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 import threading
 import uuid
@@ -24,6 +25,8 @@ from collodreamer.config import Config, ConfigError, to_dict
 from collodreamer.files import write_atomic
 from collodreamer.rundir import RunDir
 
+log = logging.getLogger("collodreamer")
+
 
 def import_wandb() -> Any:
     """The ``wandb`` module, or a one-line :class:`ConfigError` saying how to install it."""
@@ -41,7 +44,7 @@ def start_wandb(run_dir: Path, config: Config) -> Any:
     in the same W&B run (its id is kept in ``RUN_DIR/wandb-run-id``). Metrics are plotted against
     ``env_frames``, so records logged again after a resume do not go back in W&B's own step."""
     wandb = import_wandb()
-    id_path = Path(run_dir) / "wandb-run-id"
+    id_path = RunDir(run_dir).wandb_run_id
     if not id_path.exists():
         run_id = uuid.uuid4().hex[:16].encode()
         write_atomic(id_path, lambda handle: handle.write(run_id))
@@ -79,7 +82,7 @@ class Logger:
         self.clock = clock
         self._file = open(self.path, "a", buffering=1)  # noqa: SIM115 (line-buffered: a kill loses no line)
         threading.excepthook = _quiet_tensorboard_thread
-        self._tensorboard_dir = Path(run_dir) / "tensorboard"
+        self._tensorboard_dir = RunDir(run_dir).tensorboard
         with self._naming_tensorboard():
             self._tensorboard = SummaryWriter(str(self._tensorboard_dir))
         self._averages = Averages()
@@ -148,6 +151,14 @@ class Logger:
                 Summary(value=[Summary.Value(tag=tag, image=gif)]), step
             )
 
+    def report(self, images: dict[str, np.ndarray], video: np.ndarray | None, step: int) -> None:
+        """A test's report (``run.report``) to TensorBoard: its pictures as ``report/<name>``, and its
+        prediction video, every other frame, as ``report/prediction_video``."""
+        for name, image in images.items():
+            self.image(f"report/{name}", image, step)
+        if video is not None:
+            self.animation("report/prediction_video", video[::2], step)
+
     def test_video(self, path: Path, step: int) -> None:
         """A test video (mp4) to W&B, when it tracks the run (TensorBoard has the curves only)."""
         if self._wandb is not None:
@@ -208,3 +219,38 @@ def write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
     """Replace ``metrics.jsonl`` at ``path`` (atomically) with ``records``."""
     text = "".join(json.dumps(record) + "\n" for record in records).encode()
     write_atomic(Path(path), lambda handle: handle.write(text))
+
+
+def rebuilt_returns(records: list[dict[str, Any]], loaded: list[tuple[int, float]]) -> list[dict[str, Any]]:
+    """The ``train/return`` records of the episodes ``loaded`` (env frames, return), oldest first, after
+    the last one ``records`` hold (a kill between saving an episode and recording it)."""
+    returns = [record for record in records if "train/return" in record]
+    recorded = int(returns[-1].get("train/episodes", len(returns))) if returns else 0
+    step = int(returns[-1]["step"]) if returns else 0
+    rebuilt = []
+    for frames, episode_return in loaded[recorded:]:
+        step += frames
+        rebuilt.append(
+            {
+                "step": step,
+                "train/return": episode_return,
+                "train/episode_length": frames,
+                "train/episodes": recorded + len(rebuilt) + 1,
+            }
+        )
+    return rebuilt
+
+
+def repair_metrics(path: Path, step: int, loaded: list[tuple[int, float]]) -> list[dict[str, Any]]:
+    """``metrics.jsonl`` as a run resumed at ``step`` env frames goes on from: cut back to ``step`` (what
+    was logged later is logged again, tests included), with the returns of the episodes ``loaded``
+    that a kill left unrecorded. Returns its records."""
+    records, removed = keep_metrics_until(path, step)
+    if removed:
+        log.info("%s: removed %d lines past %d env frames, or unreadable", path, removed, step)
+    rebuilt = rebuilt_returns(records, loaded)
+    if rebuilt:
+        log.info("%s: recorded again the returns of %d episodes a kill left unrecorded", path, len(rebuilt))
+        records = sorted(records + rebuilt, key=lambda record: record["step"])
+        write_metrics(path, records)
+    return records
