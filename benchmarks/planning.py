@@ -37,8 +37,7 @@ from collodreamer.training import load_checkpoint
 
 def start_features(agent: LatCoAgent, run_dir: Path, count: int, seed: int) -> torch.Tensor:
     """Posterior features of real observations from the run's replay episodes."""
-    store = EpisodeStore(RunDir(run_dir).episodes, 10**9, agent.config.env.action_repeat, seed)
-    store.load()
+    store = EpisodeStore.read(RunDir(run_dir).episodes, agent.config.env.action_repeat, seed)
     batch = to_torch(store.sample(count, 20), agent.device)
     with torch.no_grad():
         post, _ = agent.world_model.observe(batch)

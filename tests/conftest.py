@@ -31,3 +31,16 @@ def run_cli(
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="module")
+def dreamer_run(tmp_path_factory) -> Path:
+    """A finished tiny Dreamer run from states: 200 env frames, 2 episodes, 4 updates."""
+    from collodreamer.config import make_config
+    from collodreamer.training import Trainer
+
+    run = tmp_path_factory.mktemp("dreamer") / "run"
+    overrides = ["agent=dreamer", "env.task=dmc:reacher_easy", "env.obs=state", "run.steps=200"]
+    overrides += ["planner.horizon=6", "planner.iterations=5", "planner.replan_every=3"]  # as test_faults
+    Trainer(make_config(["tiny"], overrides), run).run()
+    return run

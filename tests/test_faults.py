@@ -45,16 +45,23 @@ def config_of(agent: str, *overrides: str):
     )
 
 
+def dreamer_command(run: Path) -> list[str]:
+    """``collodreamer train`` of a tiny Dreamer run from states into ``run``, as a subprocess's arguments."""
+    return [
+        sys.executable,
+        "-m",
+        "collodreamer",
+        "train",
+        *STATE,
+        "--agent",
+        "dreamer",
+        "--run-dir",
+        str(run),
+    ]
+
+
 def resumed(run: Path, *overrides: str) -> Trainer:
     return Trainer(make_config(overrides=overrides, base=load_config(run / "config.yaml")), run, resume=True)
-
-
-@pytest.fixture(scope="module")
-def dreamer_run(tmp_path_factory) -> Path:
-    """A finished tiny Dreamer run from states: 200 env frames, 2 episodes, 4 updates."""
-    run = tmp_path_factory.mktemp("dreamer") / "run"
-    Trainer(config_of("dreamer", "run.steps=200"), run).run()
-    return run
 
 
 def copy_of(run: Path, tmp_path: Path) -> Path:
@@ -252,7 +259,7 @@ def test_episode_bit_flips_are_reported_by_name_and_skipped(tmp_path: Path, drea
         path = directory / original_path.name
         path.write_bytes(flip_bit(original_path.read_bytes(), rng))
         caplog.clear()
-        store = EpisodeStore(directory, 10**9, 2, 0)
+        store = EpisodeStore(directory, None, 2, 0)
         _, episodes = store.load()
         if episodes:
             for key, value in original.items():
@@ -402,17 +409,7 @@ def limit_file_size() -> None:
 
 def test_full_disk_is_one_line_leaves_no_temp_files_and_resumes(tmp_path: Path, cli):
     run = tmp_path / "run"
-    args = [
-        sys.executable,
-        "-m",
-        "collodreamer",
-        "train",
-        *STATE,
-        "--agent",
-        "dreamer",
-        "--run-dir",
-        str(run),
-    ]
+    args = dreamer_command(run)
     result = subprocess.run(args, capture_output=True, text=True, preexec_fn=limit_file_size, timeout=300)
     assert error_line(result) == f"collodreamer: error: File too large: {run / 'checkpoint.pt'}"
     assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]
@@ -429,7 +426,7 @@ def test_full_disk_is_one_line_leaves_no_temp_files_and_resumes(tmp_path: Path, 
 
 def test_a_second_writer_never_overwrites_an_episode(tmp_path: Path, dreamer_run):
     episodes = [dict(np.load(p)) for p in sorted((dreamer_run / "episodes").glob("ep-*.npz"))]
-    writers = [EpisodeStore(tmp_path, 10**9, 2, seed) for seed in (0, 1)]  # both start at index 0
+    writers = [EpisodeStore(tmp_path, None, 2, seed) for seed in (0, 1)]  # both start at index 0
     written = {}
     for index in range(4):
         episode = {k: v.copy() for k, v in episodes[index % 2].items()}

@@ -18,23 +18,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_faults import PLANNER, STATE, config_of, copy_of, error_line, files_of, resumed
+from test_faults import PLANNER, STATE, copy_of, dreamer_command, error_line, files_of, resumed
 
 from collodreamer.cli import main as cli_main
 from collodreamer.config import ConfigError, load_config
 from collodreamer.data import EpisodeStore
-from collodreamer.training import CheckpointError, Trainer, load_checkpoint, read_metrics
-from collodreamer.training.checkpoint import HEADER
+from collodreamer.training import (
+    CheckpointError,
+    Trainer,
+    evaluation,
+    load_agent,
+    load_checkpoint,
+    read_metrics,
+)
+from collodreamer.training.checkpoint import HEADER, save_checkpoint
 
 pytestmark = pytest.mark.slow  # trains tiny runs on real dm_control
-
-
-@pytest.fixture(scope="module")
-def dreamer_run(tmp_path_factory) -> Path:
-    """A finished tiny Dreamer run from states: 200 env frames, 2 episodes, 4 updates."""
-    run = tmp_path_factory.mktemp("dreamer") / "run"
-    Trainer(config_of("dreamer", "run.steps=200"), run).run()
-    return run
 
 
 # --- 6: code in a checkpoint ----------------------------------------------------------------------
@@ -61,6 +60,24 @@ def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path: Path, cli, 
     line = error_line(cli("train", "--resume", str(run), check=False))
     assert "which no checkpoint holds: refused, as loading it could run code" in line
     assert not marker.exists()
+
+
+def test_a_runs_agent_loads_without_a_simulator_and_from_a_checkpoint_without_its_spec(
+    tmp_path: Path, monkeypatch, dreamer_run
+):
+    run = copy_of(dreamer_run, tmp_path)
+    with monkeypatch.context() as patched:
+        patched.setattr(evaluation, "make_env", lambda *args: pytest.fail("a simulator was made"))
+        _, agent, counters = load_agent(run)
+    assert counters["env_frames"] == 200
+    payload = load_checkpoint(run / "checkpoint.pt")
+    assert payload["spec"] == {"obs_shape": [6], "action_dim": 2}  # reacher_easy from states
+    del payload["spec"]  # as checkpoints were before specs were saved: the task is asked
+    save_checkpoint(run / "checkpoint.pt", payload)
+    _, older, _ = load_agent(run)
+    weights, older_weights = agent.world_model.state_dict(), older.world_model.state_dict()
+    assert weights.keys() == older_weights.keys()
+    assert all(torch.equal(weights[key], older_weights[key]) for key in weights)
 
 
 # --- 8: bad input ---------------------------------------------------------------------------------
@@ -296,17 +313,7 @@ def limited_to(size: int):
 
 def test_a_full_disk_under_tensorboard_is_one_line_naming_it(tmp_path: Path):
     run = tmp_path / "run"
-    args = [
-        sys.executable,
-        "-m",
-        "collodreamer",
-        "train",
-        *STATE,
-        "--agent",
-        "dreamer",
-        "--run-dir",
-        str(run),
-    ]
+    args = dreamer_command(run)
     result = subprocess.run(args, capture_output=True, text=True, preexec_fn=limited_to(3000), timeout=300)
     assert error_line(result) == f"collodreamer: error: File too large: {run / 'tensorboard'}"
     assert "Traceback" not in result.stderr

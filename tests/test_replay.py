@@ -160,8 +160,7 @@ def test_pixel_episodes_are_held_compressed_in_memory(tmp_path: Path):
     files = sorted((tmp_path / "run" / "episodes").glob("ep-*.npz"))
     raw = [np.load(path)["obs"] for path in files]
     tracemalloc.start()
-    store = EpisodeStore(tmp_path / "run" / "episodes", 10**9, 2, 0)
-    store.load()
+    store = EpisodeStore.read(tmp_path / "run" / "episodes", 2)
     held, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     raw_bytes = sum(frames.nbytes for frames in raw)

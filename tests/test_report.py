@@ -35,8 +35,7 @@ def tiny_run(tmp_path: Path, agent: str, obs: str) -> Path:
 def test_state_report_predicts_open_loop_and_traces_a_plan(tmp_path):
     run = tiny_run(tmp_path, "collodreamer", "state")
     config, agent, _ = load_agent(run)
-    store = EpisodeStore(run / "episodes", 10**9, 2, 0)
-    store.load()
+    store = EpisodeStore.read(run / "episodes", 2)
     episode = store.episodes[-1]
     prediction = open_loop(agent, episode, context=5)
     assert prediction.predicted_obs.shape == episode["obs"].shape
@@ -72,7 +71,6 @@ def test_pixel_report_writes_truth_prediction_and_error(tmp_path):
     gif = imageio.mimread(tmp_path / "report" / "prediction_0.gif")
     assert gif[0].shape[:2] == (64, 3 * 64)  # truth | prediction | error
     _, agent, _ = load_agent(run)
-    store = EpisodeStore(run / "episodes", 10**9, 2, 0)
-    store.load()
+    store = EpisodeStore.read(run / "episodes", 2)
     frames = pixel_triptych(open_loop(agent, store.episodes[-1], context=5))
     assert np.array_equal(frames[:, :, :64], store.episodes[-1]["obs"])  # the left third is the truth

@@ -17,10 +17,9 @@ import torch
 from collodreamer.agents import make_agent
 from collodreamer.config import Config, load_config, make_config
 from collodreamer.data import EpisodeStore
-from collodreamer.envs import make_env
 from collodreamer.models import State, to_torch
 from collodreamer.rundir import RunDir
-from collodreamer.training import load_checkpoint
+from collodreamer.training import load_checkpoint, saved_spec
 
 
 @dataclass
@@ -49,29 +48,21 @@ def run_config(run_dir: Path, overrides: list[str] = ()) -> Config:
     return make_config(overrides=list(overrides), base=load_config(RunDir(run_dir).config))
 
 
-def load_world_model_into(agent: Any, run_dir: Path) -> dict[str, Any]:
-    """Copy the run's trained world model into ``agent``; returns the checkpoint's payload."""
-    payload = load_checkpoint(RunDir(run_dir).checkpoint)
-    agent.world_model.load_training_state(payload["agent"]["world_model"])
-    return payload
-
-
 def build_agent(run_dir: Path, overrides: list[str], seed: int = 0) -> tuple[Config, Any, dict[str, Any]]:
-    """An agent of ``run_dir``'s config plus ``overrides`` holding the run's world model."""
+    """An agent of ``run_dir``'s config plus ``overrides`` holding the run's world model, and the
+    checkpoint's payload."""
     config = run_config(run_dir, overrides)
-    env = make_env(config.env, seed)
-    env.close()
+    payload = load_checkpoint(RunDir(run_dir).checkpoint)
     torch.manual_seed(seed)
-    agent = make_agent(config, env.spec)
-    payload = load_world_model_into(agent, run_dir)
+    agent = make_agent(config, saved_spec(payload, config))
+    agent.world_model.load_training_state(payload["agent"]["world_model"])
     return config, agent, payload
 
 
 @torch.no_grad()
 def filter_replay(agent: Any, run_dir: Path, config: Config) -> Replay:
     """Posterior states of every episode of the run under the agent's (fixed) world model."""
-    store = EpisodeStore(RunDir(run_dir).episodes, 10**9, config.env.action_repeat, 0)
-    store.load()
+    store = EpisodeStore.read(RunDir(run_dir).episodes, config.env.action_repeat)
     model = agent.world_model
     posts, episodes = [], []
     for episode in store.episodes:

@@ -193,8 +193,7 @@ def write_report(
     latest); returns the files."""
     config, agent, counters = load_agent(run_dir, checkpoint)
     out.mkdir(parents=True, exist_ok=True)
-    store = EpisodeStore(RunDir(run_dir).episodes, 10**12, config.env.action_repeat, 0)
-    store.load()
+    store = EpisodeStore.read(RunDir(run_dir).episodes, config.env.action_repeat)
     pixels = config.env.obs == "pixels"
     title = f"{config.agent} {config.env.task} at {counters['env_frames']} env frames"
     written: list[Path] = []

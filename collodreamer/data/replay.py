@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import re
 import zlib
@@ -67,9 +68,9 @@ class CompressedFrames:
 
 class EpisodeStore:
     """Episodes written atomically to ``directory`` and kept in memory up to ``capacity`` env
-    frames (oldest leave memory first; files on disk are never deleted)."""
+    frames (oldest leave memory first; files on disk are never deleted); None keeps them all."""
 
-    def __init__(self, directory: Path, capacity: int, frames_per_step: int, seed: int) -> None:
+    def __init__(self, directory: Path, capacity: int | None, frames_per_step: int, seed: int) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.capacity = capacity
@@ -189,9 +190,18 @@ class EpisodeStore:
             episode = {**episode, "obs": CompressedFrames(episode["obs"])}
         self._episodes.append(episode)
         self._lengths.append(len(episode["reward"]))
-        while len(self._episodes) > 1 and self.num_steps * self.frames_per_step > self.capacity:
+        capacity = math.inf if self.capacity is None else self.capacity
+        while len(self._episodes) > 1 and self.num_steps * self.frames_per_step > capacity:
             self._episodes.pop(0)
             self._lengths.pop(0)
+
+    @classmethod
+    def read(cls, directory: Path, frames_per_step: int, seed: int = 0) -> EpisodeStore:
+        """Every good episode in ``directory``, loaded (a finished run's, for analysis), sampled with
+        ``seed``."""
+        store = cls(directory, None, frames_per_step, seed)
+        store.load()
+        return store
 
     def sample(self, batch_size: int, length: int) -> dict[str, np.ndarray]:
         """``batch_size`` sequences of ``length`` consecutive steps, start uniform over all steps

@@ -8,7 +8,7 @@ import errno
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import imageio.v2 as imageio
 import numpy as np
@@ -121,10 +121,21 @@ def checkpoint_path(run_dir: Path, checkpoint: Path | None) -> Path:
     return checkpoint if checkpoint.exists() else Path(run_dir) / checkpoint
 
 
-def _restore_agent(path: Path, config: Config, spec: EnvSpec) -> tuple[Agent, dict[str, int]]:
-    """The agent of ``config`` for ``spec``, with the weights and counters of the checkpoint at ``path``."""
+def saved_spec(payload: dict[str, Any], config: Config) -> EnvSpec:
+    """The environment spec a checkpoint's agent was built for: saved in it, or, in a checkpoint from
+    before specs were saved, asked of the task."""
+    if "spec" in payload:
+        return EnvSpec(tuple(payload["spec"]["obs_shape"]), payload["spec"]["action_dim"])
+    env = make_env(config.env, env_seed(config.seed, "train"))
+    env.close()
+    return env.spec
+
+
+def _restore_agent(path: Path, config: Config, spec: EnvSpec | None = None) -> tuple[Agent, dict[str, int]]:
+    """The agent of ``config`` (for ``spec``; default: the checkpoint's), with the weights and counters
+    of the checkpoint at ``path``."""
     payload = load_checkpoint(path)
-    agent = make_agent(config, spec)
+    agent = make_agent(config, spec or saved_spec(payload, config))
     with restoring(path):
         agent.load_state_dict(payload["agent"])
     return agent, payload["counters"]
@@ -132,11 +143,9 @@ def _restore_agent(path: Path, config: Config, spec: EnvSpec) -> tuple[Agent, di
 
 def load_agent(run_dir: Path, checkpoint: Path | None = None) -> tuple[Config, Agent, dict[str, int]]:
     """The config of the run in ``run_dir``, its agent restored from a checkpoint (see
-    :func:`checkpoint_path`), and that checkpoint's counters."""
+    :func:`checkpoint_path`), and that checkpoint's counters; no simulator is made."""
     config = load_config(RunDir(run_dir).config)
-    env = make_env(config.env, env_seed(config.seed, "train"))
-    env.close()
-    agent, counters = _restore_agent(checkpoint_path(run_dir, checkpoint), config, env.spec)
+    agent, counters = _restore_agent(checkpoint_path(run_dir, checkpoint), config)
     return config, agent, counters
 
 

@@ -108,6 +108,7 @@ class RunState:
         self.counters.elapsed_s = elapsed_s
         return {
             "config": to_dict(self.config),
+            "spec": {"obs_shape": list(self.env.spec.obs_shape), "action_dim": self.env.spec.action_dim},
             "counters": vars(self.counters).copy(),
             "agent": self.agent.state_dict(),
             "replay": self.store.state_dict(),
