@@ -214,12 +214,18 @@ class PlannerConfig:
 
 @dataclass
 class PessimismConfig:
-    """Small reward ensembles whose disagreement makes plans pessimistic where the model is unsure
-    (beyond the paper): the planner's reward is ``r(z) - kappa * std_k r_k(z)``, the std over heads
-    trained on the replayed rewards at the world model's (detached) mean features."""
+    """Small ensembles whose disagreement makes plans pessimistic where the model is unsure (beyond the
+    paper): the planner's reward is ``r(z) - kappa * std_k r_k(z)``, the std over heads trained on the
+    replayed rewards at the world model's (detached) mean features, less the excess disagreement of
+    heads that predict the observation's embedding there."""
 
     reward_heads: int = 0  # reward heads (0: off, the planner uses the world model's reward alone)
     reward_kappa: float = 1.0  # weight of their std in the planner's reward
+    # Heads predicting the observation's embedding from the feature z (0: off): the planner's reward
+    # loses state_kappa * max(u(z) / u_replay - 1, 0), u the heads' disagreement and u_replay its level
+    # on replayed states, so plans pay for leaving the states the model was trained on.
+    state_heads: int = 0
+    state_kappa: float = 1.0  # weight of the state heads' excess disagreement in the planner's reward
     units: int = 128  # hidden units per layer of each head
     layers: int = 2  # hidden layers of each head
     lr: float = 6e-4  # Adam learning rate of the heads
@@ -575,6 +581,8 @@ def validate(config: Config) -> None:
         "run.eval_start": config.run.eval_start,
         "pessimism.reward_heads": config.pessimism.reward_heads,
         "pessimism.reward_kappa": config.pessimism.reward_kappa,
+        "pessimism.state_heads": config.pessimism.state_heads,
+        "pessimism.state_kappa": config.pessimism.state_kappa,
         "value.kappa": config.value.kappa,
         "planner.trust_weight": config.planner.trust_weight,
         "planner.feedback": config.planner.feedback,
@@ -610,8 +618,9 @@ def validate(config: Config) -> None:
             f"env.action_repeat ({config.env.action_repeat}) cannot exceed env.time_limit "
             f"({config.env.time_limit}): an episode would end within one agent step"
         )
-    if config.pessimism.reward_heads == 1:
-        raise ConfigError("pessimism.reward_heads: the std of one head is zero; use 0 (off) or 2 or more")
+    for key in ("reward_heads", "state_heads"):
+        if getattr(config.pessimism, key) == 1:
+            raise ConfigError(f"pessimism.{key}: the std of one head is zero; use 0 (off) or 2 or more")
     if config.planner.feedback and not has_policy(config):
         raise ConfigError(
             "planner.feedback needs a policy: planner.init=policy, planner.candidates=[policy] or "

@@ -56,6 +56,7 @@ RATE_SETTINGS = {
     "value": "value.lr",
     "policy": "policy.lr",
     "reward_heads": "pessimism.lr",
+    "state_heads": "pessimism.lr",
 }
 
 

@@ -12,7 +12,7 @@ from torch import nn
 from collodreamer.agents import make_agent
 from collodreamer.agents.latco import policy_feedback
 from collodreamer.config import ConfigError, PlannerConfig, ValueConfig, make_config
-from collodreamer.models.ensemble import Ensemble, pessimistic
+from collodreamer.models.ensemble import Ensemble, excess_disagreement, pessimistic
 from collodreamer.models.value import Critic, ValueNetwork
 from collodreamer.planning import Plan, PlanResult, collocate, random_plan, rollout_plan
 from collodreamer.planning.gauss_newton import gauss_newton_step
@@ -85,6 +85,45 @@ def test_planning_reward_subtracts_the_reward_heads_std():
     assert last < 0.5 * first
     with pytest.raises(ConfigError, match="reward_heads"):
         make_config(["tiny"], ["pessimism.reward_heads=1"])
+
+
+def test_excess_disagreement_by_hand():
+    # two heads, one input, two outputs: population stds |a - b| / 2 = [1, 2], so u = 1.5
+    predictions = torch.tensor([[[0.0, 2.0]], [[2.0, 6.0]]])
+    assert excess_disagreement(predictions, 1.0, 2.0).tolist() == [2.0 * (1.5 / 1.0 - 1.0)]
+    assert excess_disagreement(predictions, 0.5, 1.0).tolist() == [1.5 / 0.5 - 1.0]
+    assert excess_disagreement(predictions, 3.0, 2.0).tolist() == [0.0]  # within its level: no penalty
+    assert excess_disagreement(predictions, 0.0, 2.0).tolist() == [0.0]  # level unknown yet
+    assert Ensemble(3, heads=4, units=8, layers=1, out_dim=6)(torch.randn(5, 3)).shape == (4, 5, 6)
+
+
+def test_state_heads_learn_the_embedding_and_penalise_where_they_disagree():
+    agent = tiny("latco", "pessimism.state_heads=3", "pessimism.state_kappa=2.0")
+    z = torch.randn(7, agent.world_model.feature_dim)
+    assert torch.equal(agent.planning_reward(z), agent.world_model.reward_of(z))  # no level yet
+    batch = {
+        "obs": torch.randn(3, 8, 5),
+        "action": torch.rand(3, 8, 2) * 2 - 1,
+        "reward": torch.rand(3, 8),
+        "is_first": torch.zeros(3, 8, dtype=torch.bool),
+        "is_terminal": torch.zeros(3, 8, dtype=torch.bool),
+    }
+    first = agent.train_step({k: v.numpy() for k, v in batch.items()})
+    for _ in range(100):
+        last = agent.train_step({k: v.numpy() for k, v in batch.items()})
+    assert last["pessimism/state_loss"] < 0.5 * first["pessimism/state_loss"]
+    level = agent.state_level
+    assert level == pytest.approx(last["pessimism/state_level"]) and level > 0
+    far = 100 * z  # far from every replayed state: the heads disagree
+    expected = excess_disagreement(agent.state_heads(far), level, 2.0)
+    assert torch.all(expected > 0)
+    assert torch.allclose(agent.planning_reward(far), agent.world_model.reward_of(far) - expected)
+    restored = tiny("latco", "pessimism.state_heads=3", "pessimism.state_kappa=2.0")
+    restored.load_state_dict(agent.state_dict())
+    assert restored.state_level == level
+    assert torch.allclose(restored.planning_reward(far), agent.planning_reward(far))
+    with pytest.raises(ConfigError, match="state_heads"):
+        make_config(["tiny"], ["pessimism.state_heads=1"])
 
 
 GOAL = torch.tensor([0.2, 0.4])

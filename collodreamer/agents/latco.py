@@ -23,7 +23,7 @@ from collodreamer.averages import Averages
 from collodreamer.config import Config, PlannerConfig
 from collodreamer.health import nonfinite
 from collodreamer.models import MLP, State, WorldModel, to_torch
-from collodreamer.models.ensemble import Ensemble
+from collodreamer.models.ensemble import Ensemble, excess_disagreement
 from collodreamer.models.optim import adam, load_optimizer, optimizer_step
 from collodreamer.models.tensors import frozen
 from collodreamer.models.world_model import ExtraLoss
@@ -87,6 +87,15 @@ class LatCoAgent:
             )
             self.reward_heads.to(device)
             self.reward_heads_optimizer = adam(self.reward_heads.parameters(), pessimism.lr)
+        self.state_heads: Ensemble | None = None
+        self.state_level = 0.0  # the state heads' disagreement on replayed states (0: not yet known)
+        if pessimism.state_heads:
+            embed_dim = self.world_model.embed_dim
+            self.state_heads = Ensemble(
+                feature_dim, pessimism.state_heads, pessimism.units, pessimism.layers, embed_dim
+            )
+            self.state_heads.to(device)
+            self.state_heads_optimizer = adam(self.state_heads.parameters(), pessimism.lr)
         self._averages = Averages()
 
     def log(self, metrics: dict[str, float]) -> None:
@@ -114,11 +123,15 @@ class LatCoAgent:
 
     def planning_reward(self, feature: torch.Tensor) -> torch.Tensor:
         """The reward plans are scored by: the world model's ``r(z)``, less ``pessimism.reward_kappa``
-        times the std of the reward heads where there are heads."""
-        reward = self.world_model.reward_of(feature)
-        if self.reward_heads is None:
-            return reward
-        return reward - self.config.pessimism.reward_kappa * self.reward_heads(feature).std(0, unbiased=False)
+        times the std of the reward heads and the state heads' excess disagreement where there are
+        heads."""
+        reward, pessimism = self.world_model.reward_of(feature), self.config.pessimism
+        if self.reward_heads is not None:
+            reward = reward - pessimism.reward_kappa * self.reward_heads(feature).std(0, unbiased=False)
+        if self.state_heads is not None:
+            predictions = self.state_heads(feature)
+            reward = reward - excess_disagreement(predictions, self.state_level, pessimism.state_kappa)
+        return reward
 
     def initial_plan(self, feature: torch.Tensor, previous: PlanResult | None) -> Plan | None:
         """The knots to start from: None (random, LatCo's), the shifted previous plan, or the policy's
@@ -267,20 +280,34 @@ class LatCoAgent:
 
     def learn(self, batch: dict[str, torch.Tensor], post: State) -> dict[str, float]:
         """What learns from a training batch besides the world model, given its posterior states:
-        the reward heads."""
-        if self.reward_heads is None:
-            return {}
+        the pessimism heads."""
+        return self.learn_pessimism(batch, post)
+
+    def learn_pessimism(self, batch: dict[str, torch.Tensor], post: State) -> dict[str, float]:
+        """One step of the reward heads (on the replayed rewards) and the state heads (on the
+        observations' embeddings, ``batch["embed"]`` where given), at the posterior's mean features;
+        the state heads' disagreement there folds into its level."""
+        metrics: dict[str, float] = {}
         features = self.world_model.rssm.mean_feature(post).detach()
-        with torch.enable_grad():
-            loss = 0.5 * (self.reward_heads(features) - batch["reward"].float()).pow(2).mean()
-            optimizer_step(
-                self.reward_heads_optimizer,
-                loss,
-                self.reward_heads,
-                self.config.model.grad_clip,
-                "reward_heads",
-            )
-        return {"pessimism/reward_loss": loss.item()}
+        grad_clip = self.config.model.grad_clip
+        if self.reward_heads is not None:
+            with torch.enable_grad():
+                loss = 0.5 * (self.reward_heads(features) - batch["reward"].float()).pow(2).mean()
+                heads, optimizer = self.reward_heads, self.reward_heads_optimizer
+                optimizer_step(optimizer, loss, heads, grad_clip, "reward_heads")
+            metrics["pessimism/reward_loss"] = loss.item()
+        if self.state_heads is not None:
+            with torch.no_grad():
+                target = batch["embed"] if "embed" in batch else self.world_model.encode(batch["obs"])
+            with torch.enable_grad():
+                predictions = self.state_heads(features)
+                loss = 0.5 * (predictions - target).pow(2).mean()
+                optimizer_step(self.state_heads_optimizer, loss, self.state_heads, grad_clip, "state_heads")
+            level = predictions.detach().std(0, unbiased=False).mean().item()
+            self.state_level = level if self.state_level == 0 else 0.99 * self.state_level + 0.01 * level
+            metrics["pessimism/state_loss"] = loss.item()
+            metrics["pessimism/state_level"] = self.state_level
+        return metrics
 
     def learn_held_fixed(self, sample: Sampler, updates: int, plans: int) -> None:
         """Learn what this agent learns besides the world model on a held-fixed model's replay
@@ -301,6 +328,10 @@ class LatCoAgent:
         if self.reward_heads is not None:
             state["reward_heads"] = self.reward_heads.state_dict()
             state["reward_heads_optimizer"] = self.reward_heads_optimizer.state_dict()
+        if self.state_heads is not None:
+            state["state_heads"] = self.state_heads.state_dict()
+            state["state_heads_optimizer"] = self.state_heads_optimizer.state_dict()
+            state["state_level"] = self.state_level
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -313,3 +344,8 @@ class LatCoAgent:
             load_optimizer(
                 self.reward_heads_optimizer, state["reward_heads_optimizer"], self.config.pessimism.lr
             )
+        if self.state_heads is not None:
+            self.state_heads.load_state_dict(state["state_heads"])
+            lr = self.config.pessimism.lr
+            load_optimizer(self.state_heads_optimizer, state["state_heads_optimizer"], lr)
+            self.state_level = state["state_level"]

@@ -25,7 +25,8 @@ from collodreamer.training import load_checkpoint, saved_spec
 @dataclass
 class Replay:
     """Every replay episode filtered by the held-fixed model: posterior states ``[1, T, ...]`` with the
-    episode's arrays (``reward``, ``action``, ``is_first``, ``is_terminal``) as tensors."""
+    episode's arrays (``reward``, ``action``, ``is_first``, ``is_terminal``) as tensors and the
+    observations' embeddings (``embed``)."""
 
     posts: list[State]
     episodes: list[dict[str, torch.Tensor]]
@@ -69,5 +70,6 @@ def filter_replay(agent: Any, run_dir: Path, config: Config) -> Replay:
         data = to_torch({k: v[None] for k, v in episode.items()}, agent.device)
         post, _ = model.observe(data)
         posts.append(post)
-        episodes.append({k: v[0] for k, v in data.items() if k != "obs"})
+        episode = {k: v[0] for k, v in data.items() if k != "obs"}
+        episodes.append({**episode, "embed": model.encode(data["obs"])[0]})
     return Replay(posts, episodes)

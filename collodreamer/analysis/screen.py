@@ -24,8 +24,9 @@ critic) is first learnt on the run's replay, filtered once by that model, with t
 every iteration; ``after``: replayed segments of ``replan_every`` steps; ``replay``: TD(lambda) steps
 on replayed windows; ``imagination`` and Dreamer: actor-critic steps from replayed states). A variant
 named under ``shares`` loads instead what the variant it names learnt (saved as
-``DIR/<variant>.learned.pt``): it must differ from it only in how it acts, and the comparison is then
-paired in what was learnt as well as in start states. Then ``--episodes``
+``DIR/<variant>.learned.pt``): it must differ from it only in how it acts, or in pessimism heads that
+the named variant lacks, which it then learns alone (as many batches); the comparison is then paired
+in what was learnt as well as in start states. Then ``--episodes``
 test episodes in the real environment, without exploration noise, from the same start states for
 every variant (the test environment's seed is fixed). Each variant's result is written to
 ``DIR/<variant>.json`` as it ends (rerunning skips those present); ``--report`` writes
@@ -66,6 +67,16 @@ def learn(agent, replay, spec: dict, rng: np.random.Generator) -> float:
     return time.perf_counter() - start
 
 
+def learn_heads(agent, replay, spec: dict) -> float:
+    """Train the agent's pessimism heads alone on the held-fixed replay, as many batches as
+    :func:`learn` trains; seconds."""
+    start, rng, batch = time.perf_counter(), np.random.default_rng(0), agent.config.replay
+    for _ in range(spec.get("value_updates", 2000)):
+        agent.learn_pessimism(*replay.windows(batch.batch_size, batch.batch_length, rng))
+    agent.metrics()
+    return time.perf_counter() - start
+
+
 def screen_variant(
     run_dir: Path, spec: dict, name: str, overrides: list[str], episodes: int, out: Path
 ) -> dict:
@@ -76,9 +87,10 @@ def screen_variant(
     if source is None:
         learn_seconds = learn(agent, replay, spec, np.random.default_rng(0))
         torch.save(agent.state_dict(), out / f"{name}.learned.pt")
-    else:
-        agent.load_state_dict(torch.load(out / f"{source}.learned.pt", weights_only=True))
-        learn_seconds = 0.0
+    else:  # what the source learnt; pessimism heads it lacks learn here
+        learned, fresh = torch.load(out / f"{source}.learned.pt", weights_only=True), agent.state_dict()
+        agent.load_state_dict({**fresh, **learned})
+        learn_seconds = learn_heads(agent, replay, spec) if set(fresh) - set(learned) else 0.0
     accuracy = value_accuracy(agent, replay, config.value.gamma) if config.agent != "latco" else None
     torch.manual_seed(0)
     env = make_env(config.env, SCREEN_SEED)

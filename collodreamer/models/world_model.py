@@ -44,6 +44,7 @@ class WorldModel(nn.Module):
             # State vectors mix scales (reacher: joint angles with std 4, the target offset with std
             # 0.1); standardised, every dimension weighs the same in the reconstruction loss.
             self.obs_norm = RunningNorm(spec.obs_shape[0])
+        self.embed_dim = embed_dim
         self.rssm = RSSM(config, spec.action_dim, embed_dim)
         feature_dim = self.rssm.feature_dim
         if self.pixels:
