@@ -63,6 +63,17 @@ def tiny(agent: str, *overrides: str):
     return make_agent(config, EnvSpec((5,), 2))
 
 
+def replay_batch() -> dict[str, np.ndarray]:
+    """A replay batch of 3 sequences of 8 steps of the tiny agents' task (5 state dims, 2 actions)."""
+    return {
+        "obs": np.random.randn(3, 8, 5).astype(np.float32),
+        "action": np.random.uniform(-1, 1, (3, 8, 2)).astype(np.float32),
+        "reward": np.random.rand(3, 8).astype(np.float32),
+        "is_first": np.zeros((3, 8), bool),
+        "is_terminal": np.zeros((3, 8), bool),
+    }
+
+
 def test_planning_reward_subtracts_the_reward_heads_std():
     agent = tiny("latco", "pessimism.reward_heads=3", "pessimism.reward_kappa=2.0")
     z = torch.randn(7, agent.world_model.feature_dim)
@@ -72,16 +83,10 @@ def test_planning_reward_subtracts_the_reward_heads_std():
     assert agent.objective().reward(z).shape == (7,)
     assert torch.allclose(tiny("latco").planning_reward(z), tiny("latco").world_model.reward_of(z))
     # The heads learn the replayed rewards at the posterior's mean features.
-    batch = {
-        "obs": torch.randn(3, 8, 5),
-        "action": torch.rand(3, 8, 2) * 2 - 1,
-        "reward": torch.rand(3, 8),
-        "is_first": torch.zeros(3, 8, dtype=torch.bool),
-        "is_terminal": torch.zeros(3, 8, dtype=torch.bool),
-    }
-    first = agent.train_step({k: v.numpy() for k, v in batch.items()})["pessimism/reward_loss"]
+    batch = replay_batch()
+    first = agent.train_step(batch)["pessimism/reward_loss"]
     for _ in range(100):
-        last = agent.train_step({k: v.numpy() for k, v in batch.items()})["pessimism/reward_loss"]
+        last = agent.train_step(batch)["pessimism/reward_loss"]
     assert last < 0.5 * first
     with pytest.raises(ConfigError, match="reward_heads"):
         make_config(["tiny"], ["pessimism.reward_heads=1"])
@@ -101,16 +106,10 @@ def test_state_heads_learn_the_embedding_and_penalise_where_they_disagree():
     agent = tiny("latco", "pessimism.state_heads=3", "pessimism.state_kappa=2.0")
     z = torch.randn(7, agent.world_model.feature_dim)
     assert torch.equal(agent.planning_reward(z), agent.world_model.reward_of(z))  # no level yet
-    batch = {
-        "obs": torch.randn(3, 8, 5),
-        "action": torch.rand(3, 8, 2) * 2 - 1,
-        "reward": torch.rand(3, 8),
-        "is_first": torch.zeros(3, 8, dtype=torch.bool),
-        "is_terminal": torch.zeros(3, 8, dtype=torch.bool),
-    }
-    first = agent.train_step({k: v.numpy() for k, v in batch.items()})
+    batch = replay_batch()
+    first = agent.train_step(batch)
     for _ in range(100):
-        last = agent.train_step({k: v.numpy() for k, v in batch.items()})
+        last = agent.train_step(batch)
     assert last["pessimism/state_loss"] < 0.5 * first["pessimism/state_loss"]
     level = agent.state_level
     assert level == pytest.approx(last["pessimism/state_level"]) and level > 0
