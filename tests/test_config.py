@@ -5,8 +5,6 @@ import pytest
 import yaml
 
 from collodreamer.config import (
-    ActorConfig,
-    Config,
     ConfigError,
     available_presets,
     flatten,
@@ -17,6 +15,7 @@ from collodreamer.config import (
     save_config,
     to_dict,
 )
+from collodreamer.schema import ActorConfig, Config
 from collodreamer.seeds import MAX_SEED, OFFSETS, env_seed
 
 

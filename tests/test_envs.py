@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from collodreamer.config import ConfigError, EnvConfig
+from collodreamer.config import ConfigError
 from collodreamer.envs import PAPER_TASKS, DMCEnv, GymEnv, check_task, list_tasks, make_env, parse_task
+from collodreamer.schema import EnvConfig
 
 
 @pytest.mark.parametrize("task", PAPER_TASKS)

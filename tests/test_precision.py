@@ -6,10 +6,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from collodreamer.config import ModelConfig
 from collodreamer.models.losses import gaussian_nll, image_nll
 from collodreamer.models.tensors import uses_bfloat16
 from collodreamer.models.world_model import WorldModel
+from collodreamer.schema import ModelConfig
 from collodreamer.spec import EnvSpec
 
 CONFIG = ModelConfig(deter=32, stoch=8, hidden=32, units=32, cnn_depth=8)

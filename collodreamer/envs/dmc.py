@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from collodreamer.config import ConfigError, EnvConfig
+from collodreamer.config import ConfigError
 from collodreamer.envs.base import Env, observation_space, to_bounds, unit_actions
+from collodreamer.schema import EnvConfig
 
 
 def _pick_gl_backend() -> None:

@@ -14,8 +14,9 @@ import gymnasium
 import numpy as np
 from PIL import Image
 
-from collodreamer.config import ConfigError, EnvConfig
+from collodreamer.config import ConfigError
 from collodreamer.envs.base import Env, observation_space, to_bounds, unit_actions
+from collodreamer.schema import EnvConfig
 
 
 def gym_id(task: str) -> str:

@@ -41,9 +41,10 @@ from typing import Any
 
 import yaml
 
-from collodreamer.config import Config, ConfigError, load_config, load_preset, make_config, run_name, to_dict
+from collodreamer.config import ConfigError, load_config, load_preset, make_config, run_name, to_dict
 from collodreamer.envs import check_task
 from collodreamer.rundir import RunDir
+from collodreamer.schema import Config
 from collodreamer.training.checkpoint import CheckpointError, load_checkpoint
 
 log = logging.getLogger("collodreamer")

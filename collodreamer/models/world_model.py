@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from collodreamer.config import ModelConfig
 from collodreamer.models.losses import gaussian_nll, image_nll, kl_loss
 from collodreamer.models.networks import (
     MLP,
@@ -21,6 +20,7 @@ from collodreamer.models.networks import (
 from collodreamer.models.optim import adam, load_optimizer, optimizer_step
 from collodreamer.models.rssm import RSSM, State
 from collodreamer.models.tensors import autocast, uses_bfloat16
+from collodreamer.schema import ModelConfig
 from collodreamer.spec import EnvSpec
 from collodreamer.timing import timed
 
