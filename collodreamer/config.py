@@ -228,33 +228,15 @@ def config_sources(
     return sources
 
 
-def field_help() -> dict[str, tuple[str, str]]:
-    """``{"section.key": (type, help)}`` for every setting: its type as written, and the comment beside
-    its field in :mod:`collodreamer.schema` (or the comment block just above it): the settings' one
-    documentation."""
-    import inspect
-    import re
-
-    field_line = re.compile(r"^\s+(\w+): ([^=]+?) = .*?(?:#\s*(.*))?$")
-    sections = [("", Config)] + [
-        (f"{f.name}.", f.default_factory)
-        for f in dataclasses.fields(Config)
-        if dataclasses.is_dataclass(f.default_factory)
-    ]
+def field_help(section: type = Config, prefix: str = "") -> dict[str, tuple[str, str]]:
+    """``{"section.key": (type, help)}`` for every setting: its type as annotated and the help declared
+    with it (:func:`collodreamer.schema.setting`), the settings' one documentation."""
     described: dict[str, tuple[str, str]] = {}
-    for prefix, cls in sections:
-        names = {f.name for f in dataclasses.fields(cls)}
-        above: list[str] = []
-        for line in inspect.getsource(cls).splitlines():
-            stripped = line.strip()
-            if stripped.startswith("#"):
-                above.append(stripped.lstrip("# "))
-                continue
-            match = field_line.match(line)
-            if match and match.group(1) in names and (prefix or f"{match.group(1)}." not in dict(sections)):
-                name, hint, comment = match.groups()
-                described[prefix + name] = (hint.strip(), comment or " ".join(above))
-            above = []
+    for item in dataclasses.fields(section):
+        if dataclasses.is_dataclass(item.default_factory):
+            described.update(field_help(item.default_factory, f"{prefix}{item.name}."))
+        else:
+            described[prefix + item.name] = (str(item.type), item.metadata["help"])
     return described
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +8,7 @@ import yaml
 from collodreamer.config import (
     ConfigError,
     available_presets,
+    field_help,
     flatten,
     load_config,
     make_config,
@@ -15,7 +17,7 @@ from collodreamer.config import (
     save_config,
     to_dict,
 )
-from collodreamer.schema import ActorConfig, Config
+from collodreamer.schema import ActorConfig, Config, ValueConfig, setting
 from collodreamer.seeds import MAX_SEED, OFFSETS, env_seed
 
 
@@ -139,6 +141,21 @@ def test_saved_config_with_model_amp_loads_as_model_precision(tmp_path: Path, ca
     with caplog.at_level("WARNING"):
         assert load_config(tmp_path / "config.yaml").model.precision == precision
     assert ("model.precision=auto" in caplog.text) == (obs == "state")
+
+
+def test_every_setting_declares_its_help_beside_its_field():
+    """field_help reads each field's declared help and annotation, no source: a class made at runtime
+    has none, and its help is still found."""
+    described = field_help()
+    assert described.keys() == flatten(to_dict(Config())).keys()
+    assert all(help.strip() for _, help in described.values())
+    obs_help = "64x64 RGB images, or the task's state vector"
+    assert described["env.obs"] == ("Literal['pixels', 'state']", obs_help)
+    assert described["value.dropout"][0] == "list[float]"
+    probe = dataclasses.make_dataclass("Probe", [("steps", "int", setting(3, "how many"))])
+    assert field_help(probe) == {"steps": ("int", "how many")}
+    assert probe().steps == 3
+    assert ValueConfig().dropout == [] and ValueConfig().dropout is not ValueConfig().dropout
 
 
 def test_config_listing_names_type_value_source_and_help(capsys, tmp_path):
