@@ -240,6 +240,12 @@ def field_help(section: type = Config, prefix: str = "") -> dict[str, tuple[str,
     return described
 
 
+def uses_pixels(env: EnvConfig) -> bool:
+    """Whether the agent sees images rather than the state vector; what holds an environment's
+    :class:`~collodreamer.spec.EnvSpec` asks its ``pixels``."""
+    return env.obs == "pixels"
+
+
 def has_policy(config: Config) -> bool:
     """Whether the agent holds a policy besides its planner (Dreamer's actor, the imagination
     style's, or LatCo's amortised policy)."""
@@ -363,7 +369,7 @@ def validate(config: Config) -> None:
         raise ConfigError(
             "planner.trust_weight needs actions to hold the plan near: planner.init=policy or shift"
         )
-    if config.env.obs == "pixels" and config.env.image_size != 64:
+    if uses_pixels(config.env) and config.env.image_size != 64:
         raise ConfigError(f"env.image_size: the CNN expects 64, got {config.env.image_size}")
 
 

@@ -11,3 +11,8 @@ class EnvSpec:
 
     obs_shape: tuple[int, ...]
     action_dim: int
+
+    @property
+    def pixels(self) -> bool:
+        """Whether observations are images rather than state vectors."""
+        return len(self.obs_shape) == 3

@@ -16,9 +16,11 @@ from collodreamer.config import (
     run_name,
     save_config,
     to_dict,
+    uses_pixels,
 )
-from collodreamer.schema import ActorConfig, Config, ValueConfig, setting
+from collodreamer.schema import ActorConfig, Config, EnvConfig, ValueConfig, setting
 from collodreamer.seeds import MAX_SEED, OFFSETS, env_seed
+from collodreamer.spec import EnvSpec
 
 
 def test_defaults_and_overrides():
@@ -156,6 +158,11 @@ def test_every_setting_declares_its_help_beside_its_field():
     assert field_help(probe) == {"steps": ("int", "how many")}
     assert probe().steps == 3
     assert ValueConfig().dropout == [] and ValueConfig().dropout is not ValueConfig().dropout
+
+
+def test_a_pixel_run_is_decided_by_the_spec_or_else_by_the_config():
+    assert EnvSpec((64, 64, 3), 2).pixels and not EnvSpec((5,), 2).pixels
+    assert uses_pixels(EnvConfig(obs="pixels")) and not uses_pixels(EnvConfig(obs="state"))
 
 
 def test_config_listing_names_type_value_source_and_help(capsys, tmp_path):

@@ -50,9 +50,9 @@ class Env(Protocol):
         return EnvSpec(tuple(self.observation_space.shape), int(self.action_space.shape[0]))
 
 
-def observation_space(obs: str, image_size: int, state_size: int) -> Box:
-    """``image_size`` x ``image_size`` RGB images for ``obs="pixels"``, else ``state_size`` floats."""
-    if obs == "pixels":
+def observation_space(pixels: bool, image_size: int, state_size: int) -> Box:
+    """``image_size`` x ``image_size`` RGB images for ``pixels``, else ``state_size`` floats."""
+    if pixels:
         return Box(0, 255, (image_size, image_size, 3), np.uint8)
     return Box(-np.inf, np.inf, (state_size,), np.float32)
 

@@ -17,6 +17,7 @@ import imageio.v2 as imageio
 import numpy as np
 
 from collodreamer.agents import Planner
+from collodreamer.config import uses_pixels
 from collodreamer.data import EpisodeStore
 from collodreamer.envs import make_env
 from collodreamer.rundir import RunDir
@@ -45,7 +46,7 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     store = EpisodeStore(RunDir(run_dir).episodes, 10**12, config.env.action_repeat, 0)
     store.load()
-    pixels = config.env.obs == "pixels"
+    pixels = uses_pixels(config.env)
     title = f"{config.agent} {config.env.task} at {counters['env_frames']} env frames"
     written: list[Path] = []
     for index, episode in enumerate(store.latest(episodes)):

@@ -33,7 +33,7 @@ class WorldModel(nn.Module):
         super().__init__()
         self.config = config
         self.device = device
-        self.pixels = len(spec.obs_shape) == 3
+        self.pixels = spec.pixels
         self.action_dim = spec.action_dim
         if self.pixels:
             self.encoder: nn.Module = ConvEncoder(config.cnn_depth)
