@@ -184,7 +184,7 @@ def _layer(
     config: Config, presets: list[str] | tuple[str, ...], overrides: list[str] | tuple[str, ...]
 ) -> Config:
     for name in presets:
-        config = _merge(config, load_preset(name))
+        config = _merge(config, _renamed(load_preset(name)))  # a saved config.yaml may be a preset
     for text in overrides:
         config = _merge(config, parse_override(text))
     return config
@@ -220,7 +220,7 @@ def config_sources(
     sources = dict.fromkeys(flatten(to_dict(config)), "default")
     agent_defaults = preset_dir() / "agents" / f"{config.agent}.yaml"
     layers = [("agent defaults", load_preset(str(agent_defaults)))] if agent_defaults.exists() else []
-    layers += [(f"preset {name}", load_preset(name)) for name in presets]
+    layers += [(f"preset {name}", _renamed(load_preset(name))) for name in presets]
     layers += [("override", parse_override(text)) for text in overrides]
     for source, data in layers:
         for key in flatten(data):
@@ -275,7 +275,6 @@ def validate(config: Config) -> None:
         "value.grad_clip": config.value.grad_clip,
         "env.action_repeat": config.env.action_repeat,
         "env.time_limit": config.env.time_limit,
-        "env.image_size": config.env.image_size,
         "replay.batch_size": config.replay.batch_size,
         "replay.batch_length": config.replay.batch_length,
         "replay.capacity": config.replay.capacity,
@@ -369,8 +368,6 @@ def validate(config: Config) -> None:
         raise ConfigError(
             "planner.trust_weight needs actions to hold the plan near: planner.init=policy or shift"
         )
-    if uses_pixels(config.env) and config.env.image_size != 64:
-        raise ConfigError(f"env.image_size: the CNN expects 64, got {config.env.image_size}")
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -419,9 +416,14 @@ def load_config(path: Path) -> Config:
 
 
 def _renamed(data: dict[str, Any]) -> dict[str, Any]:
-    """A saved config in today's names. ``model.amp`` (bfloat16 autocast on CUDA) became
-    ``model.precision``: a pixel run resumes in the format it trained in; a state run, which the
-    setting does not touch, takes today's default, so it still matches a new run of its settings."""
+    """A saved config (or a preset) in today's names. ``env.image_size`` is gone: images are always
+    :data:`~collodreamer.spec.IMAGE_SIZE` pixels per side, the one size it allowed for pixels (a state
+    run never used it). ``model.amp`` (bfloat16 autocast on CUDA) became ``model.precision``: a pixel
+    run resumes in the format it trained in; a state run, which the setting does not touch, takes
+    today's default, so it still matches a new run of its settings."""
+    env = data.get("env")
+    if isinstance(env, dict) and "image_size" in env:
+        data = {**data, "env": {key: value for key, value in env.items() if key != "image_size"}}
     model = data.get("model")
     if not isinstance(model, dict) or "amp" not in model:
         return data

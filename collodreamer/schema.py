@@ -21,7 +21,6 @@ class EnvConfig:
     obs: Literal["pixels", "state"] = setting("pixels", "64x64 RGB images, or the task's state vector")
     action_repeat: int = setting(2, "env frames per agent step; rewards are summed over them")
     time_limit: int = setting(1000, "episode length in env frames")
-    image_size: int = setting(64, "pixels per side (the CNN takes 64)")
     camera: int = setting(-1, "dm_control camera; -1: Dreamer's choice (2 for quadruped, 0 otherwise)")
     fast_render: bool = setting(
         True, "dm_control: offsamples=0, shadowsize=256: ~4x faster software rendering"

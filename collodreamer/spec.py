@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+IMAGE_SIZE = 64  # pixels per side of image observations: Dreamer's conv encoder and decoder take 64x64
+
 
 @dataclass(frozen=True)
 class EnvSpec:

@@ -10,6 +10,7 @@ from collodreamer.config import (
     available_presets,
     field_help,
     flatten,
+    from_dict,
     load_config,
     make_config,
     parse_override,
@@ -163,6 +164,22 @@ def test_every_setting_declares_its_help_beside_its_field():
 def test_a_pixel_run_is_decided_by_the_spec_or_else_by_the_config():
     assert EnvSpec((64, 64, 3), 2).pixels and not EnvSpec((5,), 2).pixels
     assert uses_pixels(EnvConfig(obs="pixels")) and not uses_pixels(EnvConfig(obs="state"))
+
+
+def test_configs_saved_with_env_image_size_still_load(tmp_path: Path, caplog):
+    """env.image_size (64, the one size the CNN takes) is gone: a config.yaml, a checkpoint's config and
+    a resolved config reused as a preset that hold it load as the same config."""
+    config = make_config(["tiny"], ["agent=dreamer", "env.obs=pixels"])
+    assert "image_size" not in to_dict(config)["env"]
+    data = to_dict(config)
+    data["env"]["image_size"] = 64
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with caplog.at_level("WARNING"):
+        assert load_config(path) == config
+    assert "predates" not in caplog.text
+    assert from_dict(data) == config
+    assert make_config([str(path)]) == config
 
 
 def test_config_listing_names_type_value_source_and_help(capsys, tmp_path):

@@ -53,6 +53,7 @@ from collodreamer.config import (
 from collodreamer.envs import check_task
 from collodreamer.rundir import RunDir
 from collodreamer.schema import Config
+from collodreamer.spec import IMAGE_SIZE
 from collodreamer.training.checkpoint import CheckpointError, load_checkpoint
 
 log = logging.getLogger("collodreamer")
@@ -260,7 +261,7 @@ def memory_needed(run: RunSpec) -> int:
     config = run.config()
     steps = min(config.replay.capacity, config.run.steps) // config.env.action_repeat
     if uses_pixels(config.env):
-        step_bytes = config.env.image_size**2 * 3 / PIXEL_COMPRESSION + STATE_STEP_BYTES
+        step_bytes = IMAGE_SIZE**2 * 3 / PIXEL_COMPRESSION + STATE_STEP_BYTES
     else:
         step_bytes = STATE_STEP_BYTES
     return int(steps * step_bytes) + RUN_BYTES
