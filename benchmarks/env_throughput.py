@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from common import median_rate, write_json
 
-from collodreamer.config import EnvConfig
 from collodreamer.envs import PAPER_TASKS, Env, make_env
+from collodreamer.schema import EnvConfig
 
 
 def main() -> None:

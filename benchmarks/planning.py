@@ -25,13 +25,14 @@ from common import median_ms, write_json
 
 from collodreamer.agents import resolve_device
 from collodreamer.agents.latco import LatCoAgent
-from collodreamer.config import PlannerConfig, load_config, make_config
+from collodreamer.config import load_config, make_config
 from collodreamer.data import EpisodeStore
 from collodreamer.envs import make_env
 from collodreamer.models import to_torch
 from collodreamer.models.tensors import frozen
 from collodreamer.planning import collocate
 from collodreamer.rundir import RunDir
+from collodreamer.schema import PlannerConfig
 from collodreamer.training import load_checkpoint
 
 

@@ -1,8 +1,9 @@
-"""Typed configuration: every default in one place, YAML presets, ``key=value`` overrides.
+"""Configuration machinery: YAML presets, ``key=value`` overrides, validation, saving and loading.
 
-A config is a tree of dataclasses. Presets are YAML files (in ``configs/``) holding a partial tree;
-they layer in order, then ``section.key=value`` overrides apply on top. Any unknown key or value of
-the wrong type raises :class:`ConfigError` with a one-line message naming the key and the choices.
+A config is a tree of the dataclasses in :mod:`collodreamer.schema`. Presets are YAML files (in
+``configs/``) holding a partial tree; they layer in order, then ``section.key=value`` overrides apply
+on top. Any unknown key or value of the wrong type raises :class:`ConfigError` with a one-line message
+naming the key and the choices.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import logging
 import math
 import types
 import typing
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from collodreamer.files import write_atomic
+from collodreamer.schema import Config, EnvConfig
 from collodreamer.seeds import MAX_SEED
 
 log = logging.getLogger(__name__)
@@ -28,254 +29,6 @@ log = logging.getLogger(__name__)
 
 class ConfigError(ValueError):
     """A config key, value or preset that cannot be used; the message is one line."""
-
-
-@dataclass
-class EnvConfig:
-    """The environment: a DeepMind Control (or Gymnasium) task seen as pixels or as its state vector."""
-
-    task: str = "dmc:reacher_easy"  # "dmc:<domain>_<task>" (see `collodreamer tasks`) or "gym:<id>"
-    obs: Literal["pixels", "state"] = "pixels"  # 64x64 RGB images, or the task's state vector
-    action_repeat: int = 2  # env frames per agent step; rewards are summed over them
-    time_limit: int = 1000  # episode length in env frames
-    image_size: int = 64  # pixels per side (the CNN takes 64)
-    camera: int = -1  # dm_control camera; -1: Dreamer's choice (2 for quadruped, 0 otherwise)
-    fast_render: bool = True  # dm_control: offsamples=0, shadowsize=256: ~4x faster software rendering
-
-
-@dataclass
-class ReplayConfig:
-    """The on-disk episode store and its sequence sampler."""
-
-    capacity: int = 1_000_000  # env frames kept in memory; oldest episodes leave first
-    batch_size: int = 50  # sequences per training batch
-    batch_length: int = 50  # agent steps per sequence
-
-
-@dataclass
-class RunConfig:
-    """The training loop's schedule. Every count is in env frames (action repeat included)."""
-
-    steps: int = 1_000_000  # env frames to train for
-    prefill: int = 5000  # random-action env frames before the first gradient step
-    train_every: int = 1000  # env frames collected between training phases
-    train_steps: int = 100  # gradient steps per training phase
-    eval_start: int = 0  # first test at this many env frames, then every eval_every
-    eval_every: int = 10_000  # env frames between tests
-    eval_episodes: int = 5  # episodes per test
-    checkpoint_every: int = 10_000  # checkpoints are written at the next episode end
-    log_every: int = 1000  # env frames between metrics records
-    # Updates (or plans) of one network in a row that may go non-finite, each skipped, before the run
-    # stops with an error naming it; its last finite checkpoint stays on disk.
-    max_nonfinite: int = 100
-    # A network whose weight norm grows past this many times its level at the start (of the run, or of
-    # a resume) has blown up though finite (a learning rate far too large): the run stops the same way.
-    max_weight_growth: float = 1000.0
-    video: bool = False  # save the first test episode of each evaluation as mp4
-    video_size: int = 128  # pixels per side of test videos
-    # At each test, also write the report's pictures to TensorBoard: the world model's open-loop
-    # prediction of the latest episode and, for planning agents, one plan traced from a test start.
-    report: bool = False
-    keep_checkpoints: int = 0  # keep the checkpoints of the last N tests in checkpoints/ (0: none)
-    wandb: bool = False  # also track the run in Weights & Biases (pip install 'collodreamer[wandb]')
-    wandb_project: str = "collodreamer"  # the W&B project of tracked runs
-    # torch's threads for this run (0: torch's default, one per core). One degrades gracefully beside
-    # other processes; more threads than free cores wait on each other (0.45 s against 15.9 s per plan
-    # beside two busy runs: results/benchmarks/after/planning_threads*_beside_two_runs.json).
-    threads: int = 1
-
-
-@dataclass
-class ModelConfig:
-    """The world model: encoder, RSSM, decoder and reward head, trained by Eq. 4 (DreamerV1 defaults)."""
-
-    latent: Literal["gaussian", "categorical"] = "gaussian"  # stochastic latent: DreamerV1 or DreamerV2
-    deter: int = 200  # GRU state size (the paper's "latent vector length")
-    stoch: int = 30  # Gaussian dimensions, or number of categorical variables
-    classes: int = 32  # classes per categorical variable
-    hidden: int = 200  # RSSM hidden layers
-    units: int = 400  # width of the MLP encoder (states), decoder (states) and reward head
-    layers: int = 2  # hidden layers of those MLPs
-    cnn_depth: int = 32  # channels of the first conv layer (pixels)
-    min_std: float = 0.1  # Gaussian latents: lower bound of the std
-    unimix: float = 0.0  # categorical latents: mix of the uniform distribution into the probabilities
-    gru_norm: bool = False  # layer norm inside the GRU (DreamerV2)
-    kl_balancing: bool = False  # Listing 1; off is DreamerV1's plain KL(post || prior)
-    kl_balance: float = 0.8  # alpha of Listing 1
-    free_nats: float = 3.0  # KL below this many nats is not penalised
-    kl_scale: float = 1.0  # beta of Eq. 4
-    lr: float = 6e-4  # Adam learning rate
-    grad_clip: float = 100.0  # gradient norm clip
-    # Number format of the conv encoder and decoder (pixels; state runs are always float32): bfloat16
-    # autocast there, the RSSM, KL, losses, behaviour and planner in float32. On this CPU (AVX512-BF16) a
-    # pixels_cpu world-model update costs 690 ms instead of 924 in float32 (results/benchmarks/precision/).
-    # auto: bfloat16 where the device computes it natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU
-    # that supports it), else float32
-    precision: Literal["float32", "bfloat16", "auto"] = "auto"
-
-
-@dataclass
-class ActorConfig:
-    """Dreamer's actor: a tanh-Gaussian policy trained through imagined trajectories."""
-
-    horizon: int = 15  # imagination horizon in agent steps
-    starts: int = 0  # imagine from this many random posterior states of the batch (0: all of them)
-    lr: float = 8e-5  # Adam learning rate
-    units: int = 400  # hidden units per layer
-    layers: int = 4  # hidden layers
-    init_std: float = 5.0  # initial std of the pre-tanh Gaussian
-    min_std: float = 1e-4  # lower bound of that std
-    mean_scale: float = 5.0  # the pre-tanh mean is mean_scale * tanh(mean / mean_scale)
-    # Weight of the policy's entropy in the actor loss (DreamerV1: none, 0). Without it the actor's
-    # actions saturated at +-1 on reacher from states; results/README.md (Learning) derives 0.03.
-    entropy: float = 0.03
-    grad_clip: float = 100.0  # gradient norm clip
-
-
-@dataclass
-class ValueConfig:
-    """The value V(z) and its slow target copy V'."""
-
-    gamma: float = 0.99  # discount per agent step (Eq. 10)
-    lam: float = 0.95  # lambda of the TD(lambda) targets (Dreamer's, and the replay style's)
-    lr: float = 8e-5  # Adam learning rate
-    units: int = 400  # hidden units per layer
-    layers: int = 3  # hidden layers
-    grad_clip: float = 100.0  # gradient norm clip
-    target_period: int = 100  # update V' after every this many value updates ...
-    target_tau: float = 1.0  # ... by V' <- tau * V + (1 - tau) * V'
-    # Regularisers of Fig. 1 (each a switch), and layer norm, which needs no batch statistics:
-    norm: Literal["none", "before", "after", "layer"] = "none"  # before/after: batch norm around ELU
-    dropout: list[float] = field(default_factory=list)  # drop probability per hidden layer ([] = none)
-    clip: bool = False  # clip V to [clip_low, clip_high]
-    clip_low: float = 0.0  # lower bound of the clip
-    clip_high: float = 200.0  # upper bound of the clip
-    # hard: the paper's clamp, no gradient outside the range; straight_through: clamped forward,
-    # the network's own gradient backward, so the planner can still climb V where it is clipped
-    clip_mode: Literal["hard", "straight_through"] = "hard"
-    # ColloDreamer: how V learns. inner: from the plan after every planner iteration (Algorithm 1);
-    # after: from the executed segment's posterior states (Fig. 2); replay: TD(lambda) targets of real
-    # rewards on replayed posterior sequences, in every training step; imagination: Dreamer's critic
-    # on imagined rollouts of its actor, which also warm-starts plans (planner.init=policy).
-    style: Literal["inner", "after", "replay", "imagination"] = "inner"
-    after_updates: int = 100  # value updates per executed segment in the "after" style
-    update_every: int = 1  # inner style: planner iterations between value updates
-    # inner/after styles: plans (or segments) per value update, the current one and the latest others;
-    # more than one gives batch norm statistics across plans rather than along one plan
-    plan_batch: int = 1
-    weight: float = 1.0  # scales the planner's terminal value term (Eq. 10's gamma^(H+1) V)
-    # Pessimism (beyond the paper): V is the mean minus kappa times the std over this many value heads,
-    # each trained on the same targets, which come from that estimate of V'; with 2 heads and kappa 1
-    # it is their minimum (TD-MPC2's). 1: one value network, as in the paper.
-    heads: int = 1
-    kappa: float = 1.0  # weight of the heads' std in V (with heads > 1)
-
-
-@dataclass
-class PlannerConfig:
-    """Latent collocation (LatCo): optimise latent states and actions under the learned dynamics,
-    held as constraints through multipliers updated by Eq. 7."""
-
-    horizon: int = 30  # H: knots z_0..z_H, a_0..a_H with z_0 the current posterior
-    iterations: int = 100  # primal steps per plan, each followed by a dual step
-    replan_every: int = 15  # agent steps executed from each plan
-    primal: Literal["gauss_newton", "adam"] = "gauss_newton"  # second-order (LatCo) or first-order step
-    damping: float = 1e-3  # delta of (2 J^T J + delta I) dx = 2 J^T r
-    line_search: bool = True  # pick the Gauss-Newton step size that lowers the objective (off: full step)
-    adam_lr: float = 0.1  # learning rate of the Adam primal
-    compile: bool = False  # torch.compile the Adam primal's objective (one-off compile, then ~2x faster)
-    dual_alpha: float = 0.1  # alpha of Eq. 7
-    dual_eta: float = 0.1  # eta of Eq. 7
-    eps_dyn: float = 1e-2  # dynamics violation the multipliers drive towards
-    eps_act: float = 1e-2  # action-bound violation the multipliers drive towards
-    init_lambda: float = 1.0  # dynamics multipliers at the start of a plan
-    init_nu: float = 1.0  # action-bound multipliers at the start of a plan
-    min_multiplier: float = 1e-6  # multipliers stay in [min, max]: no underflow while a constraint
-    max_multiplier: float = 1e6  # holds, no overflow while a slow primal step lags behind
-    # N(0, 1) knots (LatCo), the previous plan shifted, or a rollout of the amortised policy
-    init: Literal["random", "shift", "policy"] = "random"
-    plans: int = 1  # plans optimised in parallel; the one with the best imagined return is used
-    # Action-bound residual: square, max(a^2 - 1, 0) as in LatCo's code (planned better on a held-fixed
-    # reacher_easy model: results/frontier/); abs, max(|a| - 1, 0)
-    action_residual: Literal["abs", "square"] = "square"
-    tolerance: float = 0.0  # stop early once constraints hold and the return changes less (0: never)
-    # Candidates scored beside the optimised plans by the same imagined return, the best one executed:
-    # policy: the rollout of the agent's policy (Dreamer's actor for value.style=imagination, else the
-    # amortised policy); previous: the previous plan shifted by the steps executed
-    candidates: list[Literal["policy", "previous"]] = field(default_factory=list)
-    # Weight of the trust region sum_k ||a_k - anchor_k||^2 that holds the plan near the actions it
-    # started from (the policy's rollout with init=policy; 0: off)
-    trust_weight: float = 0.0
-    # Gain k of the policy's feedback on the executed actions, a_t = a_plan_t + k (pi(z_t) - pi(z_plan_t)),
-    # z_t the filtered real state, z_plan_t the plan's knot (0: open loop, LatCo's). With k = 1 a plan
-    # that is the policy's rollout is executed as the policy acting on the real states (closed loop).
-    feedback: float = 0.0
-
-
-@dataclass
-class PessimismConfig:
-    """Small ensembles whose disagreement makes plans pessimistic where the model is unsure (beyond the
-    paper): the planner's reward is ``r(z) - kappa * std_k r_k(z)``, the std over heads trained on the
-    replayed rewards at the world model's (detached) mean features, less the excess disagreement of
-    heads that predict the observation's embedding there."""
-
-    reward_heads: int = 0  # reward heads (0: off, the planner uses the world model's reward alone)
-    reward_kappa: float = 1.0  # weight of their std in the planner's reward
-    # Heads predicting the observation's embedding from the feature z (0: off): the planner's reward
-    # loses state_kappa * max(u(z) / u_replay - 1, 0), u the heads' disagreement and u_replay its level
-    # on replayed states, so plans pay for leaving the states the model was trained on.
-    state_heads: int = 0
-    state_kappa: float = 1.0  # weight of the state heads' excess disagreement in the planner's reward
-    units: int = 128  # hidden units per layer of each head
-    layers: int = 2  # hidden layers of each head
-    lr: float = 6e-4  # Adam learning rate of the heads
-
-
-@dataclass
-class PolicyConfig:
-    """The amortised policy (beyond the paper): trained to output the planner's actions, its
-    rollout initialises the plan when ``planner.init=policy``."""
-
-    units: int = 256  # hidden units per layer
-    layers: int = 2  # hidden layers
-    lr: float = 3e-4  # Adam learning rate
-    grad_clip: float = 100.0  # gradient norm clip
-    updates: int = 10  # behaviour-cloning steps on each new plan
-
-
-@dataclass
-class LatentObjectiveConfig:
-    """The augmented latent objective of Eq. 11 (Fig. 3): (1 / lambda) m(t) A(t) added to the
-    world-model objective with a weight that decays while eps_dyn tightens."""
-
-    enabled: bool = False  # add Eq. 11 to the world-model loss
-    weight_start: float = 1.0  # its weight at the first world-model update ...
-    weight_end: float = 0.0  # ... and from schedule_updates on
-    eps_dyn_start: float = 0.1  # the planner's eps_dyn follows this schedule while enabled
-    eps_dyn_end: float = 0.01  # ... and its end value
-    schedule_updates: int = 10_000  # world-model updates over which both move linearly
-    target_period: int = 100  # copy the dynamics into the "old" model every this many updates
-
-
-@dataclass
-class Config:
-    """The whole configuration of a run."""
-
-    # how to act (see README); random: uniform actions, the prefill policy, for smoke tests of the loop
-    agent: Literal["collodreamer", "latco", "dreamer", "random"] = "collodreamer"
-    seed: int = 0  # seeds torch, numpy, the replay sampler and the environments
-    device: str = "auto"  # "auto" picks cuda when present, else cpu
-    expl_noise: float = 0.3  # std of Gaussian noise on executed actions while training
-    env: EnvConfig = field(default_factory=EnvConfig)
-    replay: ReplayConfig = field(default_factory=ReplayConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    actor: ActorConfig = field(default_factory=ActorConfig)
-    value: ValueConfig = field(default_factory=ValueConfig)
-    planner: PlannerConfig = field(default_factory=PlannerConfig)
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    pessimism: PessimismConfig = field(default_factory=PessimismConfig)
-    latent_objective: LatentObjectiveConfig = field(default_factory=LatentObjectiveConfig)
 
 
 # The settings a resumed run may change (``--resume RUN_DIR key=value``): how long, how fast and on
@@ -431,7 +184,7 @@ def _layer(
     config: Config, presets: list[str] | tuple[str, ...], overrides: list[str] | tuple[str, ...]
 ) -> Config:
     for name in presets:
-        config = _merge(config, load_preset(name))
+        config = _merge(config, _renamed(load_preset(name)))  # a saved config.yaml may be a preset
     for text in overrides:
         config = _merge(config, parse_override(text))
     return config
@@ -444,9 +197,9 @@ def make_config(
 ) -> Config:
     """Layer presets, then overrides, on ``base`` and validate.
 
-    Without ``base`` the layers are: the defaults above, then the chosen agent's own defaults
-    (``configs/agents/<agent>.yaml`` where it exists, e.g. ColloDreamer's categorical latents), then
-    the presets in order, then the overrides."""
+    Without ``base`` the layers are: the defaults (:mod:`collodreamer.schema`), then the chosen agent's
+    own defaults (``configs/agents/<agent>.yaml`` where it exists, e.g. ColloDreamer's categorical
+    latents), then the presets in order, then the overrides."""
     if base is not None:
         config = _layer(base, presets, overrides)
     else:
@@ -467,7 +220,7 @@ def config_sources(
     sources = dict.fromkeys(flatten(to_dict(config)), "default")
     agent_defaults = preset_dir() / "agents" / f"{config.agent}.yaml"
     layers = [("agent defaults", load_preset(str(agent_defaults)))] if agent_defaults.exists() else []
-    layers += [(f"preset {name}", load_preset(name)) for name in presets]
+    layers += [(f"preset {name}", _renamed(load_preset(name))) for name in presets]
     layers += [("override", parse_override(text)) for text in overrides]
     for source, data in layers:
         for key in flatten(data):
@@ -475,33 +228,22 @@ def config_sources(
     return sources
 
 
-def field_help() -> dict[str, tuple[str, str]]:
-    """``{"section.key": (type, help)}`` for every setting: its type as written, and the comment beside
-    its field in this file (or the comment block just above it): the settings' one documentation."""
-    import inspect
-    import re
-
-    field_line = re.compile(r"^\s+(\w+): ([^=]+?) = .*?(?:#\s*(.*))?$")
-    sections = [("", Config)] + [
-        (f"{f.name}.", f.default_factory)
-        for f in dataclasses.fields(Config)
-        if dataclasses.is_dataclass(f.default_factory)
-    ]
+def field_help(section: type = Config, prefix: str = "") -> dict[str, tuple[str, str]]:
+    """``{"section.key": (type, help)}`` for every setting: its type as annotated and the help declared
+    with it (:func:`collodreamer.schema.setting`), the settings' one documentation."""
     described: dict[str, tuple[str, str]] = {}
-    for prefix, cls in sections:
-        names = {f.name for f in dataclasses.fields(cls)}
-        above: list[str] = []
-        for line in inspect.getsource(cls).splitlines():
-            stripped = line.strip()
-            if stripped.startswith("#"):
-                above.append(stripped.lstrip("# "))
-                continue
-            match = field_line.match(line)
-            if match and match.group(1) in names and (prefix or f"{match.group(1)}." not in dict(sections)):
-                name, hint, comment = match.groups()
-                described[prefix + name] = (hint.strip(), comment or " ".join(above))
-            above = []
+    for item in dataclasses.fields(section):
+        if dataclasses.is_dataclass(item.default_factory):
+            described.update(field_help(item.default_factory, f"{prefix}{item.name}."))
+        else:
+            described[prefix + item.name] = (str(item.type), item.metadata["help"])
     return described
+
+
+def uses_pixels(env: EnvConfig) -> bool:
+    """Whether the agent sees images rather than the state vector; what holds an environment's
+    :class:`~collodreamer.spec.EnvSpec` asks its ``pixels``."""
+    return env.obs == "pixels"
 
 
 def has_policy(config: Config) -> bool:
@@ -533,7 +275,6 @@ def validate(config: Config) -> None:
         "value.grad_clip": config.value.grad_clip,
         "env.action_repeat": config.env.action_repeat,
         "env.time_limit": config.env.time_limit,
-        "env.image_size": config.env.image_size,
         "replay.batch_size": config.replay.batch_size,
         "replay.batch_length": config.replay.batch_length,
         "replay.capacity": config.replay.capacity,
@@ -630,8 +371,6 @@ def validate(config: Config) -> None:
         raise ConfigError(
             "planner.trust_weight needs actions to hold the plan near: planner.init=policy or shift"
         )
-    if config.env.obs == "pixels" and config.env.image_size != 64:
-        raise ConfigError(f"env.image_size: the CNN expects 64, got {config.env.image_size}")
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -680,9 +419,14 @@ def load_config(path: Path) -> Config:
 
 
 def _renamed(data: dict[str, Any]) -> dict[str, Any]:
-    """A saved config in today's names. ``model.amp`` (bfloat16 autocast on CUDA) became
-    ``model.precision``: a pixel run resumes in the format it trained in; a state run, which the
-    setting does not touch, takes today's default, so it still matches a new run of its settings."""
+    """A saved config (or a preset) in today's names. ``env.image_size`` is gone: images are always
+    :data:`~collodreamer.spec.IMAGE_SIZE` pixels per side, the one size it allowed for pixels (a state
+    run never used it). ``model.amp`` (bfloat16 autocast on CUDA) became ``model.precision``: a pixel
+    run resumes in the format it trained in; a state run, which the setting does not touch, takes
+    today's default, so it still matches a new run of its settings."""
+    env = data.get("env")
+    if isinstance(env, dict) and "image_size" in env:
+        data = {**data, "env": {key: value for key, value in env.items() if key != "image_size"}}
     model = data.get("model")
     if not isinstance(model, dict) or "amp" not in model:
         return data

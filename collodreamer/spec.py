@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+IMAGE_SIZE = 64  # pixels per side of image observations: Dreamer's conv encoder and decoder take 64x64
+
 
 @dataclass(frozen=True)
 class EnvSpec:
@@ -11,3 +13,8 @@ class EnvSpec:
 
     obs_shape: tuple[int, ...]
     action_dim: int
+
+    @property
+    def pixels(self) -> bool:
+        """Whether observations are images rather than state vectors."""
+        return len(self.obs_shape) == 3

@@ -5,7 +5,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-from collodreamer.config import ModelConfig, PlannerConfig
 from collodreamer.models.networks import MLP
 from collodreamer.models.rssm import RSSM
 from collodreamer.planning import collocate, dual_update, random_plan, shifted_plan
@@ -19,6 +18,7 @@ from collodreamer.planning.gauss_newton import (
     step_size,
 )
 from collodreamer.planning.problem import Objective, action_excess, lagrangian, residuals
+from collodreamer.schema import ModelConfig, PlannerConfig
 
 torch.set_default_dtype(torch.float32)
 

@@ -13,12 +13,13 @@ from collodreamer.agents.collodreamer import (
     linear_schedule,
     transition_log_ratio,
 )
-from collodreamer.config import PlannerConfig, ValueConfig, make_config
+from collodreamer.config import make_config
 from collodreamer.models.losses import value_targets
 from collodreamer.models.value import ValueNetwork
 from collodreamer.planning import collocate, random_plan
 from collodreamer.planning.gauss_newton import gauss_newton_step
 from collodreamer.planning.problem import Objective, lagrangian, planned_return, residuals
+from collodreamer.schema import PlannerConfig, ValueConfig
 from collodreamer.spec import EnvSpec
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -5,19 +6,22 @@ import pytest
 import yaml
 
 from collodreamer.config import (
-    ActorConfig,
-    Config,
     ConfigError,
     available_presets,
+    field_help,
     flatten,
+    from_dict,
     load_config,
     make_config,
     parse_override,
     run_name,
     save_config,
     to_dict,
+    uses_pixels,
 )
+from collodreamer.schema import ActorConfig, Config, EnvConfig, ValueConfig, setting
 from collodreamer.seeds import MAX_SEED, OFFSETS, env_seed
+from collodreamer.spec import EnvSpec
 
 
 def test_defaults_and_overrides():
@@ -140,6 +144,42 @@ def test_saved_config_with_model_amp_loads_as_model_precision(tmp_path: Path, ca
     with caplog.at_level("WARNING"):
         assert load_config(tmp_path / "config.yaml").model.precision == precision
     assert ("model.precision=auto" in caplog.text) == (obs == "state")
+
+
+def test_every_setting_declares_its_help_beside_its_field():
+    """field_help reads each field's declared help and annotation, no source: a class made at runtime
+    has none, and its help is still found."""
+    described = field_help()
+    assert described.keys() == flatten(to_dict(Config())).keys()
+    assert all(help.strip() for _, help in described.values())
+    obs_help = "64x64 RGB images, or the task's state vector"
+    assert described["env.obs"] == ("Literal['pixels', 'state']", obs_help)
+    assert described["value.dropout"][0] == "list[float]"
+    probe = dataclasses.make_dataclass("Probe", [("steps", "int", setting(3, "how many"))])
+    assert field_help(probe) == {"steps": ("int", "how many")}
+    assert probe().steps == 3
+    assert ValueConfig().dropout == [] and ValueConfig().dropout is not ValueConfig().dropout
+
+
+def test_a_pixel_run_is_decided_by_the_spec_or_else_by_the_config():
+    assert EnvSpec((64, 64, 3), 2).pixels and not EnvSpec((5,), 2).pixels
+    assert uses_pixels(EnvConfig(obs="pixels")) and not uses_pixels(EnvConfig(obs="state"))
+
+
+def test_configs_saved_with_env_image_size_still_load(tmp_path: Path, caplog):
+    """env.image_size (64, the one size the CNN takes) is gone: a config.yaml, a checkpoint's config and
+    a resolved config reused as a preset that hold it load as the same config."""
+    config = make_config(["tiny"], ["agent=dreamer", "env.obs=pixels"])
+    assert "image_size" not in to_dict(config)["env"]
+    data = to_dict(config)
+    data["env"]["image_size"] = 64
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with caplog.at_level("WARNING"):
+        assert load_config(path) == config
+    assert "predates" not in caplog.text
+    assert from_dict(data) == config
+    assert make_config([str(path)]) == config
 
 
 def test_config_listing_names_type_value_source_and_help(capsys, tmp_path):

@@ -1,16 +1,19 @@
 import numpy as np
 import pytest
 
-from collodreamer.config import ConfigError, EnvConfig
+from collodreamer.config import ConfigError, uses_pixels
 from collodreamer.envs import PAPER_TASKS, DMCEnv, GymEnv, check_task, list_tasks, make_env, parse_task
+from collodreamer.schema import EnvConfig
 
 
 @pytest.mark.parametrize("task", PAPER_TASKS)
 @pytest.mark.parametrize("obs", ["pixels", "state"])
 def test_paper_tasks_load_with_right_shapes(task, obs):
-    env = make_env(EnvConfig(task=task, obs=obs, time_limit=10), seed=0)
+    config = EnvConfig(task=task, obs=obs, time_limit=10)
+    env = make_env(config, seed=0)
     first, info = env.reset()
     space = env.observation_space
+    assert env.spec.pixels == uses_pixels(config) == (obs == "pixels")
     if obs == "pixels":
         assert first.shape == (64, 64, 3) and first.dtype == np.uint8
         assert first.std() > 1.0  # a real rendered scene, not a blank frame

@@ -19,10 +19,11 @@ import torch
 from torch import nn
 
 from collodreamer.agents import make_agent
-from collodreamer.config import MAX_SEED, ConfigError, load_config, make_config
+from collodreamer.config import ConfigError, load_config, make_config
 from collodreamer.data import EpisodeStore
 from collodreamer.health import nonfinite
 from collodreamer.models.optim import optimizer_step
+from collodreamer.seeds import MAX_SEED
 from collodreamer.spec import EnvSpec
 from collodreamer.training import (
     CheckpointError,

@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from collodreamer.config import ModelConfig
 from collodreamer.models.losses import (
     categorical_kl,
     gaussian_kl,
@@ -17,6 +16,7 @@ from collodreamer.models.losses import (
 from collodreamer.models.networks import MLP, ConvDecoder
 from collodreamer.models.optim import update_target
 from collodreamer.models.rssm import RSSM
+from collodreamer.schema import ModelConfig
 
 
 def gaussian_stats(mean, std):

@@ -11,12 +11,13 @@ from torch import nn
 
 from collodreamer.agents import make_agent
 from collodreamer.agents.latco import policy_feedback
-from collodreamer.config import ConfigError, PlannerConfig, ValueConfig, make_config
+from collodreamer.config import ConfigError, make_config
 from collodreamer.models.ensemble import Ensemble, excess_disagreement, pessimistic
 from collodreamer.models.value import Critic, ValueNetwork
 from collodreamer.planning import Plan, PlanResult, collocate, random_plan, rollout_plan
 from collodreamer.planning.gauss_newton import gauss_newton_step
 from collodreamer.planning.problem import Objective, residuals, rollout_return
+from collodreamer.schema import PlannerConfig, ValueConfig
 from collodreamer.spec import EnvSpec
 
 

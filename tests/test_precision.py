@@ -6,10 +6,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from collodreamer.config import ModelConfig
 from collodreamer.models.losses import gaussian_nll, image_nll
 from collodreamer.models.tensors import uses_bfloat16
 from collodreamer.models.world_model import WorldModel
+from collodreamer.schema import ModelConfig
 from collodreamer.spec import EnvSpec
 
 CONFIG = ModelConfig(deter=32, stoch=8, hidden=32, units=32, cnn_depth=8)
@@ -18,7 +18,7 @@ CPU = torch.device("cpu")
 
 def fixed_batch(obs_shape: tuple[int, ...], batch: int = 4, length: int = 6) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
-    if len(obs_shape) == 3:
+    if EnvSpec(obs_shape, 2).pixels:
         obs = torch.randint(0, 256, (batch, length, *obs_shape), generator=generator, dtype=torch.uint8)
     else:
         obs = torch.randn(batch, length, *obs_shape, generator=generator)

@@ -9,7 +9,8 @@ from collodreamer.agents.collodreamer import ColloDreamerAgent
 from collodreamer.agents.dreamer import DreamerAgent
 from collodreamer.agents.latco import LatCoAgent
 from collodreamer.agents.random_agent import RandomAgent
-from collodreamer.config import Config, ConfigError
+from collodreamer.config import ConfigError
+from collodreamer.schema import Config
 from collodreamer.spec import EnvSpec
 
 

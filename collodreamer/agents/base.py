@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from collodreamer.config import PlannerConfig
     from collodreamer.models import WorldModel
     from collodreamer.planning import Objective
+    from collodreamer.schema import PlannerConfig
 
 # (count, length) -> a replay batch of tensors and its posterior states, [count, length, ...] each
 Sampler = Callable[[int, int], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]

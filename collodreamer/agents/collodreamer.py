@@ -16,11 +16,11 @@ from collodreamer.agents.base import Sampler
 from collodreamer.agents.latco import LatCoAgent
 from collodreamer.agents.promise import Segment
 from collodreamer.agents.values import make_value_style
-from collodreamer.config import Config, PlannerConfig
 from collodreamer.models import State
 from collodreamer.models.value import Critic
 from collodreamer.models.world_model import ExtraLoss
 from collodreamer.planning import Objective, Plan, PlanResult
+from collodreamer.schema import Config, PlannerConfig
 from collodreamer.spec import EnvSpec
 
 

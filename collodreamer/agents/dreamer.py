@@ -15,13 +15,13 @@ from torch import nn
 from collodreamer.agents.base import Sampler, explore
 from collodreamer.agents.promise import Segment, promise_metrics
 from collodreamer.averages import Averages
-from collodreamer.config import ActorConfig, Config
 from collodreamer.models import MLP, WorldModel, to_torch
 from collodreamer.models.losses import lambda_returns, tanh_gaussian_entropy
 from collodreamer.models.optim import adam, load_optimizer, optimizer_step
 from collodreamer.models.rssm import State, flatten
 from collodreamer.models.tensors import frozen
 from collodreamer.models.value import Critic
+from collodreamer.schema import ActorConfig, Config
 from collodreamer.spec import EnvSpec
 from collodreamer.timing import timed
 

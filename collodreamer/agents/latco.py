@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from collodreamer.agents.base import Sampler, explore
 from collodreamer.agents.promise import Segment, promise_metrics
 from collodreamer.averages import Averages
-from collodreamer.config import Config, PlannerConfig
 from collodreamer.health import nonfinite
 from collodreamer.models import MLP, State, WorldModel, to_torch
 from collodreamer.models.ensemble import Ensemble, excess_disagreement
@@ -36,6 +35,7 @@ from collodreamer.planning import (
     rollout_plan,
     shifted_plan,
 )
+from collodreamer.schema import Config, PlannerConfig
 from collodreamer.spec import EnvSpec
 from collodreamer.timing import timed
 

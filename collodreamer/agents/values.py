@@ -23,11 +23,11 @@ import torch
 
 from collodreamer.agents.base import Sampler
 from collodreamer.agents.dreamer import ImaginedBehaviour
-from collodreamer.config import Config
 from collodreamer.models import State, WorldModel
 from collodreamer.models.losses import value_targets
 from collodreamer.models.value import Critic
 from collodreamer.planning import Plan, PlanResult
+from collodreamer.schema import Config
 from collodreamer.timing import timed
 
 Tensor = torch.Tensor

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 
 from collodreamer.agents import make_agent
-from collodreamer.config import Config, load_config, make_config
+from collodreamer.config import load_config, make_config
 from collodreamer.data import EpisodeStore
 from collodreamer.models import State, to_torch
 from collodreamer.rundir import RunDir
+from collodreamer.schema import Config
 from collodreamer.training import load_checkpoint, saved_spec
 
 

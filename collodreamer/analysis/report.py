@@ -22,10 +22,11 @@ import numpy as np
 
 from collodreamer.agents import ModelBased, Planner
 from collodreamer.analysis.prediction import PlanTrace, Prediction, open_loop, promise_trace, trace_plan
-from collodreamer.config import Config
+from collodreamer.config import uses_pixels
 from collodreamer.data import EpisodeStore
 from collodreamer.envs import Env, make_env
 from collodreamer.rundir import RunDir
+from collodreamer.schema import Config
 from collodreamer.seeds import env_seed
 from collodreamer.timing import timed
 from collodreamer.training import load_agent
@@ -167,7 +168,7 @@ class TestReport:
         self, agent: ModelBased, episode: dict[str, np.ndarray], config: Config, frames: int
     ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         title = f"{config.agent} {config.env.task} at {frames} env frames"
-        pixels = config.env.obs == "pixels"
+        pixels = uses_pixels(config.env)
         prediction = open_loop(agent, episode)
         video = pixel_triptych(prediction) if pixels else None
         images = {
@@ -194,7 +195,7 @@ def write_report(
     config, agent, counters = load_agent(run_dir, checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     store = EpisodeStore.read(RunDir(run_dir).episodes, config.env.action_repeat)
-    pixels = config.env.obs == "pixels"
+    pixels = uses_pixels(config.env)
     title = f"{config.agent} {config.env.task} at {counters['env_frames']} env frames"
     written: list[Path] = []
     for index, episode in enumerate(store.latest(episodes)):

@@ -2,10 +2,11 @@
 and Gymnasium environments with continuous actions (``gym:<id>``), as pixels or state vectors, with
 action repeat, time limits and seeding."""
 
-from collodreamer.config import ConfigError, EnvConfig
+from collodreamer.config import ConfigError
 from collodreamer.envs.base import Env
 from collodreamer.envs.dmc import PAPER_TASKS, DMCEnv, list_tasks, parse_task
 from collodreamer.envs.gym import GymEnv, gym_id
+from collodreamer.schema import EnvConfig
 from collodreamer.spec import EnvSpec
 
 

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 from gymnasium.spaces import Box
 
-from collodreamer.spec import EnvSpec
+from collodreamer.spec import IMAGE_SIZE, EnvSpec
 
 
 class Env(Protocol):
@@ -50,10 +50,10 @@ class Env(Protocol):
         return EnvSpec(tuple(self.observation_space.shape), int(self.action_space.shape[0]))
 
 
-def observation_space(obs: str, image_size: int, state_size: int) -> Box:
-    """``image_size`` x ``image_size`` RGB images for ``obs="pixels"``, else ``state_size`` floats."""
-    if obs == "pixels":
-        return Box(0, 255, (image_size, image_size, 3), np.uint8)
+def observation_space(pixels: bool, state_size: int) -> Box:
+    """:data:`IMAGE_SIZE` x :data:`IMAGE_SIZE` RGB images for ``pixels``, else ``state_size`` floats."""
+    if pixels:
+        return Box(0, 255, (IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     return Box(-np.inf, np.inf, (state_size,), np.float32)
 
 

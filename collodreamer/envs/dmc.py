@@ -12,8 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from collodreamer.config import ConfigError, EnvConfig
+from collodreamer.config import ConfigError, uses_pixels
 from collodreamer.envs.base import Env, observation_space, to_bounds, unit_actions
+from collodreamer.schema import EnvConfig
+from collodreamer.spec import IMAGE_SIZE
 
 
 def _pick_gl_backend() -> None:
@@ -83,11 +85,11 @@ class DMCEnv(Env):
             quality.shadowsize = 256
         self._frames = 0
         size = sum(int(np.prod(v.shape)) for v in self._env.observation_spec().values())
-        self.observation_space = observation_space(config.obs, config.image_size, size)
+        self.observation_space = observation_space(uses_pixels(config), size)
 
     def _observe(self, time_step: Any) -> np.ndarray:
-        if self.config.obs == "pixels":
-            return self.render(self.config.image_size)
+        if uses_pixels(self.config):
+            return self.render(IMAGE_SIZE)
         parts = [np.asarray(v, dtype=np.float32).reshape(-1) for v in time_step.observation.values()]
         return np.concatenate(parts)
 

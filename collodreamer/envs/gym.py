@@ -14,8 +14,10 @@ import gymnasium
 import numpy as np
 from PIL import Image
 
-from collodreamer.config import ConfigError, EnvConfig
+from collodreamer.config import ConfigError, uses_pixels
 from collodreamer.envs.base import Env, observation_space, to_bounds, unit_actions
+from collodreamer.schema import EnvConfig
+from collodreamer.spec import IMAGE_SIZE
 
 
 def gym_id(task: str) -> str:
@@ -54,15 +56,15 @@ class GymEnv(Env):
         self._low, self._high = actions.low.astype(np.float64), actions.high.astype(np.float64)
         self.action_space = unit_actions(actions.shape[0])
         size = gymnasium.spaces.flatdim(self._env.observation_space)
-        self.observation_space = observation_space(config.obs, config.image_size, size)
+        self.observation_space = observation_space(uses_pixels(config), size)
         self._frames = 0
         self._env.reset(seed=seed)  # seeds the environment's generator; later resets draw from it
-        if config.obs == "pixels":
-            self.render(config.image_size)  # a one-line error now if it cannot render
+        if uses_pixels(config):
+            self.render(IMAGE_SIZE)  # a one-line error now if it cannot render
 
     def _observe(self, obs: Any) -> np.ndarray:
-        if self.config.obs == "pixels":
-            return self.render(self.config.image_size)
+        if uses_pixels(self.config):
+            return self.render(IMAGE_SIZE)
         return gymnasium.spaces.flatten(self._env.observation_space, obs).astype(np.float32)
 
     def render(self, size: int) -> np.ndarray:

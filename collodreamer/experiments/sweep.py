@@ -41,9 +41,19 @@ from typing import Any
 
 import yaml
 
-from collodreamer.config import Config, ConfigError, load_config, load_preset, make_config, run_name, to_dict
+from collodreamer.config import (
+    ConfigError,
+    load_config,
+    load_preset,
+    make_config,
+    run_name,
+    to_dict,
+    uses_pixels,
+)
 from collodreamer.envs import check_task
 from collodreamer.rundir import RunDir
+from collodreamer.schema import Config
+from collodreamer.spec import IMAGE_SIZE
 from collodreamer.training.checkpoint import CheckpointError, load_checkpoint
 
 log = logging.getLogger("collodreamer")
@@ -250,8 +260,8 @@ def memory_needed(run: RunSpec) -> int:
     memory, plus :data:`RUN_BYTES`."""
     config = run.config()
     steps = min(config.replay.capacity, config.run.steps) // config.env.action_repeat
-    if config.env.obs == "pixels":
-        step_bytes = config.env.image_size**2 * 3 / PIXEL_COMPRESSION + STATE_STEP_BYTES
+    if uses_pixels(config.env):
+        step_bytes = IMAGE_SIZE**2 * 3 / PIXEL_COMPRESSION + STATE_STEP_BYTES
     else:
         step_bytes = STATE_STEP_BYTES
     return int(steps * step_bytes) + RUN_BYTES

@@ -106,7 +106,8 @@ class ConvDecoder(nn.Module):
         k = first.kernel_size[0]
         weight = first.weight.permute(2, 3, 1, 0).reshape(-1, first.in_channels)
         x = F.linear(x, weight, first.bias.repeat(k * k)).reshape(-1, k, k, first.out_channels)
-        return self.net[1:](x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(*lead, 64, 64, 3)
+        images = self.net[1:](x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return images.reshape(*lead, *images.shape[1:])
 
 
 class RunningNorm(nn.Module):

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from collodreamer.config import ModelConfig
 from collodreamer.models.losses import categorical_kl, gaussian_kl
+from collodreamer.schema import ModelConfig
 
 State = dict[str, torch.Tensor]
 

@@ -10,11 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from collodreamer.config import ValueConfig
 from collodreamer.health import nonfinite
 from collodreamer.models.ensemble import pessimistic
 from collodreamer.models.networks import MLP
 from collodreamer.models.optim import adam, load_optimizer, optimizer_step, update_target
+from collodreamer.schema import ValueConfig
 
 
 def straight_through_clip(value: torch.Tensor, low: float, high: float) -> torch.Tensor:

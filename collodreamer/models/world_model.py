@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from collodreamer.config import ModelConfig
 from collodreamer.models.losses import gaussian_nll, image_nll, kl_loss
 from collodreamer.models.networks import (
     MLP,
@@ -21,6 +20,7 @@ from collodreamer.models.networks import (
 from collodreamer.models.optim import adam, load_optimizer, optimizer_step
 from collodreamer.models.rssm import RSSM, State
 from collodreamer.models.tensors import autocast, uses_bfloat16
+from collodreamer.schema import ModelConfig
 from collodreamer.spec import EnvSpec
 from collodreamer.timing import timed
 
@@ -33,7 +33,7 @@ class WorldModel(nn.Module):
         super().__init__()
         self.config = config
         self.device = device
-        self.pixels = len(spec.obs_shape) == 3
+        self.pixels = spec.pixels
         self.action_dim = spec.action_dim
         if self.pixels:
             self.encoder: nn.Module = ConvEncoder(config.cnn_depth)

@@ -8,7 +8,6 @@ from dataclasses import replace
 
 import torch
 
-from collodreamer.config import PlannerConfig
 from collodreamer.planning.adam import AdamPrimal
 from collodreamer.planning.gauss_newton import gauss_newton_step
 from collodreamer.planning.problem import (
@@ -21,6 +20,7 @@ from collodreamer.planning.problem import (
     rollout_return,
     violations,
 )
+from collodreamer.schema import PlannerConfig
 
 log = logging.getLogger("collodreamer")
 Tensor = torch.Tensor

@@ -36,7 +36,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from collodreamer.config import PlannerConfig
+from collodreamer.schema import PlannerConfig
 
 Tensor = torch.Tensor
 

@@ -18,9 +18,10 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from collodreamer.config import Config, ConfigError, changed_settings, from_dict, load_config, to_dict
+from collodreamer.config import ConfigError, changed_settings, from_dict, load_config, to_dict
 from collodreamer.files import write_atomic
 from collodreamer.rundir import RunDir
+from collodreamer.schema import Config
 
 log = logging.getLogger("collodreamer")
 HEADER = b"collodreamer-checkpoint sha256="

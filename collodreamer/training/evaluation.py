@@ -15,10 +15,11 @@ import numpy as np
 
 from collodreamer.agents import Agent, make_agent
 from collodreamer.agents.random_agent import RandomAgent, ZeroAgent
-from collodreamer.config import Config, RunConfig, load_config
+from collodreamer.config import load_config
 from collodreamer.envs import Env, make_env
 from collodreamer.files import write_atomic
 from collodreamer.rundir import RunDir
+from collodreamer.schema import Config, RunConfig
 from collodreamer.seeds import env_seed
 from collodreamer.spec import EnvSpec
 from collodreamer.timing import timed

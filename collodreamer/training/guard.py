@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from collodreamer.agents import Agent
-from collodreamer.config import RunConfig
 from collodreamer.health import RATE_SETTINGS, growth, nonfinite
+from collodreamer.schema import RunConfig
 from collodreamer.training.checkpoint import Counters, DivergenceError, describe, nonfinite_tensors
 
 

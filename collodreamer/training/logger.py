@@ -21,9 +21,10 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 
 from collodreamer.averages import Averages
-from collodreamer.config import Config, ConfigError, to_dict
+from collodreamer.config import ConfigError, to_dict
 from collodreamer.files import write_atomic
 from collodreamer.rundir import RunDir
+from collodreamer.schema import Config
 
 log = logging.getLogger("collodreamer")
 

@@ -20,10 +20,11 @@ import numpy as np
 from tqdm import tqdm
 
 from collodreamer.agents import Agent
-from collodreamer.config import Config, ConfigError, make_config, save_config
+from collodreamer.config import ConfigError, make_config, save_config
 from collodreamer.data import add_step, finish_episode, start_episode
 from collodreamer.files import remove_temp_files
 from collodreamer.rundir import RunDir, RunLock
+from collodreamer.schema import Config
 from collodreamer.timing import take_seconds, timed
 from collodreamer.training.checkpoint import keep_checkpoint, save_checkpoint, saved_config
 from collodreamer.training.evaluation import test_record

@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 
 from collodreamer.agents import make_agent
-from collodreamer.config import Config, changed_settings, check_resumable, to_dict
+from collodreamer.config import changed_settings, check_resumable, to_dict
 from collodreamer.data import EpisodeStore, ReplayError
 from collodreamer.envs import make_env
 from collodreamer.rundir import RunDir
+from collodreamer.schema import Config
 from collodreamer.seeds import env_seed
 from collodreamer.training.checkpoint import (
     CheckpointError,
