@@ -23,13 +23,11 @@ from pathlib import Path
 import torch
 from common import median_ms, write_json
 
-from collodreamer.agents import resolve_device
-from collodreamer.agents.latco import LatCoAgent
+from collodreamer.agents import LatCoAgent, resolve_device
 from collodreamer.config import load_config, make_config
 from collodreamer.data import EpisodeStore
 from collodreamer.envs import make_env
-from collodreamer.models import to_torch
-from collodreamer.models.tensors import frozen
+from collodreamer.models import frozen, to_torch
 from collodreamer.planning import collocate
 from collodreamer.rundir import RunDir
 from collodreamer.schema import PlannerConfig

@@ -22,12 +22,10 @@ import numpy as np
 import torch
 from common import interleaved_ms, write_json
 
-from collodreamer.agents import resolve_device
-from collodreamer.agents.dreamer import DreamerAgent
+from collodreamer.agents import DreamerAgent, resolve_device
 from collodreamer.config import make_config
 from collodreamer.envs import Env, make_env
-from collodreamer.models import to_torch
-from collodreamer.models.rssm import flatten
+from collodreamer.models import flatten, to_torch
 
 
 def random_batch(env: Env, batch: int, length: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

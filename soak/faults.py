@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from collodreamer import cli
-from collodreamer.data.episode import episode_problem
+from collodreamer.data import episode_problem
 from collodreamer.files import write_json
 from collodreamer.rundir import RunDir
 from collodreamer.timing import machine
