@@ -327,6 +327,7 @@ def validate(config: Config) -> None:
         "value.kappa": config.value.kappa,
         "planner.trust_weight": config.planner.trust_weight,
         "planner.feedback": config.planner.feedback,
+        "planner.candidate_margin": config.planner.candidate_margin,
     }.items():
         if value < 0:
             raise ConfigError(f"{key} cannot be negative, got {value}")

@@ -185,17 +185,11 @@ class PlannerConfig:
     horizon: int = setting(30, "H: knots z_0..z_H, a_0..a_H with z_0 the current posterior")
     iterations: int = setting(100, "primal steps per plan, each followed by a dual step")
     replan_every: int = setting(15, "agent steps executed from each plan")
-    primal: Literal["gauss_newton", "adam"] = setting(
-        "gauss_newton", "second-order (LatCo) or first-order step"
-    )
+    primal: Literal["gauss_newton", "adam"] = setting("gauss_newton", "second-order (LatCo) or first-order")
     damping: float = setting(1e-3, "delta of (2 J^T J + delta I) dx = 2 J^T r")
-    line_search: bool = setting(
-        True, "pick the Gauss-Newton step size that lowers the objective (off: full step)"
-    )
+    line_search: bool = setting(True, "a Gauss-Newton step size that lowers the objective (off: full step)")
     adam_lr: float = setting(0.1, "learning rate of the Adam primal")
-    compile: bool = setting(
-        False, "torch.compile the Adam primal's objective (one-off compile, then ~2x faster)"
-    )
+    compile: bool = setting(False, "torch.compile the Adam primal's objective (~2x faster once compiled)")
     dual_alpha: float = setting(0.1, "alpha of Eq. 7")
     dual_eta: float = setting(0.1, "eta of Eq. 7")
     eps_dyn: float = setting(1e-2, "dynamics violation the multipliers drive towards")
@@ -219,6 +213,11 @@ class PlannerConfig:
         "Candidates scored beside the optimised plans by the same imagined return, the best one executed: "
         "policy: the rollout of the agent's policy (Dreamer's actor for value.style=imagination, else the "
         "amortised policy); previous: the previous plan shifted by the steps executed",
+    )
+    candidate_margin: float = setting(
+        0.0,
+        "An optimised plan is executed only where its imagined return beats the best candidate's by this "
+        "fraction of the candidate's |return|; else the candidate (0: the best return wins)",
     )
     trust_weight: float = setting(
         0.0,

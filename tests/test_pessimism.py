@@ -192,6 +192,14 @@ def test_candidates_compete_with_the_optimised_plans():
     result = collocate(obj, start, config, candidates=bad)
     assert result.diagnostics["candidate_share"] == 0.0
     assert rollout_return(obj, start, result.actions) > rollout_return(obj, start, torch.ones(1, 4, 2))
+    # A margin: the optimised plan must beat the candidate's return R_c by more than margin * |R_c|.
+    ours = rollout_return(obj, start, result.actions).item()
+    theirs = rollout_return(obj, start, bad.actions.clamp(-1, 1)).item()
+    needed = (ours - theirs) / abs(theirs)
+    for margin, share in ((0.9 * needed, 0.0), (1.1 * needed, 1.0)):
+        torch.manual_seed(0)
+        chosen = collocate(obj, start, replace(config, candidate_margin=margin), candidates=bad)
+        assert chosen.diagnostics["candidate_share"] == share
     # Two starts with two candidates each: each start chooses among its own.
     starts = torch.zeros(2, 2)
     both = Plan(*(torch.cat([a, b, b, a]) for a, b in zip(good.knots(), bad.knots(), strict=True)))

@@ -112,7 +112,13 @@ def collocate(
             plan = with_candidates(plan, candidates, start.shape[0])
             plans += candidates.features.shape[0] // start.shape[0]
         return select_plans(
-            objective, plan, start.repeat_interleave(plans, 0), plans, iterations, config.plans
+            objective,
+            plan,
+            start.repeat_interleave(plans, 0),
+            plans,
+            iterations,
+            config.plans,
+            config.candidate_margin,
         )
 
 
@@ -134,11 +140,13 @@ def select_plans(
     plans: int,
     iterations: int,
     optimised: int | None = None,
+    margin: float = 0.0,
 ) -> PlanResult:
     """Per start state, the plan of its ``plans`` whose clipped actions score the best imagined
     return; non-finite plans never win, their actions are zeros. The first ``optimised`` of each
     start's plans were optimised, the rest are candidates (``candidate_share``: how often one of them
-    won). Diagnostics of the chosen plans."""
+    won); an optimised plan wins only where its return beats the best candidate's ``R_c`` by more
+    than ``margin * |R_c|``. Diagnostics of the chosen plans."""
     count = starts.shape[0] // plans
     finite = torch.isfinite(plan.features).flatten(1).all(1) & torch.isfinite(plan.actions).flatten(1).all(1)
     bad = int((~finite).sum())
@@ -156,6 +164,11 @@ def select_plans(
     scores = rollout_return(objective, starts, clipped).reshape(count, plans)
     scores = torch.where(finite.reshape(count, plans), scores, -torch.inf)
     best = scores.argmax(1)
+    if optimised is not None and optimised < plans and margin > 0:
+        ours, theirs = scores[:, :optimised], scores[:, optimised:]
+        candidate = theirs.max(1).values
+        beats = ours.max(1).values > candidate + margin * candidate.abs()
+        best = torch.where(beats, ours.argmax(1), optimised + theirs.argmax(1))
     index = torch.arange(count, device=starts.device) * plans + best
     chosen = Plan(*(t[index] for t in plan.knots()))
     dynamics, actions = violations(objective, chosen)
