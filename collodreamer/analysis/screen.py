@@ -57,23 +57,19 @@ from collodreamer.timing import machine
 from collodreamer.training import evaluate
 
 
-def learn(agent, replay, spec: dict, rng: np.random.Generator) -> float:
+def learn(agent, replay, spec: dict, heads_only: bool = False) -> float:
     """Train what the agent learns besides the world model (reward heads, value, actor) on the
-    held-fixed replay, as a run would; seconds."""
-    start = time.perf_counter()
+    held-fixed replay, as a run would, or its pessimism heads alone as many batches; seconds."""
+    start, rng = time.perf_counter(), np.random.default_rng(0)
     sample = lambda count, length: replay.windows(count, length, rng)  # noqa: E731
-    agent.learn_held_fixed(sample, spec.get("value_updates", 2000), spec.get("plans", 300))
+    updates = spec.get("value_updates", 2000)
+    if heads_only:
+        batch = agent.config.replay
+        for _ in range(updates):
+            agent.learn_pessimism(*sample(batch.batch_size, batch.batch_length))
+    else:
+        agent.learn_held_fixed(sample, updates, spec.get("plans", 300))
     agent.metrics()  # drop what learning logged
-    return time.perf_counter() - start
-
-
-def learn_heads(agent, replay, spec: dict) -> float:
-    """Train the agent's pessimism heads alone on the held-fixed replay, as many batches as
-    :func:`learn` trains; seconds."""
-    start, rng, batch = time.perf_counter(), np.random.default_rng(0), agent.config.replay
-    for _ in range(spec.get("value_updates", 2000)):
-        agent.learn_pessimism(*replay.windows(batch.batch_size, batch.batch_length, rng))
-    agent.metrics()
     return time.perf_counter() - start
 
 
@@ -85,12 +81,12 @@ def screen_variant(
     replay = filter_replay(agent, run_dir, config)
     source = spec.get("shares", {}).get(name)
     if source is None:
-        learn_seconds = learn(agent, replay, spec, np.random.default_rng(0))
+        learn_seconds = learn(agent, replay, spec)
         torch.save(agent.state_dict(), out / f"{name}.learned.pt")
     else:  # what the source learnt; pessimism heads it lacks learn here
         learned, fresh = torch.load(out / f"{source}.learned.pt", weights_only=True), agent.state_dict()
         agent.load_state_dict({**fresh, **learned})
-        learn_seconds = learn_heads(agent, replay, spec) if set(fresh) - set(learned) else 0.0
+        learn_seconds = learn(agent, replay, spec, heads_only=True) if set(fresh) - set(learned) else 0.0
     accuracy = value_accuracy(agent, replay, config.value.gamma) if config.agent != "latco" else None
     torch.manual_seed(0)
     env = make_env(config.env, SCREEN_SEED)
