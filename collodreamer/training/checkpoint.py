@@ -199,16 +199,18 @@ def keep_checkpoint(files: RunDir, frames: int, payload: dict[str, Any], keep: i
         old.unlink()
 
 
-def saved_config(run_dir: Path) -> Config:
-    """The config of the run in ``run_dir``: its checkpoint's, which wins over a ``config.yaml`` that
-    differs (damaged, or edited) with a warning naming the settings; ``config.yaml`` before the
-    first checkpoint."""
-    files = RunDir(run_dir)
-    path, checkpoint = files.config, files.checkpoint
-    if not checkpoint.exists():
-        return load_config(path)
-    saved = load_checkpoint(checkpoint).get("config")
-    if saved is None:  # a checkpoint from before configs were saved in them
+def latest_payload(files: RunDir) -> dict[str, Any] | None:
+    """What the run's latest checkpoint holds; None before its first."""
+    return load_checkpoint(files.checkpoint) if files.checkpoint.exists() else None
+
+
+def saved_config(files: RunDir, payload: dict[str, Any] | None) -> Config:
+    """The config of the run whose latest checkpoint holds ``payload``: the checkpoint's, which wins
+    over a ``config.yaml`` that differs (damaged, or edited) with a warning naming the settings;
+    ``config.yaml`` before the first checkpoint."""
+    path = files.config
+    saved = payload.get("config") if payload is not None else None
+    if saved is None:  # no checkpoint yet, or one from before configs were saved in them
         return load_config(path)
     config = from_dict(saved)
     try:
@@ -221,7 +223,7 @@ def saved_config(run_dir: Path) -> Config:
         log.warning(
             "%s differs from the config in %s in %s: the checkpoint's is used",
             path,
-            checkpoint,
+            files.checkpoint,
             ", ".join(differing),
         )
     return config

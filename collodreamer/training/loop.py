@@ -26,7 +26,7 @@ from collodreamer.files import remove_temp_files
 from collodreamer.rundir import RunDir, RunLock
 from collodreamer.schema import Config
 from collodreamer.timing import take_seconds, timed
-from collodreamer.training.checkpoint import keep_checkpoint, save_checkpoint, saved_config
+from collodreamer.training.checkpoint import keep_checkpoint, latest_payload, save_checkpoint, saved_config
 from collodreamer.training.evaluation import test_record
 from collodreamer.training.guard import Guard
 from collodreamer.training.logger import Logger, import_wandb, repair_metrics
@@ -52,7 +52,8 @@ class Trainer:
     or, where a run stopped before its first one, starts training anew on the episodes on disk.
     Episode files of the checkpoint's that are missing are refused, unless
     ``without_missing_episodes``: the run then goes on from the checkpoint without them, as it does
-    without damaged ones. ``reporter`` draws the report of each test (``run.report``)."""
+    without damaged ones. ``reporter`` draws the report of each test (``run.report``); ``payload``, the
+    latest checkpoint's, spares a resume reading it again."""
 
     def __init__(
         self,
@@ -61,6 +62,7 @@ class Trainer:
         resume: bool = False,
         without_missing_episodes: bool = False,
         reporter: Reporter | None = None,
+        payload: dict[str, Any] | None = None,
     ) -> None:
         self.run_dir, self.files = Path(run_dir), RunDir(run_dir)
         if not resume and self.files.checkpoint.exists():
@@ -74,7 +76,7 @@ class Trainer:
         self.agent = self.state.agent
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._lock = RunLock(self.run_dir)
-        payload = saved_state(self.files, config) if resume else None
+        payload = saved_state(self.files, config, payload or latest_payload(self.files)) if resume else None
         missing = self.state.open(payload, without_missing_episodes)
         self.store, self.counters = self.state.store, self.state.counters
         # Only once the saved state fits this config is anything written.
@@ -183,12 +185,8 @@ class Trainer:
         elif run.keep_checkpoints:
             with timed("checkpoint"):
                 keep_checkpoint(self.files, frames, self.state.payload(self.elapsed()), run.keep_checkpoints)
-        log.info(
-            "%d env frames: test return %.1f +- %.1f",
-            frames,
-            record["test/return"],
-            record["test/return_std"],
-        )
+        mean, spread = record["test/return"], record["test/return_std"]
+        log.info("%d env frames: test return %.1f +- %.1f", frames, mean, spread)
 
     def run(self) -> dict[str, Any]:
         """Train until ``run.steps`` env frames; return the final counts. Raises :class:`Interrupted`
@@ -295,5 +293,7 @@ def resume(
 ) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its checkpoint; ``overrides`` may change the settings
     :data:`collodreamer.config.RESUMABLE` lists (e.g. extend steps, lower a learning rate)."""
-    config = make_config(overrides=overrides, base=saved_config(run_dir))
-    return Trainer(config, run_dir, True, without_missing_episodes, reporter).run()
+    files = RunDir(run_dir)
+    payload = latest_payload(files)  # read once: it holds the config and the state to go on from
+    config = make_config(overrides=overrides, base=saved_config(files, payload))
+    return Trainer(config, run_dir, True, without_missing_episodes, reporter, payload).run()

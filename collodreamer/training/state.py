@@ -18,7 +18,6 @@ from collodreamer.seeds import env_seed
 from collodreamer.training.checkpoint import (
     CheckpointError,
     Counters,
-    load_checkpoint,
     restoring,
     rng_states,
     seed_everything,
@@ -28,13 +27,13 @@ from collodreamer.training.checkpoint import (
 log = logging.getLogger("collodreamer")
 
 
-def saved_state(files: RunDir, config: Config) -> dict[str, Any] | None:
-    """The checkpoint a resume goes on from, checked against ``config``; None without one."""
+def saved_state(files: RunDir, config: Config, payload: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``payload``, what the run's latest checkpoint holds, checked against ``config`` as the state a
+    resume goes on from; None without a checkpoint."""
     path = files.checkpoint
-    if not path.exists():
+    if payload is None:
         log.warning("%s has no checkpoint: training starts anew on the episodes on disk", files.path)
         return None
-    payload = load_checkpoint(path)
     saved = payload.get("config", {}).get("agent", config.agent)
     if saved != config.agent:
         raise CheckpointError(
