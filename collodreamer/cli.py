@@ -122,7 +122,7 @@ def _sweep(args: argparse.Namespace) -> None:
     for name, outcome in outcomes.items():
         print(f"{name}: {outcome}")
     metrics = [plot["metric"] for plot in sweep.plots] or ["test/return"]
-    for path in make_figures([root], metrics, root, sweep.name):
+    for path in make_figures([root], metrics, root, sweep.name, sweep.baseline):
         print(f"wrote {path}")
     failed = [name for name, outcome in outcomes.items() if outcome.startswith("failed")]
     if failed:
@@ -132,7 +132,8 @@ def _sweep(args: argparse.Namespace) -> None:
 def _plot(args: argparse.Namespace) -> None:
     from collodreamer.experiments import make_figures
 
-    for path in make_figures([Path(p) for p in args.paths], args.metric, Path(args.out), args.name):
+    paths = [Path(p) for p in args.paths]
+    for path in make_figures(paths, args.metric, Path(args.out), args.name, args.baseline):
         print(f"wrote {path}")
 
 
@@ -284,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--metric", action="append", help="metric to plot (repeatable; default test/return)")
     plot.add_argument("--out", default="results/plots")
     plot.add_argument("--name", default="runs", help="file name prefix")
+    plot.add_argument("--baseline", help="a line (variant or agent): the others' paired differences to it")
     plot.set_defaults(func=_plot)
 
     report = commands.add_parser(

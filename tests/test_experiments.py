@@ -1,5 +1,6 @@
 """Sweeps (local and Ray), resuming interrupted sweeps, failures, figures and statistics."""
 
+import json
 import os
 import signal
 import subprocess
@@ -89,6 +90,11 @@ def test_paper_experiment_specs_expand():
         assert figure in names and f"{figure}_states" in names
     for name in names:
         assert expand(load_spec(Path(name))).runs
+    # an ablation names the variant the others are compared to, and it must be one of them
+    assert expand(load_spec(Path("fig6_states"))).baseline == "deter_300"
+    spec = {**load_spec(Path("fig7_states")), "baseline": "gamma_0.999"}
+    with pytest.raises(ConfigError, match="baseline 'gamma_0.999' is none of the variants: gamma_0.9,"):
+        expand(spec)
 
 
 @pytest.mark.slow
@@ -194,6 +200,39 @@ def test_table_compares_seeds_at_the_latest_test_point_they_all_reached():
     row = results_table([ahead, behind]).splitlines()[-1]
     assert row.startswith("| reacher_easy | latco | 2 | 30000 | 5.0 [5.0, 5.0] | 5.0 | 10000 | 200.0 [")
     assert row.endswith("| 200.0 |")
+
+
+def test_paired_differences_by_hand(tmp_path: Path):
+    from collodreamer.experiments.plots import RunData, paired_differences, write_differences
+
+    def run(task, variant, seed, tests):
+        records = [{"step": s, "test/return": v} for s, v in tests]
+        return RunData(f"{variant}-{seed}", "collodreamer", task, "state", seed, variant, records)
+
+    runs = [
+        run("dmc:a", "on", 0, [(0, 1.0), (20000, 500.0)]),
+        run("dmc:a", "on", 1, [(0, 1.0), (20000, 300.0)]),
+        run("dmc:a", "off", 0, [(0, 1.0), (20000, 450.0)]),
+        run("dmc:a", "off", 1, [(0, 1.0), (10000, 200.0)]),  # cut short: paired at 10k, which "on" lacks
+        run("dmc:b", "on", 0, [(20000, 100.0)]),
+        run("dmc:b", "off", 0, [(20000, 160.0)]),
+        run("dmc:b", "off", 7, [(20000, 999.0)]),  # no seed 7 in the baseline: unpaired, left out
+    ]
+    rows = paired_differences(runs, "on")
+    a, b, pooled = rows
+    assert (a["task"], a["line"], a["seeds"], a["differences"]) == ("dmc:a", "off", [0, 1], [-50.0, 0.0])
+    assert a["env_frames"] == [20000, 0]  # seed 1's latest test common to both runs is at 0
+    assert a["mean"] == pytest.approx(-25.0) and a["ci"][0] <= -25.0 <= a["ci"][1]
+    assert (b["seeds"], b["differences"]) == ([0], [60.0])
+    assert pooled["task"] == "all" and pooled["pairs"] == 3 and pooled["mean"] == pytest.approx(10.0 / 3)
+    # stratified: each resample draws task a's two pairs from {-50, 0} and keeps task b's one, so the
+    # pooled mean is one of (-100 + 60) / 3, (-50 + 60) / 3, (0 + 60) / 3
+    assert -40.0 / 3 - 1e-9 <= pooled["ci"][0] <= pooled["ci"][1] <= 20.0 + 1e-9
+    table, data = write_differences(runs, "on", tmp_path, "fig")
+    assert "| a | off | s0: -50.0 (at 20000), s1: +0.0 (at 0) | -25.0 [" in table.read_text()
+    assert json.loads(data.read_text())["baseline"] == "on"
+    with pytest.raises(ConfigError, match="baseline 'onn' is none of the lines: off, on"):
+        paired_differences(runs, "onn")
 
 
 def test_probability_of_improvement_by_hand():

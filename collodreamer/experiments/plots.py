@@ -12,7 +12,7 @@ import numpy as np
 import yaml
 
 from collodreamer.config import ConfigError, load_config
-from collodreamer.experiments.stats import aggregate, bootstrap_ci, iqm
+from collodreamer.experiments.stats import aggregate, bootstrap_ci, iqm, stratified_bootstrap_ci
 from collodreamer.rundir import RunDir
 from collodreamer.training.logger import read_metrics
 
@@ -251,9 +251,90 @@ def write_aggregate(runs: list[RunData], out: Path) -> list[Path]:
     return [json_path, png_path]
 
 
-def make_figures(paths: list[Path], metrics: list[str], out: Path, name: str) -> list[Path]:
-    """Plots of ``metrics``, the results table and (across tasks) the aggregate for the runs under
-    ``paths``, written to ``out``."""
+def paired_differences(runs: list[RunData], baseline: str) -> list[dict]:
+    """Each line's test return minus the ``baseline`` line's, paired by task and seed, at the latest
+    test point both runs of a pair reached: per task (the per-seed differences, their mean and 95%
+    bootstrap interval) and over all tasks (the mean of every pair, with a bootstrap interval
+    stratified by task)."""
+    groups = group(runs)
+    labels = sorted({label for lines in groups.values() for label in lines})
+    if baseline not in labels:
+        raise ConfigError(f"baseline {baseline!r} is none of the lines: {', '.join(labels)}")
+    by_line: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
+    rows = []
+    for task, lines in sorted(groups.items()):
+        base = {run.seed: run for run in lines.get(baseline, [])}
+        for label, members in sorted(lines.items()):
+            if label == baseline:
+                continue
+            members = sorted((run for run in members if run.seed in base), key=lambda run: run.seed)
+            points = [(run.seed, common_test_returns([run, base[run.seed]])) for run in members]
+            pairs = [(seed, point) for seed, point in points if point]
+            if not pairs:
+                continue
+            differences = np.array([returns[0] - returns[1] for _, (_, returns) in pairs])
+            by_line[label][task] = differences
+            rows.append(
+                {
+                    "task": task,
+                    "line": label,
+                    "seeds": [seed for seed, _ in pairs],
+                    "env_frames": [frames for _, (frames, _) in pairs],
+                    "differences": differences.tolist(),
+                    "mean": float(differences.mean()),
+                    "ci": list(bootstrap_ci(differences)),
+                }
+            )
+    for label, tasks in sorted(by_line.items()):
+        pooled = lambda s, label=label: float(np.concatenate(list(s[label].values())).mean())  # noqa: E731
+        rows.append(
+            {
+                "task": "all",
+                "line": label,
+                "pairs": int(sum(len(v) for v in tasks.values())),
+                "mean": pooled(by_line),
+                "ci": list(stratified_bootstrap_ci({label: tasks}, pooled)),
+            }
+        )
+    return rows
+
+
+def differences_table(rows: list[dict], baseline: str) -> str:
+    """Markdown of :func:`paired_differences`."""
+    lines = [
+        f"| task | line | test return minus {baseline}'s, per seed | mean [95% CI] |",
+        "|---|---|---|---|",
+    ]
+    for row in rows:
+        if row["task"] == "all":
+            per_seed = f"{row['pairs']} pairs (interval stratified by task)"
+        else:
+            per_seed = ", ".join(
+                f"s{seed}: {d:+.1f} (at {f})"
+                for seed, d, f in zip(row["seeds"], row["differences"], row["env_frames"], strict=True)
+            )
+        low, high = row["ci"]
+        lines.append(
+            f"| {row['task'].split(':', 1)[-1]} | {row['line']} | {per_seed} | "
+            f"{row['mean']:+.1f} [{low:+.1f}, {high:+.1f}] |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_differences(runs: list[RunData], baseline: str, out: Path, name: str) -> list[Path]:
+    """``{name}_differences.md`` and ``.json``: :func:`paired_differences` against ``baseline``."""
+    rows = paired_differences(runs, baseline)
+    table, data = out / f"{name}_differences.md", out / f"{name}_differences.json"
+    table.write_text(differences_table(rows, baseline))
+    data.write_text(json.dumps({"baseline": baseline, "rows": rows}, indent=2) + "\n")
+    return [table, data]
+
+
+def make_figures(
+    paths: list[Path], metrics: list[str], out: Path, name: str, baseline: str | None = None
+) -> list[Path]:
+    """Plots of ``metrics``, the results table, (across tasks) the aggregate and (given a ``baseline``
+    line) the paired differences to it for the runs under ``paths``, written to ``out``."""
     runs = find_runs(paths)
     out.mkdir(parents=True, exist_ok=True)
     written = [
@@ -261,4 +342,5 @@ def make_figures(paths: list[Path], metrics: list[str], out: Path, name: str) ->
     ]
     table = out / f"{name}_table.md"
     table.write_text(results_table(runs))
-    return [*written, table, *write_aggregate(runs, out)]
+    differences = write_differences(runs, baseline, out, name) if baseline else []
+    return [*written, table, *write_aggregate(runs, out), *differences]

@@ -19,6 +19,7 @@ A spec (see ``configs/experiments/``)::
       no_dropout: [value.dropout=[]]
     plots:                      # figures made from the runs' logs when the sweep ends
       - {metric: test/return, file: fig13_test.png}
+    baseline: base              # a variant: every other one's paired differences to it
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ SPEC_KEYS = {
     "overrides",
     "variants",
     "plots",
+    "baseline",
 }
 RUN_BYTES = 2**30  # a run's memory besides its replay: torch, dm_control, the renderer, the networks
 # Replay bytes per agent step: images as held in memory, compressed at least 2.4x (the worst paper task,
@@ -109,6 +111,7 @@ class Sweep:
     name: str
     runs: list[RunSpec]
     plots: list[dict[str, Any]] = field(default_factory=list)
+    baseline: str | None = None
 
 
 def load_spec(path: Path) -> dict[str, Any]:
@@ -166,7 +169,10 @@ def expand(spec: dict[str, Any]) -> Sweep:
                             overrides=(*common, *extra),
                         )
                     )
-    return Sweep(spec["name"], runs, list(spec.get("plots", [])))
+    baseline = spec.get("baseline")
+    if baseline is not None and baseline not in variants:
+        raise ConfigError(f"sweep spec: baseline {baseline!r} is none of the variants: {', '.join(variants)}")
+    return Sweep(spec["name"], runs, list(spec.get("plots", [])), baseline)
 
 
 def _seeds(seeds: Any) -> list[int]:
