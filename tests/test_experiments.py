@@ -235,6 +235,19 @@ def test_paired_differences_by_hand(tmp_path: Path):
         paired_differences(runs, "onn")
 
 
+def test_metrics_table_gives_each_runs_final_records_over_seeds():
+    from collodreamer.experiments.plots import FINAL_RECORDS, RunData, metrics_table
+
+    def run(seed, gaps):
+        records = [{"step": 1000 * (i + 1), "plan/promise_gap": g} for i, g in enumerate(gaps)]
+        return RunData(f"s{seed}", "latco", "dmc:reacher_easy", "state", seed, "", records)
+
+    early = [9.0] * 3  # older records than the last FINAL_RECORDS do not count
+    runs = [run(0, early + [0.1] * FINAL_RECORDS), run(1, early + [0.3] * FINAL_RECORDS)]
+    row = metrics_table(runs, ["plan/promise_gap", "model/kl"]).splitlines()[-1]
+    assert row.startswith("| reacher_easy | latco | 2 | 0.2 [0.1") and row.endswith("0.3] | - |")
+
+
 def test_probability_of_improvement_by_hand():
     x = {"a": np.array([3.0, 1.0]), "b": np.array([5.0])}
     y = {"a": np.array([2.0, 1.0]), "b": np.array([4.0, 6.0])}

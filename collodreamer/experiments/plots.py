@@ -17,6 +17,7 @@ from collodreamer.rundir import RunDir
 from collodreamer.training.logger import read_metrics
 
 FINAL_TRAIN_EPISODES = 3  # the train return of a run is the mean of its last few episodes
+FINAL_RECORDS = 5  # another metric's final value in a run: the mean of its last few records
 MAX_RETURN = 1000.0  # a DeepMind Control episode's best possible return: the normaliser of scores
 
 
@@ -191,6 +192,28 @@ def results_table(runs: list[RunData]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def metrics_table(runs: list[RunData], metrics: list[str]) -> str:
+    """Markdown: per task and line, each metric's final value (a run's mean over its last
+    ``FINAL_RECORDS`` records), as the mean over seeds with a 95% bootstrap interval; "-" where no
+    run logged it."""
+    rows = [
+        "| task | line | seeds | " + " | ".join(metrics) + " |",
+        "|---|---|---|" + "---|" * len(metrics),
+    ]
+    for task, lines in sorted(group(runs).items()):
+        for label, members in sorted(lines.items()):
+            cells = []
+            for metric in metrics:
+                lasts = [run.curve(metric)[1][-FINAL_RECORDS:] for run in members]
+                finals = np.array([values.mean() for values in lasts if len(values)])
+                low, high = bootstrap_ci(finals) if len(finals) else (0.0, 0.0)
+                cells.append(f"{finals.mean():.3g} [{low:.3g}, {high:.3g}]" if len(finals) else "-")
+            rows.append(
+                f"| {task.split(':', 1)[-1]} | {label} | {len(members)} | " + " | ".join(cells) + " |"
+            )
+    return "\n".join(rows) + "\n"
+
+
 def final_scores(runs: list[RunData]) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, int]]]:
     """label -> task -> each seed's test return at the latest test point all of them reached,
     normalised by the task's best possible return; and the env frames of that point."""
@@ -333,14 +356,19 @@ def write_differences(runs: list[RunData], baseline: str, out: Path, name: str) 
 def make_figures(
     paths: list[Path], metrics: list[str], out: Path, name: str, baseline: str | None = None
 ) -> list[Path]:
-    """Plots of ``metrics``, the results table, (across tasks) the aggregate and (given a ``baseline``
-    line) the paired differences to it for the runs under ``paths``, written to ``out``."""
+    """For the runs under ``paths``, written to ``out``: plots of ``metrics``, the results table (with
+    the other metrics' final values), across tasks the aggregate, and given a ``baseline`` line the
+    paired differences to it."""
     runs = find_runs(paths)
     out.mkdir(parents=True, exist_ok=True)
     written = [
         plot_metric(runs, metric, out / f"{name}_{metric.replace('/', '_')}.png", name) for metric in metrics
     ]
+    text = results_table(runs)
+    others = [metric for metric in metrics if metric not in ("test/return", "train/return")]
+    if others:
+        text += "\nFinal values (each run's mean of its last records):\n\n" + metrics_table(runs, others)
     table = out / f"{name}_table.md"
-    table.write_text(results_table(runs))
+    table.write_text(text)
     differences = write_differences(runs, baseline, out, name) if baseline else []
     return [*written, table, *write_aggregate(runs, out), *differences]
