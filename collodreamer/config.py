@@ -92,6 +92,16 @@ def load_preset(name: str) -> dict[str, Any]:
     return data
 
 
+def load_spec_file(name: str, folder: str, keys: set[str], what: str) -> dict[str, Any]:
+    """A spec (a sweep's, a screen's) by path, or by name from ``configs/<folder>/``, whose top-level
+    keys are all among ``keys``; ``what`` names it in errors."""
+    spec = load_preset(name if Path(name).exists() else f"{folder}/{name}")
+    unknown = set(spec) - keys
+    if unknown:
+        raise ConfigError(f"{what}: unknown keys {sorted(unknown)}; valid keys: {', '.join(sorted(keys))}")
+    return spec
+
+
 def _check_value(key: str, value: Any, hint: Any) -> Any:
     """Return ``value`` converted to the type ``hint`` or raise a one-line ConfigError."""
     origin = typing.get_origin(hint)
@@ -246,16 +256,17 @@ def uses_pixels(env: EnvConfig) -> bool:
     return env.obs == "pixels"
 
 
-def has_policy(config: Config) -> bool:
-    """Whether the agent holds a policy besides its planner (Dreamer's actor, the imagination
-    style's, or LatCo's amortised policy)."""
+def cloned_policy(config: Config) -> bool:
+    """Whether a planning agent clones its plans into an amortised policy (beyond the paper) that
+    warm-starts plans or competes with them: where no actor of the imagination style does it."""
     planner = config.planner
-    return (
-        config.agent == "dreamer"
-        or planner.init == "policy"
-        or "policy" in planner.candidates
-        or (config.agent == "collodreamer" and config.value.style == "imagination")
-    )
+    uses_policy = planner.init == "policy" or "policy" in planner.candidates
+    return uses_policy and not imagination_actor(config)
+
+
+def imagination_actor(config: Config) -> bool:
+    """Whether ColloDreamer learns Dreamer's actor beside its planner (``value.style=imagination``)."""
+    return config.agent == "collodreamer" and config.value.style == "imagination"
 
 
 def validate(config: Config) -> None:
@@ -363,7 +374,9 @@ def validate(config: Config) -> None:
     for key in ("reward_heads", "state_heads"):
         if getattr(config.pessimism, key) == 1:
             raise ConfigError(f"pessimism.{key}: the std of one head is zero; use 0 (off) or 2 or more")
-    if config.planner.feedback and not has_policy(config):
+    if config.planner.feedback and config.agent == "dreamer":
+        raise ConfigError("planner.feedback acts on plans: Dreamer acts with its actor alone; set it to 0")
+    if config.planner.feedback and not (cloned_policy(config) or imagination_actor(config)):
         raise ConfigError(
             "planner.feedback needs a policy: planner.init=policy, planner.candidates=[policy] or "
             "value.style=imagination (agent collodreamer)"

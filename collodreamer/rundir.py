@@ -38,8 +38,10 @@ class RunDir:
         return self.checkpoints / f"checkpoint-{frames:08d}.pt"
 
     def kept_checkpoints(self) -> list[Path]:
-        """The kept checkpoints, oldest first."""
-        return sorted(self.checkpoints.glob("checkpoint-*.pt"))
+        """The kept checkpoints, oldest first (by their env frames: past 10^8 the names outgrow the
+        padding and sort out of order as text)."""
+        kept = [path for path in self.checkpoints.glob("checkpoint-*.pt") if path.stem[11:].isdigit()]
+        return sorted(kept, key=lambda path: int(path.stem[11:]))
 
     @property
     def episodes(self) -> Path:

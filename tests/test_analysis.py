@@ -1,6 +1,7 @@
 """The analysis of trained runs: screen specs, the screen's table, the value diagnostics' math."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from collodreamer.analysis.screen import load_screen, screen_report
 from collodreamer.analysis.value import reward_to_go
-from collodreamer.config import make_config, preset_dir
+from collodreamer.config import ConfigError, make_config, preset_dir
 
 
 def test_reward_to_go_by_hand():
@@ -25,6 +26,22 @@ def test_every_shipped_screen_variant_is_a_valid_config(name):
         assert source in spec["variants"]
     for overrides in spec["variants"].values():
         make_config(["tiny"], [f"agent={spec.get('agent', 'collodreamer')}", *overrides])
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("variants: {a: []}\nvalue_update: 10\n", "screen spec: unknown keys ['value_update']"),
+        ("plans: 3\n", "screen spec: 'variants' maps each variant name to a list"),
+        ("variants: {a: planner.iterations=3}\n", "screen spec: 'variants' maps each variant name to a list"),
+        ("variants: {a: []}\nshares: {a: b}\n", "screen spec: 'shares' maps a variant to the variant"),
+    ],
+)
+def test_a_bad_screen_spec_is_one_line_naming_it(tmp_path: Path, text, message):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_screen(str(path))
 
 
 def test_screen_report_pairs_every_variant_with_the_first(tmp_path: Path):

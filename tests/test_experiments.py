@@ -95,6 +95,9 @@ def test_paper_experiment_specs_expand():
     spec = {**load_spec(Path("fig7_states")), "baseline": "gamma_0.999"}
     with pytest.raises(ConfigError, match="baseline 'gamma_0.999' is none of the variants: gamma_0.9,"):
         expand(spec)
+    for plots in (["test/return"], [{"metric": "test/return", "file": "a.png"}]):
+        with pytest.raises(ConfigError, match="'plots' is a list of {metric: NAME} entries"):
+            expand({**load_spec(Path("fig7_states")), "plots": plots})
 
 
 @pytest.mark.slow

@@ -200,6 +200,9 @@ def test_candidates_compete_with_the_optimised_plans():
         torch.manual_seed(0)
         chosen = collocate(obj, start, replace(config, candidate_margin=margin), candidates=bad)
         assert chosen.diagnostics["candidate_share"] == share
+        # the diagnostics are the executed plan's, also where a margin executes the worse one
+        executed = theirs if share else ours
+        assert chosen.diagnostics["rollout_return"] == pytest.approx(executed, rel=1e-5)
     # Two starts with two candidates each: each start chooses among its own.
     starts = torch.zeros(2, 2)
     both = Plan(*(torch.cat([a, b, b, a]) for a, b in zip(good.knots(), bad.knots(), strict=True)))

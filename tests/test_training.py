@@ -90,7 +90,7 @@ def test_run_dir_of_another_task_is_refused_and_kept(tmp_path: Path, cli):
     cli("train", *TINY, "--obs", "state", "--run-dir", str(run), "run.steps=200")
     (run / "checkpoint.pt").unlink()  # as if it had died before its first checkpoint
     config = (run / "config.yaml").read_bytes()
-    result = cli(
+    command = [
         "train",
         "--preset",
         "tiny",
@@ -100,13 +100,34 @@ def test_run_dir_of_another_task_is_refused_and_kept(tmp_path: Path, cli):
         "dmc:cheetah_run",
         "--obs",
         "state",
-        "--run-dir",
-        str(run),
-        check=False,
-    )
+    ]
+    command += ["--run-dir", str(run)]
+    result = cli(*command, check=False)
     assert result.returncode == 2
-    assert "belongs to another run" in result.stderr.strip().splitlines()[-1]
+    assert (
+        "start of another run (no checkpoint yet): env.task cannot change"
+        in result.stderr.strip().splitlines()[-1]
+    )
     assert (run / "config.yaml").read_bytes() == config
+    # without its config, the episodes still tell the run apart
+    (run / "config.yaml").unlink()
+    result = cli(*command, check=False)
+    assert result.returncode == 2 and "belongs to another run" in result.stderr.strip().splitlines()[-1]
+
+
+def test_another_agent_in_a_started_run_without_checkpoint_is_refused_and_kept(tmp_path: Path, cli):
+    run = tmp_path / "run"
+    cli("train", *TINY, "--obs", "state", "--run-dir", str(run), "run.steps=200")
+    (run / "checkpoint.pt").unlink()  # as if it had died before its first checkpoint
+    config, metrics = (run / "config.yaml").read_bytes(), (run / "metrics.jsonl").read_bytes()
+    result = cli("train", *TINY, "--obs", "state", "--agent", "latco", "--run-dir", str(run), check=False)
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert "holds the start of another run (no checkpoint yet): agent cannot change" in line
+    assert (run / "config.yaml").read_bytes() == config and (run / "metrics.jsonl").read_bytes() == metrics
+    # the same configuration starts again there, on the episodes it had (a sweep's restart)
+    cli("train", *TINY, "--obs", "state", "--run-dir", str(run), "run.steps=200")
+    assert (run / "checkpoint.pt").exists()
 
 
 def test_bad_config_is_one_line_error(cli):
@@ -196,6 +217,17 @@ def test_a_run_in_use_is_refused(tmp_path: Path, cli):
 # --- kept checkpoints, reports in TensorBoard, W&B, Gymnasium tasks --------------------------------
 
 PLANNER = ["planner.horizon=6", "planner.iterations=5", "planner.replan_every=3"]
+
+
+def test_kept_checkpoints_are_ordered_by_env_frames_past_the_padding(tmp_path: Path):
+    from collodreamer.rundir import RunDir
+
+    files = RunDir(tmp_path)
+    files.checkpoints.mkdir()
+    for frames in (100_000_000, 99_999_999, 5000):
+        files.kept_checkpoint(frames).touch()
+    (files.checkpoints / "checkpoint-latest.pt").touch()  # not a kept checkpoint: left out
+    assert files.kept_checkpoints() == [files.kept_checkpoint(f) for f in (5000, 99_999_999, 100_000_000)]
 
 
 def test_kept_checkpoints_are_the_last_tests_checksummed_and_evaluable(tmp_path: Path, cli):

@@ -24,6 +24,8 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"device: '{name}' is not a torch device; use auto, cpu or cuda") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: cuda was asked for but torch sees no CUDA device")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device: {name} is not here: torch sees {torch.cuda.device_count()} CUDA devices")
     return device
 
 

@@ -25,8 +25,11 @@ class Agent(Protocol):
     ``state`` is the agent's own memory between steps of one episode (None at the first step);
     ``reward`` is the reward paid on arriving at ``obs`` (0 at the first step), from which the
     agents measure what their plans promised against what they earned; ``batch`` holds
-    ``[batch, length, ...]`` arrays with the keys of :mod:`collodreamer.data`.
+    ``[batch, length, ...]`` arrays with the keys of :mod:`collodreamer.data`; ``device`` is where its
+    networks compute (the cpu for an agent without any).
     """
+
+    device: torch.device
 
     def act(
         self, obs: np.ndarray, state: Any, training: bool, reward: float = 0.0
@@ -48,7 +51,6 @@ class ModelBased(Protocol):
     """An agent that acts through a learned world model (every agent but the random one)."""
 
     world_model: WorldModel
-    device: torch.device
 
 
 @runtime_checkable

@@ -48,8 +48,6 @@ class ColloDreamerAgent(LatCoAgent):
     def __init__(self, config: Config, spec: EnvSpec, device: torch.device) -> None:
         super().__init__(config, spec, device)
         self.value = make_value_style(config, self.world_model, self.log, self.planning_reward)
-        if self.value.warm_start_policy() is not None:
-            self.policy = None  # the style's own policy warm-starts the plans, not a cloned one
         self.model_updates = 0
         self.last_lambda = 1.0  # the planner's mean dynamics multiplier, for Eq. 11
         self.old_rssm = copy.deepcopy(self.world_model.rssm).requires_grad_(False)

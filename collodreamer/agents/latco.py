@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from collodreamer.agents.base import Sampler, explore
 from collodreamer.agents.promise import Segment, promise_metrics
 from collodreamer.averages import Averages
+from collodreamer.config import cloned_policy
 from collodreamer.health import nonfinite
 from collodreamer.models import MLP, State, WorldModel, to_torch
 from collodreamer.models.ensemble import Ensemble, excess_disagreement
@@ -48,7 +49,8 @@ def policy_feedback(
     gain: float,
 ) -> torch.Tensor:
     """The executed action ``clip(a_plan + k (pi(z) - pi(z_plan)), -1, 1)``: the plan's action corrected
-    by the policy's response to where the real state ``z`` is against the plan's knot ``z_plan``."""
+    by the policy's response to where the real state ``z`` is against the plan's knot ``z_plan``
+    (``planner.feedback``, beyond the paper: a time-varying feedback law around the open-loop plan)."""
     return (planned + gain * (policy(feature) - policy(planned_feature))).clamp(-1.0, 1.0)
 
 
@@ -74,7 +76,7 @@ class LatCoAgent:
         self.policy: MLP | None = None
         self.last_multipliers: tuple[float, float] | None = None  # mean lambda, nu of the last plan
         self._objective: Objective | None = None
-        if config.planner.init == "policy" or "policy" in config.planner.candidates:
+        if cloned_policy(config):
             self.policy = MLP(feature_dim, spec.action_dim, config.policy.units, config.policy.layers).to(
                 device
             )

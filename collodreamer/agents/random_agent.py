@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 from collodreamer.spec import EnvSpec
 
@@ -13,6 +14,7 @@ from collodreamer.spec import EnvSpec
 class RandomAgent:
     def __init__(self, spec: EnvSpec, seed: int) -> None:
         self.action_dim = spec.action_dim
+        self.device = torch.device("cpu")
         self.rng = np.random.default_rng(seed)
 
     def act(self, obs: np.ndarray, state: Any, training: bool, reward: float = 0.0) -> tuple[np.ndarray, Any]:

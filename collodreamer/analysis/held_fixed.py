@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from collodreamer.agents import make_agent
-from collodreamer.config import load_config, make_config
+from collodreamer.agents import ModelBased, make_agent
+from collodreamer.config import ConfigError, make_config
 from collodreamer.data import EpisodeStore
 from collodreamer.models import State, to_torch
 from collodreamer.rundir import RunDir
 from collodreamer.schema import Config
 from collodreamer.training import load_checkpoint, saved_spec
+from collodreamer.training.checkpoint import restoring, saved_config
 
 
 @dataclass
@@ -45,19 +46,18 @@ class Replay:
         return stack(batches), stack(posts)
 
 
-def run_config(run_dir: Path, overrides: list[str] = ()) -> Config:
-    """The run's saved config with ``overrides`` applied (model sizes must stay as trained)."""
-    return make_config(overrides=list(overrides), base=load_config(RunDir(run_dir).config))
-
-
 def build_agent(run_dir: Path, overrides: list[str], seed: int = 0) -> tuple[Config, Any, dict[str, Any]]:
-    """An agent of ``run_dir``'s config plus ``overrides`` holding the run's world model, and the
-    checkpoint's payload."""
-    config = run_config(run_dir, overrides)
-    payload = load_checkpoint(RunDir(run_dir).checkpoint)
+    """An agent of ``run_dir``'s config (its checkpoint's) plus ``overrides`` (model sizes must stay as
+    trained) holding the run's world model alone, and the checkpoint's payload."""
+    files = RunDir(run_dir)
+    payload = load_checkpoint(files.checkpoint)
+    config = make_config(overrides=list(overrides), base=saved_config(files, payload))
     torch.manual_seed(seed)
     agent = make_agent(config, saved_spec(payload, config))
-    agent.world_model.load_training_state(payload["agent"]["world_model"])
+    if not isinstance(agent, ModelBased):
+        raise ConfigError(f"{run_dir} is a {config.agent} run: it has no world model")
+    with restoring(files.checkpoint):
+        agent.world_model.load_training_state(payload["agent"]["world_model"])
     return config, agent, payload
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from collodreamer.agents import ModelBased, Planner
 from collodreamer.analysis.prediction import PlanTrace, Prediction, open_loop, promise_trace, trace_plan
-from collodreamer.config import uses_pixels
+from collodreamer.config import ConfigError, uses_pixels
 from collodreamer.data import EpisodeStore
 from collodreamer.envs import Env, make_env
 from collodreamer.rundir import RunDir
@@ -157,12 +157,12 @@ class TestReport:
     ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         if not isinstance(agent, ModelBased):
             return {}, None
-        states = rng_states()
+        states = rng_states(agent.device)
         try:
             with timed("report"):
                 return self._draw(agent, episode, config, frames)
         finally:
-            set_rng_states(states)
+            set_rng_states(states, agent.device)
 
     def _draw(
         self, agent: ModelBased, episode: dict[str, np.ndarray], config: Config, frames: int
@@ -193,6 +193,8 @@ def write_report(
     planning agents), written to ``out``, of the model in ``checkpoint`` (default: the run's
     latest); returns the files."""
     config, agent, counters = load_agent(run_dir, checkpoint)
+    if not isinstance(agent, ModelBased):
+        raise ConfigError(f"{run_dir} is a {config.agent} run: it has no world model to report on")
     out.mkdir(parents=True, exist_ok=True)
     store = EpisodeStore.read(RunDir(run_dir).episodes, config.env.action_repeat)
     pixels = uses_pixels(config.env)

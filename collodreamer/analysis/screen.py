@@ -48,13 +48,18 @@ import torch
 
 from collodreamer.analysis.held_fixed import build_agent, filter_replay
 from collodreamer.analysis.value import value_accuracy
-from collodreamer.config import ConfigError, load_preset
+from collodreamer.config import ConfigError, load_spec_file
 from collodreamer.envs import make_env
 from collodreamer.experiments.stats import bootstrap_ci
 from collodreamer.files import write_json
 from collodreamer.seeds import SCREEN_SEED
 from collodreamer.timing import machine
 from collodreamer.training import evaluate
+from collodreamer.training.checkpoint import restoring
+
+# A screen spec's keys: the agent its variants start from, the value (actor-critic) updates and plans
+# each learns on the replay, the variants, and which variant's learnt parts another takes.
+SCREEN_KEYS = {"agent", "value_updates", "plans", "variants", "shares"}
 
 
 def learn(agent, replay, spec: dict, heads_only: bool = False) -> float:
@@ -84,8 +89,13 @@ def screen_variant(
         learn_seconds = learn(agent, replay, spec)
         torch.save(agent.state_dict(), out / f"{name}.learned.pt")
     else:  # what the source learnt; pessimism heads it lacks learn here
-        learned, fresh = torch.load(out / f"{source}.learned.pt", weights_only=True), agent.state_dict()
-        agent.load_state_dict({**fresh, **learned})
+        path = out / f"{source}.learned.pt"
+        if not path.exists():
+            raise ConfigError(f"variant {name} shares what {source} learnt: screen {source} first ({path})")
+        fresh = agent.state_dict()
+        with restoring(path):
+            learned = torch.load(path, weights_only=True)
+            agent.load_state_dict({**fresh, **learned})
         learn_seconds = learn(agent, replay, spec, heads_only=True) if set(fresh) - set(learned) else 0.0
     accuracy = value_accuracy(agent, replay, config.value.gamma) if config.agent != "latco" else None
     torch.manual_seed(0)
@@ -158,9 +168,20 @@ def screen_report(spec: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
-def load_screen(spec: str) -> dict[str, Any]:
-    """A screen spec by path, or by name from ``configs/screens/``."""
-    return load_preset(spec if Path(spec).exists() else f"screens/{spec}")
+def load_screen(name: str) -> dict[str, Any]:
+    """A screen spec by path, or by name from ``configs/screens/``: its variants (name -> overrides)
+    and which variant's learnt parts each may share."""
+    spec = load_spec_file(name, "screens", SCREEN_KEYS, "screen spec")
+    variants, shares = spec.get("variants"), spec.get("shares", {})
+    if (
+        not isinstance(variants, dict)
+        or not variants
+        or not all(isinstance(v, list) for v in variants.values())
+    ):
+        raise ConfigError("screen spec: 'variants' maps each variant name to a list of key=value overrides")
+    if not isinstance(shares, dict) or not set(shares) | set(shares.values()) <= set(variants):
+        raise ConfigError("screen spec: 'shares' maps a variant to the variant whose learnt parts it takes")
+    return spec
 
 
 def screen(

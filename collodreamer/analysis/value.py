@@ -1,12 +1,12 @@
 """How good is a ColloDreamer run's value network? Measured on its checkpoint and its real episodes
 (``collodreamer diagnose value RUN_DIR``):
 
-- accuracy: V(z_t) at the posterior's mean features of the run's last ``--episodes`` episodes against
+- accuracy: V(z_t) at the posterior's mean features of the run's last ``episodes`` (10) episodes against
   the discounted real reward-to-go ``G_t = sum_{j>=t} gamma^(j-t) r_j`` (V counts the reward of its own
-  state), for the steps at least ``--tail`` steps before the episode's end (the reward-to-go is cut
+  state), for the steps at least ``tail`` (300) steps before the episode's end (the reward-to-go is cut
   by the time limit: what it misses is at most ``gamma^tail`` of the value); Pearson correlation,
   bias (mean V - G), RMSE, and the means of both;
-- the planner's view: ``--plans`` plans from replayed states, and at their terminal state
+- the planner's view: ``plans`` (20) plans from replayed states, and at their terminal state
   ``mu(z_H, a_H)``: the share where the value's clip binds, and the norm of dV/dz there;
 - batch norm and dropout: the mean |V_train - V_eval| of the same inputs in training and in eval mode,
   on a batch of replayed states from many episodes and on the knots of one plan.
@@ -26,7 +26,7 @@ from collodreamer.config import ConfigError
 
 def reward_to_go(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
     """``G_t = sum_{j>=t} gamma^(j-t) r_j`` to the end of the episode."""
-    out, total = torch.zeros_like(rewards), torch.zeros(())
+    out, total = torch.zeros_like(rewards), rewards.new_zeros(())
     for t in reversed(range(len(rewards))):
         total = rewards[t] + gamma * total
         out[t] = total
@@ -50,7 +50,7 @@ def value_accuracy(
         returns.append(reward_to_go(episode["reward"].float(), gamma)[:keep])
     if not values:
         return None
-    v, g = torch.cat(values).numpy(), torch.cat(returns).numpy()
+    v, g = torch.cat(values).cpu().numpy(), torch.cat(returns).cpu().numpy()
     return {
         "steps": len(v),
         "correlation": float(np.corrcoef(v, g)[0, 1]),

@@ -18,7 +18,7 @@ A spec (see ``configs/experiments/``)::
       base: []
       no_dropout: [value.dropout=[]]
     plots:                      # figures made from the runs' logs when the sweep ends
-      - {metric: test/return, file: fig13_test.png}
+      - {metric: test/return}
     baseline: base              # a variant: every other one's paired differences to it
 """
 
@@ -45,7 +45,7 @@ import yaml
 from collodreamer.config import (
     ConfigError,
     load_config,
-    load_preset,
+    load_spec_file,
     make_config,
     run_name,
     to_dict,
@@ -116,13 +116,7 @@ class Sweep:
 
 def load_spec(path: Path) -> dict[str, Any]:
     """A spec by path, or by name from ``configs/experiments/``."""
-    spec = load_preset(str(path) if Path(path).exists() else f"experiments/{path}")
-    unknown = set(spec) - SPEC_KEYS
-    if unknown:
-        raise ConfigError(
-            f"sweep spec: unknown keys {sorted(unknown)}; valid keys: {', '.join(sorted(SPEC_KEYS))}"
-        )
-    return spec
+    return load_spec_file(str(path), "experiments", SPEC_KEYS, "sweep spec")
 
 
 def expand(spec: dict[str, Any]) -> Sweep:
@@ -169,10 +163,13 @@ def expand(spec: dict[str, Any]) -> Sweep:
                             overrides=(*common, *extra),
                         )
                     )
+    plots = spec.get("plots") or []
+    if not isinstance(plots, list) or not all(isinstance(p, dict) and set(p) == {"metric"} for p in plots):
+        raise ConfigError(f"sweep spec: 'plots' is a list of {{metric: NAME}} entries, got {plots!r}")
     baseline = spec.get("baseline")
     if baseline is not None and baseline not in variants:
         raise ConfigError(f"sweep spec: baseline {baseline!r} is none of the variants: {', '.join(variants)}")
-    return Sweep(spec["name"], runs, list(spec.get("plots", [])), baseline)
+    return Sweep(spec["name"], runs, plots, baseline)
 
 
 def _seeds(seeds: Any) -> list[int]:

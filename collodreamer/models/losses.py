@@ -15,7 +15,8 @@ Stats = dict[str, torch.Tensor]
 def gaussian_kl(
     mean_p: torch.Tensor, std_p: torch.Tensor, mean_q: torch.Tensor, std_q: torch.Tensor
 ) -> torch.Tensor:
-    """KL(N(mean_p, std_p^2) || N(mean_q, std_q^2)) of diagonal Gaussians, summed over the last axis."""
+    """KL(N(mean_p, std_p^2) || N(mean_q, std_q^2)) of diagonal Gaussians, summed over the last axis:
+    the KL term of Eq. 4 for Gaussian latents (posterior p, prior q)."""
     var_ratio = (std_p / std_q) ** 2
     term = ((mean_p - mean_q) / std_q) ** 2
     return 0.5 * (var_ratio + term - 1.0 - torch.log(var_ratio)).sum(-1)
@@ -23,7 +24,7 @@ def gaussian_kl(
 
 def categorical_kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     """KL(p || q) of independent categoricals given log-probabilities ``[..., variables, classes]``,
-    summed over variables and classes."""
+    summed over variables and classes: the KL term of Eq. 4 for categorical latents (Fig. 12)."""
     return (logp.exp() * (logp - logq)).sum((-2, -1))
 
 
@@ -53,7 +54,8 @@ def kl_loss(
 
 def gaussian_nll(mean: torch.Tensor, target: torch.Tensor, event_dims: int) -> torch.Tensor:
     """Negative log-likelihood under a unit-variance Gaussian, without the constant:
-    ``0.5 * sum (target - mean)^2`` over the last ``event_dims`` axes."""
+    ``0.5 * sum (target - mean)^2`` over the last ``event_dims`` axes (Eq. 4's reconstruction and
+    reward terms)."""
     squared = 0.5 * (target - mean) ** 2
     return squared.sum(tuple(range(-event_dims, 0))) if event_dims else squared
 

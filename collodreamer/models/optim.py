@@ -49,7 +49,8 @@ def load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any], lr: 
 
 @torch.no_grad()
 def update_target(target: nn.Module, online: nn.Module, tau: float) -> None:
-    """Polyak averaging ``target <- tau * online + (1 - tau) * target`` (``tau=1`` copies)."""
+    """Polyak averaging of the parameters, ``target <- tau * online + (1 - tau) * target`` (``tau=1``
+    copies); buffers (batch-norm statistics) are copied as they are."""
     for t, o in zip(target.parameters(), online.parameters(), strict=True):
         t.lerp_(o, tau)
     for t, o in zip(target.buffers(), online.buffers(), strict=True):

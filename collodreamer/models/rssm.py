@@ -173,7 +173,7 @@ class RSSM(nn.Module):
         return self._posterior(deter, self._embed_in(embed))
 
     def observe(
-        self, embed: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor, state: State | None = None
+        self, embed: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor
     ) -> tuple[State, State]:
         """Filter a batch of sequences ``[B, T, ...]``; returns posteriors and priors ``[B, T, ...]``
         (the priors' distribution statistics and deterministic states: the KL needs no prior sample).
@@ -181,8 +181,7 @@ class RSSM(nn.Module):
         ``action[:, t]`` is the action that led to step ``t`` (the replay layout). Only the recurrence
         runs step by step; the observation's share of the posterior layer and the prior's statistics
         are computed for the whole sequence at once."""
-        if state is None:
-            state = self.initial(embed.shape[:1], embed.device)
+        state = self.initial(embed.shape[:1], embed.device)
         embed_in = self._embed_in(embed)
         keep = (~is_first).to(action.dtype).unsqueeze(-1)
         posts = []

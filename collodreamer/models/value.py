@@ -18,7 +18,8 @@ from collodreamer.schema import ValueConfig
 
 
 def straight_through_clip(value: torch.Tensor, low: float, high: float) -> torch.Tensor:
-    """``clamp(value, low, high)`` forward, the identity backward: the clipped value is what is used,
+    """The value clip of the paper's V (Fig. 1; ``value.clip_mode=straight_through``):
+    ``clamp(value, low, high)`` forward, the identity backward: the clipped value is what is used,
     and the gradient outside the range is the network's own (a hard clamp's is zero there, so a
     planner pushing V up would see no direction where V is clipped at ``low``)."""
     return value + (value.clamp(low, high) - value).detach()

@@ -139,7 +139,7 @@ def select_plans(
     starts: Tensor,
     plans: int,
     iterations: int,
-    optimised: int | None = None,
+    optimised: int,
     margin: float = 0.0,
 ) -> PlanResult:
     """Per start state, the plan of its ``plans`` whose clipped actions score the best imagined
@@ -164,7 +164,7 @@ def select_plans(
     scores = rollout_return(objective, starts, clipped).reshape(count, plans)
     scores = torch.where(finite.reshape(count, plans), scores, -torch.inf)
     best = scores.argmax(1)
-    if optimised is not None and optimised < plans and margin > 0:
+    if optimised < plans and margin > 0:
         ours, theirs = scores[:, :optimised], scores[:, optimised:]
         candidate = theirs.max(1).values
         beats = ours.max(1).values > candidate + margin * candidate.abs()
@@ -178,10 +178,10 @@ def select_plans(
         "lambda_mean": chosen.lam.mean().item(),
         "nu_mean": chosen.nu.mean().item(),
         "planned_return": planned_return(objective, chosen).mean().item(),
-        "rollout_return": scores.max(1).values.mean().item(),
+        "rollout_return": scores.gather(1, best[:, None]).mean().item(),
         "iterations": float(iterations),
         "nonfinite_plans": float(bad),
     }
-    if optimised is not None and optimised < plans:
+    if optimised < plans:
         diagnostics["candidate_share"] = (best >= optimised).float().mean().item()
     return PlanResult(chosen, chosen.actions.clamp(-1.0, 1.0), diagnostics)

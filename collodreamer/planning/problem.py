@@ -158,15 +158,17 @@ def reward_weights(horizon: int, gamma: float, like: Tensor) -> Tensor:
 
 
 def residual_scales(lam: Tensor, nu: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-plan scales of the dynamics ``[B, H]``, action ``[B, H+1]`` and reward ``[B, 1]`` residuals:
-    square roots of the multipliers times LatCo's normaliser ``1 / (mean sqrt(lam) + mean sqrt(nu) + 1)``."""
+    """Per-plan scales of the dynamics ``[B, H]``, action ``[B, H+1]`` and reward ``[B, 1]`` residuals of
+    the least-squares Lagrangian (Eq. 6, as LatCo's code writes it): square roots of the multipliers
+    times LatCo's normaliser ``1 / (mean sqrt(lam) + mean sqrt(nu) + 1)``."""
     sqrt_lam, sqrt_nu = lam.sqrt(), nu.sqrt()
     normaliser = 1.0 / (sqrt_lam.mean(1, keepdim=True) + sqrt_nu.mean(1, keepdim=True) + 1.0)
     return normaliser * sqrt_lam, normaliser * sqrt_nu, normaliser
 
 
-def action_excess(actions: Tensor, kind: str = "abs") -> tuple[Tensor, Tensor]:
-    """How far each action component lies outside [-1, 1], ``max(|a| - 1, 0)`` (``abs``) or
+def action_excess(actions: Tensor, kind: str) -> tuple[Tensor, Tensor]:
+    """The action-bound constraint of Eq. 6: how far each action component lies outside [-1, 1],
+    ``max(|a| - 1, 0)`` (``abs``) or
     ``max(a^2 - 1, 0)`` (``square``, LatCo's code: at the same tolerance it allows about half the
     overshoot, 0.049 against 0.1 at a squared violation of 1e-2), and its derivative."""
     if kind == "square":

@@ -161,24 +161,28 @@ def restoring(path: Path) -> Iterator[None]:
         ) from None
 
 
-def rng_states() -> dict[str, Any]:
-    """Python, numpy and torch global random states (CUDA too when present)."""
+def rng_states(device: torch.device) -> dict[str, Any]:
+    """Python, numpy and torch global random states, and the run's GPU's when it runs on one (a CPU
+    run on a GPU host never starts CUDA for it)."""
     states = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
     return states
 
 
-def set_rng_states(states: dict[str, Any]) -> None:
+def set_rng_states(states: dict[str, Any], device: torch.device) -> None:
+    """Restore :func:`rng_states`; a GPU state applies to a run on a GPU only (older checkpoints hold a
+    list, one per GPU of the host that saved them: the first is taken)."""
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
     torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    cuda = states.get("cuda")
+    if device.type == "cuda" and cuda is not None and (not isinstance(cuda, list) or cuda):
+        torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, list) else cuda, device)
 
 
 def seed_everything(seed: int, threads: int = 0) -> None:

@@ -15,7 +15,6 @@ import numpy as np
 
 from collodreamer.agents import Agent, make_agent
 from collodreamer.agents.random_agent import RandomAgent, ZeroAgent
-from collodreamer.config import load_config
 from collodreamer.envs import Env, make_env
 from collodreamer.files import write_atomic
 from collodreamer.rundir import RunDir
@@ -23,7 +22,13 @@ from collodreamer.schema import Config, RunConfig
 from collodreamer.seeds import env_seed
 from collodreamer.spec import EnvSpec
 from collodreamer.timing import timed
-from collodreamer.training.checkpoint import DivergenceError, load_checkpoint, restoring, seed_everything
+from collodreamer.training.checkpoint import (
+    DivergenceError,
+    load_checkpoint,
+    restoring,
+    saved_config,
+    seed_everything,
+)
 
 Policy = Literal["agent", "random", "zero"]
 
@@ -132,22 +137,23 @@ def saved_spec(payload: dict[str, Any], config: Config) -> EnvSpec:
     return env.spec
 
 
-def _restore_agent(path: Path, config: Config, spec: EnvSpec | None = None) -> tuple[Agent, dict[str, int]]:
-    """The agent of ``config`` (for ``spec``; default: the checkpoint's), with the weights and counters
-    of the checkpoint at ``path``."""
-    payload = load_checkpoint(path)
+def restored_agent(path: Path, payload: dict[str, Any], config: Config, spec: EnvSpec | None = None) -> Agent:
+    """The agent of ``config`` (for ``spec``; default: the checkpoint's) with the weights of
+    ``payload``, the checkpoint at ``path``."""
     agent = make_agent(config, spec or saved_spec(payload, config))
     with restoring(path):
         agent.load_state_dict(payload["agent"])
-    return agent, payload["counters"]
+    return agent
 
 
 def load_agent(run_dir: Path, checkpoint: Path | None = None) -> tuple[Config, Agent, dict[str, int]]:
-    """The config of the run in ``run_dir``, its agent restored from a checkpoint (see
-    :func:`checkpoint_path`), and that checkpoint's counters; no simulator is made."""
-    config = load_config(RunDir(run_dir).config)
-    agent, counters = _restore_agent(checkpoint_path(run_dir, checkpoint), config)
-    return config, agent, counters
+    """The config of the run in ``run_dir`` (the checkpoint's, see :func:`saved_config`), its agent
+    restored from a checkpoint (see :func:`checkpoint_path`), and that checkpoint's counters; no
+    simulator is made."""
+    path = checkpoint_path(run_dir, checkpoint)
+    payload = load_checkpoint(path)
+    config = saved_config(RunDir(run_dir), payload)
+    return config, restored_agent(path, payload, config), payload["counters"]
 
 
 def evaluate_run(
@@ -160,12 +166,14 @@ def evaluate_run(
     """The returns of fresh test episodes (the eval stream of :mod:`collodreamer.seeds`) of a
     checkpoint of ``run_dir`` (see :func:`checkpoint_path`), or of a reference ``policy`` on the
     run's task."""
-    config = load_config(RunDir(run_dir).config)
+    path = checkpoint_path(run_dir, checkpoint) if policy == "agent" else None
+    payload = load_checkpoint(path) if path else None
+    config = saved_config(RunDir(run_dir), payload)  # config.yaml for a reference policy
     seed_everything(config.seed, config.run.threads)
     env = make_env(config.env, env_seed(config.seed, "eval"))
     try:
-        if policy == "agent":
-            agent, _ = _restore_agent(checkpoint_path(run_dir, checkpoint), config, env.spec)
+        if path and payload:
+            agent = restored_agent(path, payload, config, env.spec)
         else:
             agent = RandomAgent(env.spec, config.seed) if policy == "random" else ZeroAgent(env.spec)
         returns, _ = evaluate(agent, env, episodes, video_path, config.run.video_size)

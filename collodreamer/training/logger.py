@@ -97,14 +97,13 @@ class Logger:
         """Collect one value of each metric, averaged at the next :meth:`write`."""
         self._averages.add(metrics)
 
-    def write(self, step: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def write(self, step: int, extra: dict[str, Any] | None = None) -> None:
         """Write the averages collected so far (and ``extra``) at ``step`` env frames."""
         record: dict[str, Any] = {"step": step}
         averages = self._averages.take()
         record.update({key: averages[key] for key in sorted(averages)})
         record.update(extra or {})
         self._emit(record)
-        return record
 
     def record(self, step: int, values: dict[str, Any]) -> None:
         """Write ``values`` alone at ``step``, leaving the collected averages for the next write."""

@@ -31,7 +31,7 @@ from collodreamer.training.evaluation import test_record
 from collodreamer.training.guard import Guard
 from collodreamer.training.logger import Logger, import_wandb, repair_metrics
 from collodreamer.training.signals import StopSignals
-from collodreamer.training.state import RunState, saved_state
+from collodreamer.training.state import RunState, check_fresh_start, saved_state
 
 log = logging.getLogger("collodreamer")
 
@@ -65,8 +65,8 @@ class Trainer:
         payload: dict[str, Any] | None = None,
     ) -> None:
         self.run_dir, self.files = Path(run_dir), RunDir(run_dir)
-        if not resume and self.files.checkpoint.exists():
-            raise ConfigError(f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir}")
+        if not resume:
+            check_fresh_start(self.files, config)
         if config.run.report and reporter is None:
             raise ConfigError("run.report=true needs a reporter (collodreamer train gives it one)")
         self.config, self.reporter = config, reporter

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from collodreamer.agents import make_agent
-from collodreamer.config import changed_settings, check_resumable, to_dict
+from collodreamer.config import ConfigError, changed_settings, check_resumable, load_config, to_dict
 from collodreamer.data import EpisodeStore, ReplayError
 from collodreamer.envs import make_env
 from collodreamer.rundir import RunDir
@@ -25,6 +25,20 @@ from collodreamer.training.checkpoint import (
 )
 
 log = logging.getLogger("collodreamer")
+
+
+def check_fresh_start(files: RunDir, config: Config) -> None:
+    """A new run in ``files``: refused where a checkpoint holds a run (it is resumed instead), and where
+    a run of another configuration started before its first checkpoint (its episodes would mix in)."""
+    if files.checkpoint.exists():
+        raise ConfigError(f"{files.path} already holds a run; continue it with --resume {files.path}")
+    if files.config.exists():
+        try:
+            check_resumable(to_dict(load_config(files.config)), config)
+        except ConfigError as error:
+            raise ConfigError(
+                f"{files.path} holds the start of another run (no checkpoint yet): {error}"
+            ) from None
 
 
 def saved_state(files: RunDir, config: Config, payload: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -90,7 +104,7 @@ class RunState:
             self.env.load_state_dict(payload["env"])
             self.eval_env.load_state_dict(payload["eval_env"])
             self.rng.bit_generator.state = payload["loop_rng"]
-            set_rng_states(payload["rng"])
+            set_rng_states(payload["rng"], self.agent.device)
             self.counters = Counters(**payload["counters"])
         dropped = sorted(set(payload["agent"]) - set(self.agent.state_dict()))
         if dropped:
@@ -115,5 +129,5 @@ class RunState:
             "env": self.env.state_dict(),
             "eval_env": self.eval_env.state_dict(),
             "loop_rng": self.rng.bit_generator.state,
-            "rng": rng_states(),
+            "rng": rng_states(self.agent.device),
         }
