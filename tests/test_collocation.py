@@ -7,7 +7,7 @@ import torch
 
 from collodreamer.models.networks import MLP
 from collodreamer.models.rssm import RSSM
-from collodreamer.planning import collocate, dual_update, random_plan, shifted_plan
+from collodreamer.planning import collocate, dual_update, policy_rollout, random_plan, shifted_plan
 from collodreamer.planning.adam import AdamPrimal
 from collodreamer.planning.gauss_newton import (
     STEP_SIZES,
@@ -284,3 +284,10 @@ def test_block_solve_falls_back_to_double_precision_where_single_fails():
         dense[:n, n:], dense[n:, :n] = upper[b, 0], upper[b, 0].T
         expected = torch.linalg.solve(dense, rhs[b].flatten().double()).reshape(2, n)
         assert torch.allclose(x[b].double(), expected, rtol=1e-2, atol=1e-2 * expected.abs().max().item())
+
+
+def test_policy_rollout_by_hand():
+    # z' = z + a under a = -z / 2 halves z each step; the last action is the policy's at the last z
+    features, actions = policy_rollout(lambda z, a: z + a, lambda z: -0.5 * z, torch.ones(1, 1), 2)
+    assert features.flatten().tolist() == [1.0, 0.5, 0.25]
+    assert actions.flatten().tolist() == [-0.5, -0.25, -0.125]

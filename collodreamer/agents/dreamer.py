@@ -21,6 +21,7 @@ from collodreamer.models.optim import adam, load_optimizer, optimizer_step
 from collodreamer.models.rssm import State, flatten
 from collodreamer.models.tensors import frozen
 from collodreamer.models.value import Critic
+from collodreamer.planning import policy_rollout
 from collodreamer.schema import ActorConfig, Config
 from collodreamer.spec import EnvSpec
 from collodreamer.timing import timed
@@ -180,10 +181,8 @@ class DreamerAgent:
     def imagined_plan(self, feature: torch.Tensor) -> torch.Tensor:
         """The actor's deterministic rollout ``[1, replan_every + 1, D]`` under the mean dynamics: the
         plan its next segment is measured against."""
-        rssm, features = self.world_model.rssm, [feature]
-        for _ in range(self.config.planner.replan_every):
-            features.append(rssm.next_feature_mean(features[-1], self.actor.mode(features[-1])))
-        return torch.stack(features, 1)
+        dynamics, steps = self.world_model.rssm.next_feature_mean, self.config.planner.replan_every
+        return policy_rollout(dynamics, self.actor.mode, feature, steps)[0]
 
     def value_of(self, feature: torch.Tensor) -> torch.Tensor:
         return self.behaviour.value_of(feature)

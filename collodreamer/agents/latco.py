@@ -33,6 +33,7 @@ from collodreamer.planning import (
     PlanResult,
     collocate,
     initial_multipliers,
+    policy_rollout,
     rollout_plan,
     shifted_plan,
 )
@@ -159,13 +160,10 @@ class LatCoAgent:
         """The warm-start policy's rollout under the model from each start ``[B, D]``, as a plan."""
         policy, config = self.warm_start_policy(), self.config.planner
         assert policy is not None
-        features, actions = [starts], []
-        for _ in range(config.horizon):
-            actions.append(policy(features[-1]))
-            features.append(self.world_model.rssm.next_feature_mean(features[-1], actions[-1]))
-        actions.append(policy(features[-1]))
+        dynamics = self.world_model.rssm.next_feature_mean
+        features, actions = policy_rollout(dynamics, policy, starts, config.horizon)
         lam, nu = initial_multipliers(starts.shape[0], config.horizon, config, starts)
-        return Plan(torch.stack(features, 1), torch.stack(actions, 1), lam, nu)
+        return Plan(features, actions, lam, nu)
 
     def candidate_plans(self, feature: torch.Tensor, previous: PlanResult | None) -> Plan | None:
         """The ``planner.candidates`` from ``feature [1, D]`` that compete with the optimised plans."""

@@ -8,7 +8,7 @@ from collodreamer.planning.planner import (
     rollout_plan,
     shifted_plan,
 )
-from collodreamer.planning.problem import DualStep, Objective, Plan, PlanResult, dual_update
+from collodreamer.planning.problem import DualStep, Objective, Plan, PlanResult, dual_update, policy_rollout
 
 __all__ = [
     "DualStep",
@@ -18,6 +18,7 @@ __all__ = [
     "collocate",
     "dual_update",
     "initial_multipliers",
+    "policy_rollout",
     "random_plan",
     "rollout_plan",
     "shifted_plan",

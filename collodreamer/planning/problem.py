@@ -236,6 +236,21 @@ def rollout_features(dynamics: Callable[[Tensor, Tensor], Tensor], start: Tensor
     return torch.stack(features, 1)
 
 
+Policy = Callable[[Tensor], Tensor]
+
+
+def policy_rollout(
+    dynamics: Callable[[Tensor, Tensor], Tensor], policy: Policy, start: Tensor, steps: int
+) -> tuple[Tensor, Tensor]:
+    """Following ``policy`` from ``start [B, D]`` under the dynamics ``mu`` for ``steps`` steps: the
+    features ``[B, steps+1, D]`` (``start`` first) and the policy's action at each ``[B, steps+1, A]``."""
+    features, actions = [start], [policy(start)]
+    for _ in range(steps):
+        features.append(dynamics(features[-1], actions[-1]))
+        actions.append(policy(features[-1]))
+    return torch.stack(features, 1), torch.stack(actions, 1)
+
+
 def rollout_return(objective: Objective, start: Tensor, actions: Tensor) -> Tensor:
     """Eq. 10 for executing ``actions [B, H+1, A]`` from ``start`` under mu: discounted predicted
     rewards plus the discounted terminal value."""
