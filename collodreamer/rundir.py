@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,15 @@ class RunDir:
     def is_run(self) -> bool:
         """Whether a run was started here (its config was written)."""
         return self.config.exists()
+
+
+def runs_under(path: Path, usable: Callable[[RunDir], bool]) -> list[Path]:
+    """``path`` itself where it is a run that ``usable`` accepts, else the runs one level under it (a
+    folder of runs, e.g. a sweep's) that it accepts."""
+    path = Path(path)
+    if usable(RunDir(path)):
+        return [path]
+    return [run for run in sorted(path.glob("*/")) if usable(RunDir(run))]
 
 
 class RunLock:

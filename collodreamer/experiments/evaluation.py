@@ -12,7 +12,7 @@ import numpy as np
 
 from collodreamer.config import ConfigError, load_config
 from collodreamer.experiments.stats import bootstrap_ci, stratified_bootstrap_ci
-from collodreamer.rundir import RunDir
+from collodreamer.rundir import RunDir, runs_under
 from collodreamer.training.evaluation import Policy, evaluate_run
 
 
@@ -29,10 +29,7 @@ def run_dirs(paths: list[Path], policy: Policy = "agent") -> list[Path]:
     def usable(run: RunDir) -> bool:
         return run.checkpoint.exists() if policy == "agent" else run.is_run()
 
-    found = []
-    for path in map(Path, paths):
-        candidates = [path] if RunDir(path).is_run() else sorted(path.glob("*/"))
-        found += [run for run in candidates if usable(RunDir(run))]
+    found = [run for path in paths for run in runs_under(path, usable)]
     if not found:
         needed = "trained checkpoint" if policy == "agent" else "config"
         raise ConfigError(f"no run with a {needed} in {' '.join(map(str, paths))}")

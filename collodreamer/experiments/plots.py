@@ -13,7 +13,7 @@ import yaml
 
 from collodreamer.config import ConfigError, load_config
 from collodreamer.experiments.stats import aggregate, bootstrap_ci, iqm, stratified_bootstrap_ci
-from collodreamer.rundir import RunDir
+from collodreamer.rundir import RunDir, runs_under
 from collodreamer.training.logger import read_metrics
 
 FINAL_TRAIN_EPISODES = 3  # the train return of a run is the mean of its last few episodes
@@ -43,11 +43,7 @@ def find_runs(paths: list[Path]) -> list[RunData]:
     whose ``sweep.yaml`` names each run's variant)."""
     runs = []
     for path in map(Path, paths):
-        candidates = (
-            [path]
-            if RunDir(path).metrics.exists()
-            else sorted(p.parent for p in path.glob("*/metrics.jsonl"))
-        )
+        candidates = runs_under(path, lambda run: run.metrics.exists())
         if not candidates:
             raise ConfigError(f"no runs (folders with metrics.jsonl) under {path}")
         for run_dir in candidates:
