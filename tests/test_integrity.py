@@ -106,6 +106,25 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, cli, args, mes
     assert sorted(tmp_path.iterdir()) == []
 
 
+def test_actor_diagnostics_skip_a_damaged_episode_file_and_keep_it(tmp_path: Path, dreamer_run):
+    from collodreamer.analysis.actor import diagnose_actor
+
+    run = copy_of(dreamer_run, tmp_path)
+    damaged = sorted((run / "episodes").glob("*.npz"))[0]
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    result = diagnose_actor(run, every=1)
+    assert damaged.name not in result["episodes"] and len(result["episodes"]) >= 1
+    assert damaged.exists()
+
+
+def test_a_report_of_a_random_agent_run_is_one_line(tmp_path: Path, cli):
+    run = tmp_path / "run"
+    random_run = ["--preset", "tiny", "--agent", "random", "--task", "dmc:reacher_easy", "--obs", "state"]
+    cli("train", *random_run, "--run-dir", str(run), "run.steps=200")
+    line = error_line(cli("report", str(run), check=False))
+    assert line == f"collodreamer: error: {run} is a random run: it has no world model to report on"
+
+
 def test_eval_of_no_episodes_is_refused(cli, dreamer_run):
     line = error_line(cli("eval", str(dreamer_run), "--episodes", "0", check=False))
     assert line == "collodreamer: error: --episodes must be at least 1, got 0"

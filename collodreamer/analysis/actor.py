@@ -10,6 +10,7 @@ reward against the sum the reward head predicts. A collapsed actor shows a pre-t
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from collodreamer.config import ConfigError
 from collodreamer.models import to_torch
 from collodreamer.rundir import RunDir
 from collodreamer.training import load_agent
+
+log = logging.getLogger("collodreamer")
 
 
 @torch.no_grad()
@@ -47,8 +50,13 @@ def diagnose_actor(run_dir: Path, every: int = 4) -> dict[str, Any]:
         raise ConfigError(f"{run_dir} is a {config.agent} run; the diagnostics need a dreamer run")
     rows = {}
     for path in sorted(RunDir(run_dir).episodes.glob("*.npz"))[::every]:
-        with np.load(path) as data:
-            rows[path.name] = diagnose(agent, dict(data))
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                episode = dict(data)
+        except Exception as error:  # a damaged file makes zipfile, zlib or numpy raise anything
+            log.warning("skipping damaged episode file %s: %s: %s", path, type(error).__name__, error)
+            continue
+        rows[path.name] = diagnose(agent, episode)
     return {
         "benchmark": "actor_diagnostics",
         "run_dir": str(run_dir),
