@@ -374,6 +374,10 @@ def validate(config: Config) -> None:
     for key in ("reward_heads", "state_heads"):
         if getattr(config.pessimism, key) == 1:
             raise ConfigError(f"pessimism.{key}: the std of one head is zero; use 0 (off) or 2 or more")
+    if config.planner.train_acting == "actor" and not imagination_actor(config):
+        raise ConfigError(
+            "planner.train_acting=actor needs an actor: agent collodreamer, value.style=imagination"
+        )
     if config.planner.feedback and config.agent == "dreamer":
         raise ConfigError("planner.feedback acts on plans: Dreamer acts with its actor alone; set it to 0")
     if config.planner.feedback and not (cloned_policy(config) or imagination_actor(config)):

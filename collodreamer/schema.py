@@ -231,6 +231,12 @@ class PlannerConfig:
         "k = 1 a plan that is the policy's rollout is executed as the policy acting on the real states "
         "(closed loop).",
     )
+    train_acting: Literal["plan", "actor"] = setting(
+        "plan",
+        "How the agent acts while collecting training data: by its plans, or (collodreamer with "
+        "value.style=imagination) by its actor alone, sampled with exploration noise as Dreamer acts; "
+        "tests always plan. With actor, training costs what Dreamer's does and the data are the actor's.",
+    )
 
 
 @dataclass

@@ -14,7 +14,7 @@ from collodreamer.agents.collodreamer import (
     linear_schedule,
     transition_log_ratio,
 )
-from collodreamer.config import make_config
+from collodreamer.config import ConfigError, make_config
 from collodreamer.models.losses import value_targets
 from collodreamer.models.value import ValueNetwork
 from collodreamer.planning import collocate, random_plan
@@ -249,6 +249,24 @@ def test_value_training_styles(style):
     _, state = agent.act(obs, None, training=False)  # no value learning while testing
     assert agent.critic.updates == expected
     assert "value/loss" in agent.metrics()
+
+
+def test_acting_with_the_actor_while_training_plans_only_in_tests():
+    overrides = ["agent=collodreamer", "planner.train_acting=actor", "planner.replan_every=2"]
+    config = make_config(["tiny"], overrides)
+    agent = ColloDreamerAgent(config, EnvSpec((5,), 2), torch.device("cpu"))
+    plans = []
+    planner = agent.plan
+    agent.plan = lambda *args: plans.append(1) or planner(*args)
+    obs, state = torch.randn(5).numpy(), None
+    for _ in range(5):  # the actor's segments of 2 steps are measured as Dreamer's are
+        action, state = agent.act(obs, state, training=True)
+        assert action.shape == (2,) and abs(action).max() <= 1.0
+    assert plans == [] and "plan/promise_gap" in agent.metrics()
+    agent.act(obs, None, training=False)
+    assert plans == [1]
+    with pytest.raises(ConfigError, match="planner.train_acting=actor needs an actor"):
+        make_config(["tiny"], ["agent=latco", "planner.train_acting=actor"])
 
 
 def test_amortised_policy_learns_the_plans_and_initialises_them():

@@ -10,12 +10,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from collodreamer.agents.base import Sampler
 from collodreamer.agents.latco import LatCoAgent
 from collodreamer.agents.promise import Segment
-from collodreamer.agents.values import make_value_style
+from collodreamer.agents.values import ImaginationValue, make_value_style
 from collodreamer.models import State
 from collodreamer.models.value import Critic
 from collodreamer.models.world_model import ExtraLoss
@@ -81,6 +82,14 @@ class ColloDreamerAgent(LatCoAgent):
             latent.eps_dyn_start, latent.eps_dyn_end, self.model_updates, latent.schedule_updates
         )
         return replace(self.config.planner, eps_dyn=eps)
+
+    def act(self, obs: np.ndarray, state: Any, training: bool, reward: float = 0.0) -> tuple[np.ndarray, Any]:
+        """A plan's action (see :class:`LatCoAgent`), or, while training with
+        ``planner.train_acting=actor``, the actor's as Dreamer acts."""
+        if training and self.config.planner.train_acting == "actor":
+            assert isinstance(self.value, ImaginationValue)
+            return self.value.behaviour.act(obs, state, training, reward, self.log)
+        return super().act(obs, state, training, reward)
 
     def plan(self, feature: torch.Tensor, previous: PlanResult | None, training: bool) -> PlanResult:
         result = super().plan(feature, previous, training)

@@ -58,10 +58,20 @@ class Actor(nn.Module):
         return torch.tanh(self.distribution(feature)[0])
 
 
+@dataclass
+class ActorState:
+    """An episode's memory: the filtered posterior, the last executed action, and the segment of
+    ``planner.replan_every`` steps under way, read as a plan (see :mod:`collodreamer.agents.promise`)."""
+
+    latent: State
+    action: torch.Tensor
+    segment: Segment
+
+
 class ImaginedBehaviour:
-    """Dreamer's behaviour learning: an actor and a critic trained on imagined trajectories of the
-    world model, with lambda-returns bootstrapped from the critic's slow target. The critic follows
-    Dreamer's convention: ``V(s)`` predicts the rewards from the next state on."""
+    """Dreamer's behaviour: an actor and a critic trained on imagined trajectories of the world model,
+    with lambda-returns bootstrapped from the critic's slow target, and the actor's way of acting. The
+    critic follows Dreamer's convention: ``V(s)`` predicts the rewards from the next state on."""
 
     def __init__(
         self,
@@ -84,6 +94,41 @@ class ImaginedBehaviour:
         critic predicts the rewards from the next state on)."""
         value = self.critic.value(feature)
         return self.reward(feature) + self.config.value.gamma * value
+
+    @torch.no_grad()
+    def act(
+        self,
+        obs: np.ndarray,
+        state: ActorState | None,
+        training: bool,
+        reward: float,
+        log: Callable[[dict[str, float]], None],
+    ) -> tuple[np.ndarray, ActorState]:
+        """Dreamer's acting: the actor's action at the filtered feature (sampled, with exploration
+        noise, while training; its mode in tests); each ``planner.replan_every`` steps read as a
+        segment of the actor's imagined rollout, whose promise metrics go to ``log``."""
+        latent = self.world_model.filter(
+            obs, state.latent if state else None, state.action if state else None
+        )
+        feature = self.world_model.rssm.feature(latent)
+        segment = state.segment if state else None
+        if segment is not None:
+            segment.paid.append(reward)  # for the action executed last
+        if segment is None or len(segment.actions) >= self.config.planner.replan_every:
+            if segment is not None:
+                log(promise_metrics(self.world_model, segment, feature, self.value_of))
+            segment = Segment(self.imagined_plan(feature))
+        action = self.actor.sample(feature) if training else self.actor.mode(feature)
+        if training:
+            action = explore(action, self.config.expl_noise)
+        segment.executed(feature, action)
+        return action[0].cpu().numpy(), ActorState(latent, action, segment)
+
+    def imagined_plan(self, feature: torch.Tensor) -> torch.Tensor:
+        """The actor's deterministic rollout ``[1, replan_every + 1, D]`` under the mean dynamics: the
+        plan its next segment is measured against."""
+        dynamics, steps = self.world_model.rssm.next_feature_mean, self.config.planner.replan_every
+        return policy_rollout(dynamics, self.actor.mode, feature, steps)[0]
 
     def train(self, post: State) -> dict[str, float]:
         """One actor and one critic update on imagined trajectories from the posterior states ``post``
@@ -136,16 +181,6 @@ class ImaginedBehaviour:
         self.critic.load_state_dict(state)
 
 
-@dataclass
-class ActorState:
-    """An episode's memory: the filtered posterior, the last executed action, and the segment of
-    ``planner.replan_every`` steps under way, read as a plan (see :mod:`collodreamer.agents.promise`)."""
-
-    latent: State
-    action: torch.Tensor
-    segment: Segment
-
-
 class DreamerAgent:
     def __init__(self, config: Config, spec: EnvSpec, device: torch.device) -> None:
         self.config = config
@@ -155,34 +190,10 @@ class DreamerAgent:
         self.actor = self.behaviour.actor
         self._averages = Averages()
 
-    @torch.no_grad()
     def act(
         self, obs: np.ndarray, state: ActorState | None, training: bool, reward: float = 0.0
     ) -> tuple[np.ndarray, ActorState]:
-        latent = self.world_model.filter(
-            obs, state.latent if state else None, state.action if state else None
-        )
-        feature = self.world_model.rssm.feature(latent)
-        segment = state.segment if state else None
-        if segment is not None:
-            segment.paid.append(reward)  # for the action executed last
-        if segment is None or len(segment.actions) >= self.config.planner.replan_every:
-            if segment is not None:
-                self._averages.add(
-                    promise_metrics(self.world_model, segment, feature, self.behaviour.value_of)
-                )
-            segment = Segment(self.imagined_plan(feature))
-        action = self.actor.sample(feature) if training else self.actor.mode(feature)
-        if training:
-            action = explore(action, self.config.expl_noise)
-        segment.executed(feature, action)
-        return action[0].cpu().numpy(), ActorState(latent, action, segment)
-
-    def imagined_plan(self, feature: torch.Tensor) -> torch.Tensor:
-        """The actor's deterministic rollout ``[1, replan_every + 1, D]`` under the mean dynamics: the
-        plan its next segment is measured against."""
-        dynamics, steps = self.world_model.rssm.next_feature_mean, self.config.planner.replan_every
-        return policy_rollout(dynamics, self.actor.mode, feature, steps)[0]
+        return self.behaviour.act(obs, state, training, reward, self._averages.add)
 
     def value_of(self, feature: torch.Tensor) -> torch.Tensor:
         return self.behaviour.value_of(feature)
