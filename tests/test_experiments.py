@@ -183,6 +183,41 @@ def test_killed_sweep_skips_finished_runs_and_resumes_the_rest(tmp_path: Path):
         assert load_checkpoint(root / name / "checkpoint.pt")["counters"]["env_frames"] == 800
 
 
+@pytest.mark.slow
+def test_a_stopped_sweep_starts_no_more_runs_and_its_running_one_checkpoints(tmp_path: Path):
+    spec = {
+        **TINY_SPEC,
+        "agents": ["dreamer"],
+        "seeds": 2,
+        "tasks": [{"task": "dmc:reacher_easy", "steps": 2000}],
+        "overrides": ["run.eval_every=100000", "run.checkpoint_every=100"],
+    }
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    root = tmp_path / "sweep"
+    command = [
+        sys.executable,
+        "-m",
+        "collodreamer",
+        "sweep",
+        str(spec_path),
+        "--root",
+        str(root),
+        "--workers",
+        "1",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first, second = (root / run.name for run in expand(spec).runs)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (first / "checkpoint.pt").exists():
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)  # not after every run of the sweep
+    assert process.returncode == 143 and "stopped by SIGTERM" in stderr.strip().splitlines()[-1]
+    assert load_checkpoint(first / "checkpoint.pt")["counters"]["env_frames"] < 2000
+    assert not second.exists()
+
+
 def test_iqm_and_bootstrap_by_hand():
     assert iqm(np.array([1, 2, 3, 4, 5, 6, 7, 100])) == pytest.approx(np.mean([3, 4, 5, 6]))
     assert iqm(np.array([1.0, 2.0, 9.0])) == pytest.approx(4.0)  # too few to trim: the mean

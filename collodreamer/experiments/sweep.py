@@ -34,6 +34,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -308,9 +309,45 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def execute(command: list[str], run_dir: str, threads: int) -> tuple[int, str]:
+class RunningRuns:
+    """The training processes a local sweep has running. Stopping the sweep (Ctrl-C, SIGTERM) starts
+    no further run and sends each running one SIGTERM (it saves a checkpoint and exits), then waits
+    for them: a stopped sweep resumes where it was."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._processes: set[subprocess.Popen] = set()
+        self._stopping = False
+
+    def start(self, command: list[str], **options: Any) -> subprocess.Popen | None:
+        """``command`` started (``subprocess.Popen`` options), or None once the sweep is stopping."""
+        with self._lock:
+            if self._stopping:
+                return None
+            process = subprocess.Popen(command, **options)
+            self._processes.add(process)
+            return process
+
+    def ended(self, process: subprocess.Popen) -> None:
+        with self._lock:
+            self._processes.discard(process)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            processes = list(self._processes)
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait()
+
+
+def execute(
+    command: list[str], run_dir: str, threads: int, running: RunningRuns | None = None
+) -> tuple[int, str]:
     """Run one training command to its end, its output going to the run's ``train.log`` as it comes;
-    (exit code, last line of that output: the error of a failed run). Used by both backends."""
+    (exit code, last line of that output: the error of a failed run). Used by both backends; the
+    local one passes its ``running`` runs, which a stopped sweep stops."""
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     log.info("run %s started", Path(run_dir).name)
     threads_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -321,9 +358,15 @@ def execute(command: list[str], run_dir: str, threads: int) -> tuple[int, str]:
         log_file.flush()
         start = log_file.tell()
         preexec = _die_with_parent if sys.platform.startswith("linux") else None
-        code = subprocess.run(
-            command, stdout=log_file, stderr=subprocess.STDOUT, env=environment, preexec_fn=preexec
-        ).returncode
+        options = {"stdout": log_file, "stderr": subprocess.STDOUT, "env": environment, "preexec_fn": preexec}
+        process = (running or RunningRuns()).start(command, **options)
+        if process is None:
+            return 143, "not started: the sweep was stopped"
+        try:
+            code = process.wait()
+        finally:
+            if running is not None:
+                running.ended(process)
     with open(path, errors="replace") as log_file:
         log_file.seek(start)
         lines = [line for line in log_file.read().splitlines() if line.strip()]
@@ -388,10 +431,19 @@ def run_sweep(
     if backend == "ray":
         _run_ray(jobs, address, threads, gpus_per_run, record)
     elif backend == "local":
+        running = RunningRuns()
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(execute, command, run_dir, threads): run for run, command, run_dir in jobs}
-            for future in as_completed(futures):
-                record(futures[future], *future.result())
+            futures = {
+                pool.submit(execute, command, run_dir, threads, running): run
+                for run, command, run_dir in jobs
+            }
+            try:
+                for future in as_completed(futures):
+                    record(futures[future], *future.result())
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: no further run, the running ones checkpoint
+                pool.shutdown(wait=False, cancel_futures=True)
+                running.stop()
+                raise
     else:
         raise ConfigError(f"unknown sweep backend '{backend}'; choices: local, ray")
     return {run.name: outcomes[run.name] for run in sweep.runs}
