@@ -135,30 +135,25 @@ def test_a_failing_run_does_not_stop_the_sweep(tmp_path: Path):
     assert broken.read_bytes() == b"garbage"
 
 
-@pytest.mark.slow
-def test_killed_sweep_skips_finished_runs_and_resumes_the_rest(tmp_path: Path):
-    # Dreamer's updates make each run last seconds, long enough to be caught in the middle.
+def dreamer_sweep(tmp_path: Path, seeds: int, steps: int) -> tuple[dict, Path, list[str]]:
+    """A sweep of tiny Dreamer runs on one worker, checkpointing every 100 env frames (its updates make
+    each run last seconds, long enough to be caught in the middle): the spec, root and command."""
     spec = {
         **TINY_SPEC,
         "agents": ["dreamer"],
-        "seeds": 3,
-        "tasks": [{"task": "dmc:reacher_easy", "steps": 800}],
+        "seeds": seeds,
+        "tasks": [{"task": "dmc:reacher_easy", "steps": steps}],
         "overrides": ["run.eval_every=100000", "run.checkpoint_every=100"],
     }
-    spec_path = tmp_path / "spec.yaml"
+    spec_path, root = tmp_path / "spec.yaml", tmp_path / "sweep"
     spec_path.write_text(yaml.safe_dump(spec))
-    root = tmp_path / "sweep"
-    command = [
-        sys.executable,
-        "-m",
-        "collodreamer",
-        "sweep",
-        str(spec_path),
-        "--root",
-        str(root),
-        "--workers",
-        "1",
-    ]
+    command = [sys.executable, "-m", "collodreamer", "sweep", str(spec_path), "--root", str(root)]
+    return spec, root, [*command, "--workers", "1"]
+
+
+@pytest.mark.slow
+def test_killed_sweep_skips_finished_runs_and_resumes_the_rest(tmp_path: Path):
+    spec, root, command = dreamer_sweep(tmp_path, seeds=3, steps=800)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     names = [run.name for run in expand(spec).runs]
     deadline = time.time() + 300
@@ -185,27 +180,7 @@ def test_killed_sweep_skips_finished_runs_and_resumes_the_rest(tmp_path: Path):
 
 @pytest.mark.slow
 def test_a_stopped_sweep_starts_no_more_runs_and_its_running_one_checkpoints(tmp_path: Path):
-    spec = {
-        **TINY_SPEC,
-        "agents": ["dreamer"],
-        "seeds": 2,
-        "tasks": [{"task": "dmc:reacher_easy", "steps": 2000}],
-        "overrides": ["run.eval_every=100000", "run.checkpoint_every=100"],
-    }
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(spec))
-    root = tmp_path / "sweep"
-    command = [
-        sys.executable,
-        "-m",
-        "collodreamer",
-        "sweep",
-        str(spec_path),
-        "--root",
-        str(root),
-        "--workers",
-        "1",
-    ]
+    spec, root, command = dreamer_sweep(tmp_path, seeds=2, steps=2000)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     first, second = (root / run.name for run in expand(spec).runs)
     deadline = time.time() + 300
