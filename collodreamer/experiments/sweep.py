@@ -359,14 +359,14 @@ def execute(
         start = log_file.tell()
         preexec = _die_with_parent if sys.platform.startswith("linux") else None
         options = {"stdout": log_file, "stderr": subprocess.STDOUT, "env": environment, "preexec_fn": preexec}
-        process = (running or RunningRuns()).start(command, **options)
+        running = running or RunningRuns()
+        process = running.start(command, **options)
         if process is None:
             return 143, "not started: the sweep was stopped"
         try:
             code = process.wait()
         finally:
-            if running is not None:
-                running.ended(process)
+            running.ended(process)
     with open(path, errors="replace") as log_file:
         log_file.seek(start)
         lines = [line for line in log_file.read().splitlines() if line.strip()]
