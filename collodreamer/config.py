@@ -339,6 +339,7 @@ def validate(config: Config) -> None:
         "planner.trust_weight": config.planner.trust_weight,
         "planner.feedback": config.planner.feedback,
         "planner.candidate_margin": config.planner.candidate_margin,
+        "planner.score_samples": config.planner.score_samples,
     }.items():
         if value < 0:
             raise ConfigError(f"{key} cannot be negative, got {value}")

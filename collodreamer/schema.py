@@ -219,6 +219,12 @@ class PlannerConfig:
         "An optimised plan is executed only where its imagined return beats the best candidate's by this "
         "fraction of the candidate's |return|; else the candidate (0: the best return wins)",
     )
+    score_samples: int = setting(
+        0,
+        "Plans and candidates are chosen by their mean imagined return over this many rollouts of their "
+        "actions through the sampled prior (z' drawn from q, PETS' trajectory sampling) instead of one "
+        "through its mean mu (0: the mean, LatCo's)",
+    )
     trust_weight: float = setting(
         0.0,
         "Weight of the trust region sum_k ||a_k - anchor_k||^2 that holds the plan near the actions it "

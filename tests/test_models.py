@@ -137,6 +137,17 @@ def test_observe_and_imagine_shapes(latent):
     z, a = torch.randn(2, 3, stoch + 8), torch.randn(2, 3, 2)
     assert torch.equal(rssm.next_feature_mean(z, a), rssm.next_feature_mean(z, a))
     assert rssm.next_feature_mean(z, a).shape == (2, 3, stoch + 8)
+    # Its stochastic twin draws the stochastic part from the same prior; the deterministic part is equal.
+    torch.manual_seed(0)
+    draws = rssm.next_feature_sample(z.expand(4000, 2, 3, -1), a.expand(4000, 2, 3, -1))
+    mean = rssm.next_feature_mean(z, a)
+    assert torch.allclose(draws[..., stoch:], mean[..., stoch:].expand_as(draws[..., stoch:]), atol=1e-6)
+    assert not torch.equal(draws[0, ..., :stoch], mean[..., :stoch])
+    assert torch.allclose(draws[..., :stoch].mean(0), mean[..., :stoch], atol=0.06)
+    if latent == "categorical":  # one-hot draws of each latent's classes
+        one_hot = draws[..., :stoch].reshape(4000, 2, 3, 3, 4)
+        assert torch.allclose(one_hot.sum(-1), torch.ones(4000, 2, 3, 3))
+        assert torch.allclose(one_hot, one_hot.round(), atol=1e-6)
 
 
 def test_is_first_resets_the_state():

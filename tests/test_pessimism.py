@@ -16,7 +16,8 @@ from collodreamer.config import ConfigError, make_config
 from collodreamer.models.ensemble import Ensemble, excess_disagreement, pessimistic
 from collodreamer.models.value import Critic, ValueNetwork
 from collodreamer.planning import Plan, PlanResult, collocate, random_plan, rollout_plan
-from collodreamer.planning.problem import Objective, residuals, rollout_return
+from collodreamer.planning.planner import select_plans
+from collodreamer.planning.problem import Objective, residuals, rollout_return, sampled_return
 from collodreamer.schema import PlannerConfig, ValueConfig
 from collodreamer.spec import EnvSpec
 
@@ -65,11 +66,13 @@ def tiny(agent: str, *overrides: str):
 
 
 def replay_batch() -> dict[str, np.ndarray]:
-    """A replay batch of 3 sequences of 8 steps of the tiny agents' task (5 state dims, 2 actions)."""
+    """A replay batch of 3 sequences of 8 steps of the tiny agents' task (5 state dims, 2 actions), the
+    same in every call (the tests' thresholds hold for it)."""
+    rng = np.random.default_rng(0)
     return {
-        "obs": np.random.randn(3, 8, 5).astype(np.float32),
-        "action": np.random.uniform(-1, 1, (3, 8, 2)).astype(np.float32),
-        "reward": np.random.rand(3, 8).astype(np.float32),
+        "obs": rng.standard_normal((3, 8, 5)).astype(np.float32),
+        "action": rng.uniform(-1, 1, (3, 8, 2)).astype(np.float32),
+        "reward": rng.random((3, 8)).astype(np.float32),
         "is_first": np.zeros((3, 8), bool),
         "is_terminal": np.zeros((3, 8), bool),
     }
@@ -200,6 +203,40 @@ def test_candidates_compete_with_the_optimised_plans():
     result = collocate(obj, starts, config, candidates=both)
     assert result.diagnostics["candidate_share"] == 1.0
     assert torch.allclose(result.actions, to_goal.clamp(-1, 1).expand(2, 4, 2))
+
+
+def test_sampled_scores_prefer_the_plan_that_survives_the_models_spread():
+    """Scored under mu, the plan onto a narrow peak of the reward wins; scored by the mean over draws of
+    the sampled dynamics (``score_samples``), the plan onto a broad one does."""
+    obj = Objective(
+        dynamics=lambda z, a: a,
+        reward=lambda z: 2 * torch.exp(-(z[..., 0] - 1).pow(2) / 1e-3) + torch.exp(-(z[..., 0] + 1).pow(2)),
+        action_dim=1,
+        sample_dynamics=lambda z, a: a + 0.3 * torch.randn_like(a),
+    )
+    start = torch.zeros(2, 1)
+    narrow, broad = torch.ones(1, 2, 1), -torch.ones(1, 2, 1)
+    plan = Plan(torch.zeros(2, 2, 1), torch.cat([narrow, broad]), torch.ones(2, 1), torch.ones(2, 2))
+    assert rollout_return(obj, start[:1], narrow).item() == pytest.approx(2.0 + np.exp(-4.0), abs=1e-5)
+    torch.manual_seed(0)
+    sampled = sampled_return(obj, start, torch.cat([narrow, broad]), samples=2000)
+
+    def bump(m: float, c: float, w: float) -> float:  # E[exp(-(z - c)^2 / w)] for z ~ N(m, 0.3^2)
+        return (w / (w + 0.18)) ** 0.5 * np.exp(-((m - c) ** 2) / (w + 0.18))
+
+    expected = [2 * bump(m, 1, 1e-3) + bump(m, -1, 1) for m in (1, -1)]  # about 0.18 and 0.92
+    assert sampled.tolist() == pytest.approx(expected, abs=0.03)
+    assert (
+        select_plans(obj, plan, start, plans=2, iterations=0, optimised=1).diagnostics["candidate_share"] == 0
+    )
+    torch.manual_seed(0)
+    chosen = select_plans(obj, plan, start, plans=2, iterations=0, optimised=1, samples=64)
+    assert chosen.diagnostics["candidate_share"] == 1.0 and torch.equal(chosen.actions, broad)
+    # With draws equal to mu the sampled score is mu's.
+    same = replace(obj, sample_dynamics=obj.dynamics)
+    assert torch.equal(sampled_return(same, start, plan.actions, 3), rollout_return(obj, start, plan.actions))
+    with pytest.raises(ConfigError, match="score_samples"):
+        make_config(["tiny"], ["planner.score_samples=-1"])
 
 
 @pytest.mark.parametrize("candidates", ["[policy]", "[previous]", "[policy,previous]"])

@@ -120,6 +120,7 @@ class LatCoAgent:
             self.planning_reward,
             self.action_dim,
             dynamics_jacobian=rssm.next_feature_mean_jacobian,
+            sample_dynamics=rssm.next_feature_sample,
             action_residual=self.config.planner.action_residual,
             trust_weight=self.config.planner.trust_weight,
         )

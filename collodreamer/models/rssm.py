@@ -219,6 +219,13 @@ class RSSM(nn.Module):
         deter = self._deter_step(stoch, deter, action)
         return torch.cat([self._mean(self._stats(self.img_out(deter))), deter], -1)
 
+    def next_feature_sample(self, feature: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """A draw of the prior's feature after taking ``action`` from feature ``z``: the stochastic twin of
+        :meth:`next_feature_mean` (Eq. 2 sampled, the deterministic state the same)."""
+        stoch, deter = feature.split([self.stoch_dim, self.config.deter], -1)
+        deter = self._deter_step(stoch, deter, action)
+        return torch.cat([self._sample(self._stats(self.img_out(deter))), deter], -1)
+
     def next_feature_mean_jacobian(
         self, feature: torch.Tensor, action: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,6 +18,7 @@ from collodreamer.planning.problem import (
     planned_return,
     rollout_features,
     rollout_return,
+    sampled_return,
     violations,
 )
 from collodreamer.schema import PlannerConfig
@@ -119,6 +120,7 @@ def collocate(
             iterations,
             config.plans,
             config.candidate_margin,
+            config.score_samples,
         )
 
 
@@ -141,12 +143,14 @@ def select_plans(
     iterations: int,
     optimised: int,
     margin: float = 0.0,
+    samples: int = 0,
 ) -> PlanResult:
     """Per start state, the plan of its ``plans`` whose clipped actions score the best imagined
     return; non-finite plans never win, their actions are zeros. The first ``optimised`` of each
     start's plans were optimised, the rest are candidates (``candidate_share``: how often one of them
     won); an optimised plan wins only where its return beats the best candidate's ``R_c`` by more
-    than ``margin * |R_c|``. Diagnostics of the chosen plans."""
+    than ``margin * |R_c|``. With ``samples`` > 0 the returns are means over that many rollouts of the
+    sampled dynamics (:func:`sampled_return`) instead of one under mu. Diagnostics of the chosen plans."""
     count = starts.shape[0] // plans
     finite = torch.isfinite(plan.features).flatten(1).all(1) & torch.isfinite(plan.actions).flatten(1).all(1)
     bad = int((~finite).sum())
@@ -161,7 +165,10 @@ def select_plans(
             plan, features=torch.where(keep, plan.features, 0.0), actions=torch.where(keep, plan.actions, 0.0)
         )
     clipped = plan.actions.clamp(-1.0, 1.0)
-    scores = rollout_return(objective, starts, clipped).reshape(count, plans)
+    if samples > 0:
+        scores = sampled_return(objective, starts, clipped, samples).reshape(count, plans)
+    else:
+        scores = rollout_return(objective, starts, clipped).reshape(count, plans)
     scores = torch.where(finite.reshape(count, plans), scores, -torch.inf)
     best = scores.argmax(1)
     if optimised < plans and margin > 0:

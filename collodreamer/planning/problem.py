@@ -52,6 +52,7 @@ class Objective:
     action_dim: int
     gamma: float = 1.0
     dynamics_jacobian: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
+    sample_dynamics: Callable[[Tensor, Tensor], Tensor] | None = None  # a draw of z' ~ q(z' | z, a)
     value: Callable[[Tensor], Tensor] | None = None  # V(z) of the state after the last knot
     value_weight: float = 1.0  # w: scales the terminal value term
     trust_weight: float = 0.0  # beta: holds the actions near the plan's anchor (0: off)
@@ -251,13 +252,27 @@ def policy_rollout(
     return torch.stack(features, 1), torch.stack(actions, 1)
 
 
-def rollout_return(objective: Objective, start: Tensor, actions: Tensor) -> Tensor:
-    """Eq. 10 for executing ``actions [B, H+1, A]`` from ``start`` under mu: discounted predicted
-    rewards plus the discounted terminal value."""
+def rollout_return(
+    objective: Objective,
+    start: Tensor,
+    actions: Tensor,
+    dynamics: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> Tensor:
+    """Eq. 10 for executing ``actions [B, H+1, A]`` from ``start`` under mu (or ``dynamics``):
+    discounted predicted rewards plus the discounted terminal value (of mu's last step)."""
     horizon = actions.shape[1] - 1
-    features = rollout_features(objective.dynamics, start, actions[:, :horizon])
+    features = rollout_features(dynamics or objective.dynamics, start, actions[:, :horizon])
     total = torch.zeros(start.shape[0], dtype=start.dtype, device=start.device)
     for k in range(horizon):
         total = total + objective.gamma ** (k + 1) * objective.reward(features[:, k])
     terminal = objective.terminal_value(features[:, -1], actions[:, -1])
     return total + objective.terminal_discount(horizon) * terminal
+
+
+def sampled_return(objective: Objective, start: Tensor, actions: Tensor, samples: int) -> Tensor:
+    """The mean of Eq. 10 over ``samples`` rollouts of ``actions [B, H+1, A]`` from ``start [B, D]``
+    under the model's sampled dynamics (PETS-style trajectory sampling): a plan that scores well only
+    under the mean dynamics, on a ridge of the model's errors, scores less here."""
+    assert objective.sample_dynamics is not None, "sampled scores need the objective's sample_dynamics"
+    starts, repeated = start.repeat(samples, 1), actions.repeat(samples, 1, 1)
+    return rollout_return(objective, starts, repeated, objective.sample_dynamics).reshape(samples, -1).mean(0)
