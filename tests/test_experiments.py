@@ -23,8 +23,9 @@ from collodreamer.experiments import (
     shared_sources,
 )
 from collodreamer.experiments.stats import aggregate, bootstrap_ci, iqm, probability_of_improvement
-from collodreamer.experiments.sweep import check_memory, memory_needed
+from collodreamer.experiments.sweep import RunSpec, check_memory, memory_needed, run_state
 from collodreamer.training import load_checkpoint
+from collodreamer.training.checkpoint import save_checkpoint
 
 TINY_SPEC = {
     "name": "tiny",
@@ -149,6 +150,22 @@ def dreamer_sweep(tmp_path: Path, seeds: int, steps: int) -> tuple[dict, Path, l
     spec_path.write_text(yaml.safe_dump(spec))
     command = [sys.executable, "-m", "collodreamer", "sweep", str(spec_path), "--root", str(root)]
     return spec, root, [*command, "--workers", "1"]
+
+
+def test_a_run_is_done_only_after_its_final_test(tmp_path: Path):
+    """A run stopped between its last update and its final test has a checkpoint at its budget; the
+    sweep resumes it (the test runs then) rather than skipping it."""
+    run = RunSpec("r", "dreamer", "dmc:reacher_easy", "state", 0, 800, "", ("tiny",), ())
+    run_dir = tmp_path / "r"
+    assert run_state(run, tmp_path) == "new"
+    run_dir.mkdir()
+    metrics = run_dir / "metrics.jsonl"
+    for frames, tests, state in ((600, [0], "resume"), (800, [0], "resume"), (800, [0, 800], "done")):
+        save_checkpoint(run_dir / "checkpoint.pt", {"counters": {"env_frames": frames}})
+        metrics.write_text("".join(json.dumps({"step": t, "test/return": 1.0}) + "\n" for t in tests))
+        assert run_state(run, tmp_path) == state, (frames, tests)
+    metrics.unlink()
+    assert run_state(run, tmp_path) == "resume"
 
 
 @pytest.mark.slow

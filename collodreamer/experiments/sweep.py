@@ -57,6 +57,7 @@ from collodreamer.rundir import RunDir
 from collodreamer.schema import Config
 from collodreamer.spec import IMAGE_SIZE
 from collodreamer.training.checkpoint import CheckpointError, load_checkpoint
+from collodreamer.training.logger import read_metrics
 
 log = logging.getLogger("collodreamer")
 SPEC_KEYS = {
@@ -202,13 +203,21 @@ def _task(entry: Any) -> tuple[str, int | None]:
 
 def run_state(run: RunSpec, root: Path) -> str:
     """``done``, ``resume`` or ``new`` for a run directory."""
-    checkpoint = RunDir(root / run.name).checkpoint
-    if not checkpoint.exists():
+    files = RunDir(root / run.name)
+    if not files.checkpoint.exists():
         return "new"
-    frames = _frames(checkpoint)
-    if frames < 0:
-        return "resume"  # resuming reports the damaged checkpoint as this run's error
-    return "done" if frames >= run.steps else "resume"
+    return "done" if _complete(files, run.steps) else "resume"  # resuming reports a damaged checkpoint
+
+
+def _complete(files: RunDir, steps: int) -> bool:
+    """Whether a run trained its ``steps`` env frames and logged its final test: a run stopped between
+    its last update and that test has a checkpoint at ``steps`` and is resumed for the test."""
+    frames = _frames(files.checkpoint)
+    if frames < steps:
+        return False
+    with contextlib.suppress(OSError):
+        return any("test/return" in r and r["step"] >= frames for r in read_metrics(files.metrics))
+    return False
 
 
 def _frames(checkpoint: Path) -> int:
@@ -236,7 +245,7 @@ def finished_runs(folder: Path, wanted: set[str]) -> dict[str, Path]:
             config = load_config(config_path)
             key = config_hash(config)
             wanted_here = key in wanted and key not in found and not run_dir.is_symlink()
-            if wanted_here and _frames(RunDir(run_dir).checkpoint) >= config.run.steps:
+            if wanted_here and _complete(RunDir(run_dir), config.run.steps):
                 found[key] = run_dir
     return found
 
