@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from collodreamer.agents import make_agent
+from collodreamer.agents.promise import by_kind
 from collodreamer.config import make_config
 from collodreamer.spec import EnvSpec
 
@@ -91,3 +92,25 @@ def test_value_part_of_the_promise():
     assert metrics["plan/value_real"] == pytest.approx(mean[2], rel=1e-5)
     assert metrics["plan/value_gap"] == pytest.approx(mean[0] - mean[2], rel=1e-4, abs=1e-6)
     assert metrics["plan/value_grad"] == pytest.approx(mean[3], rel=1e-5)
+
+
+def test_promise_by_kind_of_plan_executed():
+    """Where candidates compete, each segment's promise is logged again under the kind of plan that
+    was executed; its average over a test is over that kind's segments only."""
+    gap = {"plan/promise_gap": 0.5, "plan/paid_reward": 1.0}
+    assert by_kind(gap, {"candidate_share": 1.0}) == {
+        "plan/candidate/promise_gap": 0.5,
+        "plan/candidate/paid_reward": 1.0,
+    }
+    assert by_kind(gap, {"candidate_share": 0.0}) == {
+        "plan/optimised/promise_gap": 0.5,
+        "plan/optimised/paid_reward": 1.0,
+    }
+    assert by_kind(gap, {"dynamics_violation": 0.0}) == {}  # no candidates competed
+    *_, metrics = scripted_episode("collodreamer", "value.style=imagination", "planner.candidates=[policy]")
+    kinds = [k for k in ("candidate", "optimised") if f"plan/{k}/promise_gap" in metrics]
+    assert kinds and all(f"plan/{k}/rollout_gap" in metrics for k in kinds)
+    if len(kinds) == 1:  # both complete segments of one kind: the overall average is that kind's
+        assert metrics[f"plan/{kinds[0]}/promise_gap"] == pytest.approx(metrics["plan/promise_gap"])
+    _, _, _, latco = scripted_episode("latco")
+    assert not any(key.startswith(("plan/candidate/", "plan/optimised/")) for key in latco)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from collodreamer.agents.base import Sampler, explore
-from collodreamer.agents.promise import Segment, promise_metrics
+from collodreamer.agents.promise import Segment, by_kind, promise_metrics
 from collodreamer.averages import Averages
 from collodreamer.config import cloned_policy
 from collodreamer.health import nonfinite
@@ -245,7 +245,8 @@ class LatCoAgent:
             state.segment.paid.append(reward)  # for the action executed last
         if state is None or state.step >= self.config.planner.replan_every:
             if state is not None:
-                self.log(promise_metrics(self.world_model, state.segment, feature, self.promise_value()))
+                promise = promise_metrics(self.world_model, state.segment, feature, self.promise_value())
+                self.log({**promise, **by_kind(promise, state.plan.diagnostics)})
                 if training:
                     self.segment_done(state.segment)
             result = self.plan(feature, state.plan if state else None, training)

@@ -88,3 +88,15 @@ def promise_metrics(
         "plan/value_gap": promised_value.item() - real_value,
         "plan/value_grad": gradient.norm().item(),
     }
+
+
+def by_kind(metrics: dict[str, float], diagnostics: dict[str, float]) -> dict[str, float]:
+    """A segment's promise ``metrics`` again under ``plan/candidate/*`` or ``plan/optimised/*``, by the
+    kind of plan executed (the plan's ``candidate_share`` of its one start: 1 where a candidate won);
+    nothing where no candidates competed. Averaged over a test, each kind's gap is over its own
+    segments: how far each kind's scores can be trusted."""
+    share = diagnostics.get("candidate_share")
+    if share is None:
+        return {}
+    kind = "candidate" if share >= 0.5 else "optimised"
+    return {f"plan/{kind}/{key.removeprefix('plan/')}": value for key, value in metrics.items()}
