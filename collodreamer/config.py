@@ -340,6 +340,7 @@ def validate(config: Config) -> None:
         "planner.feedback": config.planner.feedback,
         "planner.candidate_margin": config.planner.candidate_margin,
         "planner.score_samples": config.planner.score_samples,
+        "planner.calibration_rate": config.planner.calibration_rate,
     }.items():
         if value < 0:
             raise ConfigError(f"{key} cannot be negative, got {value}")
@@ -347,6 +348,10 @@ def validate(config: Config) -> None:
         raise ConfigError(f"seed must be in [0, {MAX_SEED}], got {config.seed}")
     if not 0 < config.value.gamma <= 1:
         raise ConfigError(f"value.gamma must be in (0, 1], got {config.value.gamma}")
+    if config.planner.calibration_rate > 1:
+        raise ConfigError(
+            f"planner.calibration_rate must be in [0, 1], got {config.planner.calibration_rate}"
+        )
     if not 0 <= config.value.lam <= 1:
         raise ConfigError(f"value.lam must be in [0, 1], got {config.value.lam}")
     if config.planner.replan_every > config.planner.horizon:

@@ -219,6 +219,13 @@ class PlannerConfig:
         "An optimised plan is executed only where its imagined return beats the best candidate's by this "
         "fraction of the candidate's |return|; else the candidate (0: the best return wins)",
     )
+    calibration_rate: float = setting(
+        0.0,
+        "Rate of the running means, over executed segments, of each kind of plan's rollout gap (reward per "
+        "step a model rollout of the executed actions predicts, less what was paid): optimised plans and "
+        "candidates. An optimised plan's score loses the excess of its kind's gap over the candidates', "
+        "times sum_k gamma^k, before it competes with them (0: off)",
+    )
     score_samples: int = setting(
         0,
         "Plans and candidates are chosen by their mean imagined return over this many rollouts of their "

@@ -196,6 +196,11 @@ def test_candidates_compete_with_the_optimised_plans():
         # the diagnostics are the executed plan's, also where a margin executes the worse one
         executed = theirs if share else ours
         assert chosen.diagnostics["rollout_return"] == pytest.approx(executed, rel=1e-5)
+    # A bias: the optimised plan's return loses it before it competes (the calibrated selection).
+    for bias, share in ((0.9 * (ours - theirs), 0.0), (1.1 * (ours - theirs), 1.0)):
+        torch.manual_seed(0)
+        chosen = collocate(obj, start, config, candidates=bad, bias=bias)
+        assert chosen.diagnostics["candidate_share"] == share
     # Two starts with two candidates each: each start chooses among its own.
     starts = torch.zeros(2, 2)
     both = Plan(*(torch.cat([a, b, b, a]) for a, b in zip(good.knots(), bad.knots(), strict=True)))

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from collodreamer.agents import make_agent
-from collodreamer.agents.promise import by_kind
-from collodreamer.config import make_config
+from collodreamer.agents.promise import by_kind, calibration_bias, update_gaps
+from collodreamer.config import ConfigError, make_config
 from collodreamer.spec import EnvSpec
 
 PAID = [0.0, 1.0, 0.5, 2.0, 0.0, 1.5, 3.0]  # the reward paid on arriving at each observation
@@ -114,3 +114,36 @@ def test_promise_by_kind_of_plan_executed():
         assert metrics[f"plan/{kinds[0]}/promise_gap"] == pytest.approx(metrics["plan/promise_gap"])
     _, _, _, latco = scripted_episode("latco")
     assert not any(key.startswith(("plan/candidate/", "plan/optimised/")) for key in latco)
+
+
+def test_running_gaps_and_the_calibration_bias_by_hand():
+    gaps: dict[str, float] = {}
+    update_gaps(gaps, {"plan/optimised/rollout_gap": 0.8}, rate=0.25)
+    assert gaps == {"optimised": 0.8}
+    assert calibration_bias(gaps, 10.0) == 0.0  # no candidate executed yet: nothing to compare with
+    update_gaps(gaps, {"plan/candidate/rollout_gap": 0.2, "plan/candidate/promise_gap": 9.0}, rate=0.25)
+    update_gaps(gaps, {"plan/optimised/rollout_gap": 0.4}, rate=0.25)
+    assert gaps == pytest.approx({"optimised": 0.8 + 0.25 * (0.4 - 0.8), "candidate": 0.2})
+    assert calibration_bias(gaps, 10.0) == pytest.approx((0.7 - 0.2) * 10.0)
+    gaps["candidate"] = 0.9  # candidates over-promise more: the optimised plans gain
+    assert calibration_bias(gaps, 10.0) == pytest.approx(-2.0)
+
+
+def test_calibrated_agent_keeps_its_gaps_and_biases_its_plans():
+    rate = ("value.style=imagination", "planner.candidates=[policy]", "planner.calibration_rate=0.5")
+    agent, _, _, metrics = scripted_episode("collodreamer", *rate)
+    kinds = [k for k in ("candidate", "optimised") if f"plan/{k}/rollout_gap" in metrics]
+    assert set(agent.gaps) == set(kinds)
+    for kind in kinds:
+        assert np.isfinite(agent.gaps[kind])
+    assert "plan/calibration_bias" in metrics
+    restored = make_agent(agent.config, EnvSpec((5,), 2))
+    restored.load_state_dict(agent.state_dict())
+    assert restored.gaps == agent.gaps
+    agent.gaps = {"optimised": 1.0, "candidate": 0.5}
+    gamma, horizon = agent.objective().gamma, agent.config.planner.horizon
+    assert agent.candidate_bias() == pytest.approx(0.5 * sum(gamma**k for k in range(1, horizon + 1)))
+    _, _, _, plain = scripted_episode("collodreamer", *rate[:2])
+    assert "plan/calibration_bias" not in plain
+    with pytest.raises(ConfigError, match="calibration_rate"):
+        make_config(["tiny"], ["planner.calibration_rate=2"])

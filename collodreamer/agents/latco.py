@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from collodreamer.agents.base import Sampler, explore
-from collodreamer.agents.promise import Segment, by_kind, promise_metrics
+from collodreamer.agents.promise import Segment, by_kind, calibration_bias, promise_metrics, update_gaps
 from collodreamer.averages import Averages
 from collodreamer.config import cloned_policy
 from collodreamer.health import nonfinite
@@ -99,6 +99,7 @@ class LatCoAgent:
             )
             self.state_heads.to(device)
             self.state_heads_optimizer = adam(self.state_heads.parameters(), pessimism.lr)
+        self.gaps: dict[str, float] = {}  # running rollout gap of each kind of plan executed
         self._averages = Averages()
 
     def log(self, metrics: dict[str, float]) -> None:
@@ -197,6 +198,7 @@ class LatCoAgent:
                 init=self.initial_plan(feature, previous),
                 on_iteration=self.on_iteration(training),
                 candidates=self.candidate_plans(feature, previous),
+                bias=self.candidate_bias(),
             )
         self.log({"plan/ms": 1000 * (time.perf_counter() - start)})
         # A start whose plans all went non-finite acts with zeros (collocate replaces them); a run of
@@ -207,6 +209,17 @@ class LatCoAgent:
         if training and self.policy is not None:
             self.train_policy(result.plan)
         return result
+
+    def candidate_bias(self) -> float:
+        """What the optimised plans' scores lose against the candidates' (``planner.calibration_rate``):
+        their kind's excess running rollout gap, summed over the horizon as the score sums rewards."""
+        if not self.config.planner.calibration_rate:
+            return 0.0
+        objective = self.objective()
+        weights = sum(objective.gamma**k for k in range(1, self.config.planner.horizon + 1))
+        bias = calibration_bias(self.gaps, weights)
+        self.log({"plan/calibration_bias": bias})
+        return bias
 
     def plan_is_finite(self, result: PlanResult) -> bool:
         """Whether the plan chosen for the one start state of ``act`` is finite (at least one of its
@@ -246,7 +259,10 @@ class LatCoAgent:
         if state is None or state.step >= self.config.planner.replan_every:
             if state is not None:
                 promise = promise_metrics(self.world_model, state.segment, feature, self.promise_value())
-                self.log({**promise, **by_kind(promise, state.plan.diagnostics)})
+                kinds = by_kind(promise, state.plan.diagnostics)
+                self.log({**promise, **kinds})
+                if self.config.planner.calibration_rate:
+                    update_gaps(self.gaps, kinds, self.config.planner.calibration_rate)
                 if training:
                     self.segment_done(state.segment)
             result = self.plan(feature, state.plan if state else None, training)
@@ -334,6 +350,8 @@ class LatCoAgent:
             state["state_heads"] = self.state_heads.state_dict()
             state["state_heads_optimizer"] = self.state_heads_optimizer.state_dict()
             state["state_level"] = self.state_level
+        if self.config.planner.calibration_rate:
+            state["gaps"] = dict(self.gaps)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -351,3 +369,5 @@ class LatCoAgent:
             lr = self.config.pessimism.lr
             load_optimizer(self.state_heads_optimizer, state["state_heads_optimizer"], lr)
             self.state_level = state["state_level"]
+        if self.config.planner.calibration_rate:
+            self.gaps = dict(state.get("gaps", {}))  # none in another config's checkpoint

@@ -100,3 +100,24 @@ def by_kind(metrics: dict[str, float], diagnostics: dict[str, float]) -> dict[st
         return {}
     kind = "candidate" if share >= 0.5 else "optimised"
     return {f"plan/{kind}/{key.removeprefix('plan/')}": value for key, value in metrics.items()}
+
+
+KINDS = ("candidate", "optimised")
+
+
+def update_gaps(gaps: dict[str, float], metrics: dict[str, float], rate: float) -> None:
+    """Fold a segment's by-kind rollout gap (:func:`by_kind`) into ``gaps`` (kind -> reward per agent
+    step): an exponential average at ``rate``, starting from the first segment of each kind."""
+    for kind in KINDS:
+        gap = metrics.get(f"plan/{kind}/rollout_gap")
+        if gap is not None:
+            gaps[kind] = gap if kind not in gaps else gaps[kind] + rate * (gap - gaps[kind])
+
+
+def calibration_bias(gaps: dict[str, float], weights: float) -> float:
+    """What an optimised plan's score loses against the candidates': the excess of the optimised plans'
+    running rollout gap over the candidates' (reward per step) times ``weights``, the sum of the score's
+    reward weights ``sum_k gamma^k``; 0 until both kinds have been executed."""
+    if any(kind not in gaps for kind in KINDS):
+        return 0.0
+    return (gaps["optimised"] - gaps["candidate"]) * weights

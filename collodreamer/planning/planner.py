@@ -72,12 +72,14 @@ def collocate(
     init: Plan | None = None,
     on_iteration: Callable[[Plan], None] | None = None,
     candidates: Plan | None = None,
+    bias: float = 0.0,
 ) -> PlanResult:
     """Plan from each start feature ``[S, D]``: ``config.plans`` plans per start are optimised in
     parallel by ``config.iterations`` primal/dual steps; per start, the plan whose clipped actions
     score the best imagined return is kept, the ``candidates`` (``[S * C, ...]``, C per start, e.g.
-    an actor's rollout) competing with them. ``init`` (``[S * plans, ...]``) replaces the random
-    initialisation; ``on_iteration`` sees the plans after every dual step."""
+    an actor's rollout) competing with them, the optimised plans' scores less ``bias``. ``init``
+    (``[S * plans, ...]``) replaces the random initialisation; ``on_iteration`` sees the plans after
+    every dual step."""
     starts = start.repeat_interleave(config.plans, 0)
     plan = init if init is not None else random_plan(starts, config.horizon, objective.action_dim, config)
     adam = AdamPrimal(plan, config.adam_lr, config.compile) if config.primal == "adam" else None
@@ -121,6 +123,7 @@ def collocate(
             config.plans,
             config.candidate_margin,
             config.score_samples,
+            bias,
         )
 
 
@@ -144,13 +147,15 @@ def select_plans(
     optimised: int,
     margin: float = 0.0,
     samples: int = 0,
+    bias: float = 0.0,
 ) -> PlanResult:
     """Per start state, the plan of its ``plans`` whose clipped actions score the best imagined
     return; non-finite plans never win, their actions are zeros. The first ``optimised`` of each
     start's plans were optimised, the rest are candidates (``candidate_share``: how often one of them
-    won); an optimised plan wins only where its return beats the best candidate's ``R_c`` by more
-    than ``margin * |R_c|``. With ``samples`` > 0 the returns are means over that many rollouts of the
-    sampled dynamics (:func:`sampled_return`) instead of one under mu. Diagnostics of the chosen plans."""
+    won); an optimised plan, its return less ``bias``, wins only where that beats the best candidate's
+    ``R_c`` by more than ``margin * |R_c|``. With ``samples`` > 0 the returns are means over that many
+    rollouts of the sampled dynamics (:func:`sampled_return`) instead of one under mu. Diagnostics of
+    the chosen plans."""
     count = starts.shape[0] // plans
     finite = torch.isfinite(plan.features).flatten(1).all(1) & torch.isfinite(plan.actions).flatten(1).all(1)
     bad = int((~finite).sum())
@@ -171,8 +176,8 @@ def select_plans(
         scores = rollout_return(objective, starts, clipped).reshape(count, plans)
     scores = torch.where(finite.reshape(count, plans), scores, -torch.inf)
     best = scores.argmax(1)
-    if optimised < plans and margin > 0:
-        ours, theirs = scores[:, :optimised], scores[:, optimised:]
+    if optimised < plans and (margin > 0 or bias != 0):
+        ours, theirs = scores[:, :optimised] - bias, scores[:, optimised:]
         candidate = theirs.max(1).values
         beats = ours.max(1).values > candidate + margin * candidate.abs()
         best = torch.where(beats, ours.argmax(1), optimised + theirs.argmax(1))
