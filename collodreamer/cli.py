@@ -348,6 +348,9 @@ def terminated(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, terminated)
+        # Ctrl-C as Ctrl-C also where a non-interactive shell started us in the background with SIGINT
+        # ignored (a sweep would otherwise not stop on it).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     args = build_parser().parse_args(argv)
     if args.command == "plot" and not args.metric:
         args.metric = ["test/return"]

@@ -274,6 +274,18 @@ def test_a_signal_during_start_up_gives_no_resume_hint_that_fails(tmp_path: Path
     assert capsys.readouterr().err.splitlines()[-1] == "collodreamer: stopped by SIGINT"
 
 
+def test_ctrl_c_is_heard_even_when_started_with_sigint_ignored(capsys):
+    """A non-interactive shell starts background jobs with SIGINT ignored; the command line takes Ctrl-C
+    back (a sweep stops on it), as it takes SIGTERM."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert cli_main(["tasks"]) == 0
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "reacher_easy" in capsys.readouterr().out
+
+
 def test_sigterm_before_training_is_one_line_and_143(tmp_path: Path):
     run = tmp_path / "run"
     process = subprocess.Popen(
