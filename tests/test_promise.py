@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from collodreamer.agents import make_agent
-from collodreamer.agents.promise import by_kind, calibration_bias, update_gaps
+from collodreamer.agents.promise import by_kind, calibration_bias, executed_kind, update_gap
 from collodreamer.config import ConfigError, make_config
 from collodreamer.spec import EnvSpec
 
@@ -98,15 +98,15 @@ def test_promise_by_kind_of_plan_executed():
     """Where candidates compete, each segment's promise is logged again under the kind of plan that
     was executed; its average over a test is over that kind's segments only."""
     gap = {"plan/promise_gap": 0.5, "plan/paid_reward": 1.0}
-    assert by_kind(gap, {"candidate_share": 1.0}) == {
+    assert by_kind(gap, executed_kind({"candidate_share": 1.0})) == {
         "plan/candidate/promise_gap": 0.5,
         "plan/candidate/paid_reward": 1.0,
     }
-    assert by_kind(gap, {"candidate_share": 0.0}) == {
+    assert by_kind(gap, executed_kind({"candidate_share": 0.0})) == {
         "plan/optimised/promise_gap": 0.5,
         "plan/optimised/paid_reward": 1.0,
     }
-    assert by_kind(gap, {"dynamics_violation": 0.0}) == {}  # no candidates competed
+    assert by_kind(gap, executed_kind({"dynamics_violation": 0.0})) == {}  # no candidates competed
     *_, metrics = scripted_episode("collodreamer", "value.style=imagination", "planner.candidates=[policy]")
     kinds = [k for k in ("candidate", "optimised") if f"plan/{k}/promise_gap" in metrics]
     assert kinds and all(f"plan/{k}/rollout_gap" in metrics for k in kinds)
@@ -118,11 +118,11 @@ def test_promise_by_kind_of_plan_executed():
 
 def test_running_gaps_and_the_calibration_bias_by_hand():
     gaps: dict[str, float] = {}
-    update_gaps(gaps, {"plan/optimised/rollout_gap": 0.8}, rate=0.25)
+    update_gap(gaps, "optimised", 0.8, rate=0.25)
     assert gaps == {"optimised": 0.8}
     assert calibration_bias(gaps, 10.0) == 0.0  # no candidate executed yet: nothing to compare with
-    update_gaps(gaps, {"plan/candidate/rollout_gap": 0.2, "plan/candidate/promise_gap": 9.0}, rate=0.25)
-    update_gaps(gaps, {"plan/optimised/rollout_gap": 0.4}, rate=0.25)
+    update_gap(gaps, "candidate", 0.2, rate=0.25)
+    update_gap(gaps, "optimised", 0.4, rate=0.25)
     assert gaps == pytest.approx({"optimised": 0.8 + 0.25 * (0.4 - 0.8), "candidate": 0.2})
     assert calibration_bias(gaps, 10.0) == pytest.approx((0.7 - 0.2) * 10.0)
     gaps["candidate"] = 0.9  # candidates over-promise more: the optimised plans gain

@@ -18,7 +18,14 @@ import torch
 import torch.nn.functional as F
 
 from collodreamer.agents.base import Sampler, explore
-from collodreamer.agents.promise import Segment, by_kind, calibration_bias, promise_metrics, update_gaps
+from collodreamer.agents.promise import (
+    Segment,
+    by_kind,
+    calibration_bias,
+    executed_kind,
+    promise_metrics,
+    update_gap,
+)
 from collodreamer.averages import Averages
 from collodreamer.config import cloned_policy
 from collodreamer.health import nonfinite
@@ -259,10 +266,10 @@ class LatCoAgent:
         if state is None or state.step >= self.config.planner.replan_every:
             if state is not None:
                 promise = promise_metrics(self.world_model, state.segment, feature, self.promise_value())
-                kinds = by_kind(promise, state.plan.diagnostics)
-                self.log({**promise, **kinds})
-                if self.config.planner.calibration_rate:
-                    update_gaps(self.gaps, kinds, self.config.planner.calibration_rate)
+                kind, rate = executed_kind(state.plan.diagnostics), self.config.planner.calibration_rate
+                self.log({**promise, **by_kind(promise, kind)})
+                if rate and kind is not None:
+                    update_gap(self.gaps, kind, promise["plan/rollout_gap"], rate)
                 if training:
                     self.segment_done(state.segment)
             result = self.plan(feature, state.plan if state else None, training)

@@ -90,34 +90,34 @@ def promise_metrics(
     }
 
 
-def by_kind(metrics: dict[str, float], diagnostics: dict[str, float]) -> dict[str, float]:
-    """A segment's promise ``metrics`` again under ``plan/candidate/*`` or ``plan/optimised/*``, by the
-    kind of plan executed (the plan's ``candidate_share`` of its one start: 1 where a candidate won);
-    nothing where no candidates competed. Averaged over a test, each kind's gap is over its own
-    segments: how far each kind's scores can be trusted."""
+def executed_kind(diagnostics: dict[str, float]) -> str | None:
+    """The kind of plan executed, from the plan's ``candidate_share`` of its one start (1 where a
+    candidate won): ``candidate`` or ``optimised``; None where no candidates competed."""
     share = diagnostics.get("candidate_share")
     if share is None:
+        return None
+    return "candidate" if share >= 0.5 else "optimised"
+
+
+def by_kind(metrics: dict[str, float], kind: str | None) -> dict[str, float]:
+    """A segment's promise ``metrics`` again under ``plan/<kind>/*`` (:func:`executed_kind`); nothing
+    without a kind. Averaged over a test, each kind's gap is over its own segments: how far each kind's
+    scores can be trusted."""
+    if kind is None:
         return {}
-    kind = "candidate" if share >= 0.5 else "optimised"
     return {f"plan/{kind}/{key.removeprefix('plan/')}": value for key, value in metrics.items()}
 
 
-KINDS = ("candidate", "optimised")
-
-
-def update_gaps(gaps: dict[str, float], metrics: dict[str, float], rate: float) -> None:
-    """Fold a segment's by-kind rollout gap (:func:`by_kind`) into ``gaps`` (kind -> reward per agent
-    step): an exponential average at ``rate``, starting from the first segment of each kind."""
-    for kind in KINDS:
-        gap = metrics.get(f"plan/{kind}/rollout_gap")
-        if gap is not None:
-            gaps[kind] = gap if kind not in gaps else gaps[kind] + rate * (gap - gaps[kind])
+def update_gap(gaps: dict[str, float], kind: str, gap: float, rate: float) -> None:
+    """Fold a segment's rollout gap (reward per agent step) into ``gaps[kind]``: an exponential
+    average at ``rate``, starting from the first segment of that kind."""
+    gaps[kind] = gap if kind not in gaps else gaps[kind] + rate * (gap - gaps[kind])
 
 
 def calibration_bias(gaps: dict[str, float], weights: float) -> float:
     """What an optimised plan's score loses against the candidates': the excess of the optimised plans'
     running rollout gap over the candidates' (reward per step) times ``weights``, the sum of the score's
     reward weights ``sum_k gamma^k``; 0 until both kinds have been executed."""
-    if any(kind not in gaps for kind in KINDS):
+    if "optimised" not in gaps or "candidate" not in gaps:
         return 0.0
     return (gaps["optimised"] - gaps["candidate"]) * weights

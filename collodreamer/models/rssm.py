@@ -210,21 +210,25 @@ class RSSM(nn.Module):
             taken.append(action)
         return torch.stack(features), torch.stack(taken)
 
+    def _next_prior(self, feature: torch.Tensor, action: torch.Tensor) -> tuple[State, torch.Tensor]:
+        """The prior's statistics and deterministic state after taking ``action`` from feature ``z``."""
+        stoch, deter = feature.split([self.stoch_dim, self.config.deter], -1)
+        deter = self._deter_step(stoch, deter, action)
+        return self._stats(self.img_out(deter)), deter
+
     def next_feature_mean(self, feature: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """mu(z, a): the feature of the prior's mean after taking ``action`` from feature ``z``.
 
         This is the planner's dynamics function (Eq. 5); it is a deterministic function of z and a.
         """
-        stoch, deter = feature.split([self.stoch_dim, self.config.deter], -1)
-        deter = self._deter_step(stoch, deter, action)
-        return torch.cat([self._mean(self._stats(self.img_out(deter))), deter], -1)
+        stats, deter = self._next_prior(feature, action)
+        return torch.cat([self._mean(stats), deter], -1)
 
     def next_feature_sample(self, feature: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """A draw of the prior's feature after taking ``action`` from feature ``z``: the stochastic twin of
         :meth:`next_feature_mean` (Eq. 2 sampled, the deterministic state the same)."""
-        stoch, deter = feature.split([self.stoch_dim, self.config.deter], -1)
-        deter = self._deter_step(stoch, deter, action)
-        return torch.cat([self._sample(self._stats(self.img_out(deter))), deter], -1)
+        stats, deter = self._next_prior(feature, action)
+        return torch.cat([self._sample(stats), deter], -1)
 
     def next_feature_mean_jacobian(
         self, feature: torch.Tensor, action: torch.Tensor
