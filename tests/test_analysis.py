@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from collodreamer.analysis.screen import load_screen, screen_report
+from collodreamer.analysis.screen import load_screen, screen, screen_report
 from collodreamer.analysis.value import reward_to_go
 from collodreamer.config import ConfigError, make_config, preset_dir
+from collodreamer.training import Trainer
 
 
 def test_reward_to_go_by_hand():
@@ -35,6 +36,8 @@ def test_every_shipped_screen_variant_is_a_valid_config(name):
         ("plans: 3\n", "screen spec: 'variants' maps each variant name to a list"),
         ("variants: {a: planner.iterations=3}\n", "screen spec: 'variants' maps each variant name to a list"),
         ("variants: {a: []}\nshares: {a: b}\n", "screen spec: 'shares' maps a variant to the variant"),
+        ("variants: {a: []}\nwarmup: {b: 3}\n", "screen spec: 'warmup' maps a variant to how many episodes"),
+        ("variants: {a: []}\nwarmup: {a: -1}\n", "screen spec: 'warmup' maps a variant to how many episodes"),
     ],
 )
 def test_a_bad_screen_spec_is_one_line_naming_it(tmp_path: Path, text, message):
@@ -62,3 +65,19 @@ def test_screen_report_pairs_every_variant_with_the_first(tmp_path: Path):
     assert "| b | 3.0 [0.0, 5.0] | +1.0 " in table and "+0.250, +0.125" in table
     rows = json.loads((tmp_path / "screen.json").read_text())["rows"]
     assert rows[1]["paired_difference"] == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_a_warm_up_leaves_a_stateless_agents_test_as_it_was(tmp_path: Path):
+    """A tiny latco run held fixed, screened twice: with 2 warm-up episodes first (from other start
+    states) the test episodes return exactly what they return without, since latco keeps nothing
+    across episodes; the warm-up's returns are recorded."""
+    run = tmp_path / "run"
+    overrides = ["agent=latco", "env.task=dmc:reacher_easy", "env.obs=state", "run.steps=200"]
+    overrides += ["planner.horizon=6", "planner.iterations=5", "planner.replan_every=3"]
+    Trainer(make_config(["tiny"], overrides), run).run()
+    spec = {"agent": "latco", "variants": {"cold": [], "warm": []}, "warmup": {"warm": 2}}
+    screen(run, spec, tmp_path / "screen", episodes=2)
+    cold, warm = (json.loads((tmp_path / "screen" / f"{name}.json").read_text()) for name in ("cold", "warm"))
+    assert cold["warmup_returns"] == [] and len(warm["warmup_returns"]) == 2
+    assert warm["returns"] == cold["returns"]

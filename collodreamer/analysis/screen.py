@@ -16,6 +16,8 @@ trained), e.g. ``configs/screens/value_screen.yaml``::
       replay_h15: [value.style=replay, planner.horizon=15]
     shares:                 # optional: variants that act with what another variant learnt
       replay_h15: replay
+    warmup:                 # optional: episodes a variant plays before its test
+      replay_h15: 10
 
 Per variant: an agent holding RUN_DIR's world model, which is never updated here. What the agent
 learns besides the world model (a collodreamer value, reward or value heads, Dreamer's actor and
@@ -28,7 +30,10 @@ named under ``shares`` loads instead what the variant it names learnt (saved as
 the named variant lacks, which it then learns alone (as many batches); the comparison is then paired
 in what was learnt as well as in start states. Then ``--episodes``
 test episodes in the real environment, without exploration noise, from the same start states for
-every variant (the test environment's seed is fixed). Each variant's result is written to
+every variant (the test environment's seed is fixed). A variant named under ``warmup`` first plays that
+many episodes from other start states, so that what it keeps across episodes (the calibrated
+selection's running gaps, ``planner.calibration_rate``) enters its test as a learning run's would;
+an agent that keeps nothing across episodes tests exactly as without them. Each variant's result is written to
 ``DIR/<variant>.json`` as it ends (rerunning skips those present); ``--report`` writes
 ``DIR/screen.json`` and ``DIR/screen.md``: mean test return with a 95% bootstrap interval, the
 paired difference to the first variant (same start states) with its interval, ms and iterations
@@ -52,14 +57,15 @@ from collodreamer.config import ConfigError, load_spec_file
 from collodreamer.envs import make_env
 from collodreamer.experiments.stats import bootstrap_ci
 from collodreamer.files import write_json
-from collodreamer.seeds import SCREEN_SEED
+from collodreamer.seeds import SCREEN_SEED, WARMUP_SEED
 from collodreamer.timing import machine
 from collodreamer.training import evaluate
 from collodreamer.training.checkpoint import restoring
 
 # A screen spec's keys: the agent its variants start from, the value (actor-critic) updates and plans
-# each learns on the replay, the variants, and which variant's learnt parts another takes.
-SCREEN_KEYS = {"agent", "value_updates", "plans", "variants", "shares"}
+# each learns on the replay, the variants, which variant's learnt parts another takes, and the episodes
+# a variant plays before its test.
+SCREEN_KEYS = {"agent", "value_updates", "plans", "variants", "shares", "warmup"}
 
 
 def learn(agent, replay, spec: dict, heads_only: bool = False) -> float:
@@ -98,13 +104,10 @@ def screen_variant(
             agent.load_state_dict({**fresh, **learned})
         learn_seconds = learn(agent, replay, spec, heads_only=True) if set(fresh) - set(learned) else 0.0
     accuracy = value_accuracy(agent, replay, config.value.gamma) if config.agent != "latco" else None
-    torch.manual_seed(0)
-    env = make_env(config.env, SCREEN_SEED)
+    warmup = play(agent, config, WARMUP_SEED, spec.get("warmup", {}).get(name, 0))
+    agent.metrics()  # drop what the warm-up logged
     start = time.perf_counter()
-    try:
-        returns, _ = evaluate(agent, env, episodes)
-    finally:
-        env.close()
+    returns = play(agent, config, SCREEN_SEED, episodes)
     metrics = agent.metrics()
     return {
         "variant": name,
@@ -119,9 +122,23 @@ def screen_variant(
         "test_seconds": time.perf_counter() - start,
         "value_train_seconds": learn_seconds,
         "learned_from": source or name,
+        "warmup_returns": warmup,
         "value_accuracy": accuracy,
         "machine": machine(),
     }
+
+
+def play(agent, config, seed: int, episodes: int) -> list[float]:
+    """The returns of ``episodes`` test episodes (no exploration noise) from the start states of the
+    environment seeded ``seed``; torch seeded alike for every variant."""
+    if not episodes:
+        return []
+    torch.manual_seed(0)
+    env = make_env(config.env, seed)
+    try:
+        return evaluate(agent, env, episodes)[0]
+    finally:
+        env.close()
 
 
 def screen_report(spec: dict, out: Path) -> str:
@@ -169,8 +186,8 @@ def screen_report(spec: dict, out: Path) -> str:
 
 
 def load_screen(name: str) -> dict[str, Any]:
-    """A screen spec by path, or by name from ``configs/screens/``: its variants (name -> overrides)
-    and which variant's learnt parts each may share."""
+    """A screen spec by path, or by name from ``configs/screens/``: its variants (name -> overrides),
+    which variant's learnt parts each may share and how many episodes each plays before its test."""
     spec = load_spec_file(name, "screens", SCREEN_KEYS, "screen spec")
     variants, shares = spec.get("variants"), spec.get("shares", {})
     if (
@@ -181,6 +198,15 @@ def load_screen(name: str) -> dict[str, Any]:
         raise ConfigError("screen spec: 'variants' maps each variant name to a list of key=value overrides")
     if not isinstance(shares, dict) or not set(shares) | set(shares.values()) <= set(variants):
         raise ConfigError("screen spec: 'shares' maps a variant to the variant whose learnt parts it takes")
+    warmup = spec.get("warmup", {})
+    if (
+        not isinstance(warmup, dict)
+        or not set(warmup) <= set(variants)
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in warmup.values())
+    ):
+        raise ConfigError(
+            "screen spec: 'warmup' maps a variant to how many episodes it plays before its test"
+        )
     return spec
 
 
