@@ -19,7 +19,13 @@ from collodreamer.models.losses import value_targets
 from collodreamer.models.value import ValueNetwork
 from collodreamer.planning import collocate, random_plan
 from collodreamer.planning.gauss_newton import gauss_newton_step
-from collodreamer.planning.problem import Objective, lagrangian, planned_return
+from collodreamer.planning.problem import (
+    Objective,
+    lagrangian,
+    planned_return,
+    rollout_features,
+    rollout_return,
+)
 from collodreamer.schema import PlannerConfig, ValueConfig
 from collodreamer.spec import EnvSpec
 
@@ -109,6 +115,33 @@ def test_discounted_objective_by_hand_on_a_3_step_plan():
     weighted = replace(objective(value, g), value_weight=0.5)
     expected = g * r[1] + g**2 * r[2] + g**3 * r[3] + 0.5 * g**4 * terminal
     assert planned_return(weighted, plan).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_a_feasible_plan_promises_what_a_rollout_of_its_actions_predicts():
+    """Eq. 10 at the knots equals Eq. 10 of the model rollout of the plan's actions when the knots are
+    that rollout, and differs by the discounted reward of a knot moved off it."""
+    start, actions = (
+        torch.tensor([[0.5, -0.3]]),
+        0.3 * torch.randn(1, 4, 2, generator=torch.Generator().manual_seed(0)),
+    )
+    features = torch.cat(
+        [start[:, None], rollout_features(lambda z, a: 0.9 * z + a, start, actions[:, :-1])], 1
+    )
+    plan = replace(
+        random_plan(start, horizon=3, action_dim=2, config=PlannerConfig()),
+        features=features,
+        actions=actions,
+    )
+    value, g = (lambda z: 5.0 * z.sum(-1)), 0.9
+    rolled = rollout_return(objective(value, g), start, actions)
+    assert planned_return(objective(value, g), plan).item() == pytest.approx(rolled.item(), rel=1e-6)
+    moved = features.clone()
+    moved[0, 2] = GOAL
+    reward = lambda z: 1.0 - (z - GOAL).pow(2).sum(-1)  # noqa: E731
+    expected = rolled + g**2 * (reward(GOAL) - reward(features[0, 2]))
+    assert planned_return(objective(value, g), replace(plan, features=moved)).item() == pytest.approx(
+        expected.item(), rel=1e-5
+    )
 
 
 def test_zero_value_plans_exactly_like_latco():

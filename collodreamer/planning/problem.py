@@ -218,13 +218,21 @@ def lagrangian(objective: Objective, plan: Plan) -> Tensor:
     return residuals(objective, plan).pow(2).sum(1)
 
 
+def path_return(objective: Objective, features: Tensor, last_action: Tensor) -> Tensor:
+    """Eq. 10 of a path of features ``[B, H+1, D]`` (``z_0`` first) whose last action is ``a_H``:
+    ``sum_{k=1..H} gamma^k r(z_k) + w gamma^(H+1) V(mu(z_H, a_H))`` ``[B]`` (the constant ``r(z_0)``
+    left out; Eq. 8 without a value)."""
+    horizon = features.shape[1] - 1
+    weights = reward_weights(horizon, objective.gamma, features)
+    rewards = (weights * objective.reward(features[:, 1:])).sum(1)
+    return rewards + objective.terminal_discount(horizon) * objective.terminal_value(
+        features[:, -1], last_action
+    )
+
+
 def planned_return(objective: Objective, plan: Plan) -> Tensor:
-    """The plan's own Eq. 10 objective ``sum_{k=1..H} gamma^k r(z_k) + w gamma^(H+1) V(mu(z_H, a_H))``
-    ``[B]`` (the constant ``r(z_0)`` left out; Eq. 8 without a value)."""
-    weights = reward_weights(plan.horizon, objective.gamma, plan.features)
-    terminal = objective.terminal_value(plan.features[:, -1], plan.actions[:, -1])
-    rewards = (weights * objective.reward(plan.features[:, 1:])).sum(1)
-    return rewards + objective.terminal_discount(plan.horizon) * terminal
+    """The plan's own Eq. 10 objective ``[B]``, at its knots."""
+    return path_return(objective, plan.features, plan.actions[:, -1])
 
 
 def rollout_features(dynamics: Callable[[Tensor, Tensor], Tensor], start: Tensor, actions: Tensor) -> Tensor:
@@ -258,15 +266,9 @@ def rollout_return(
     actions: Tensor,
     dynamics: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Tensor:
-    """Eq. 10 for executing ``actions [B, H+1, A]`` from ``start`` under mu (or ``dynamics``):
-    discounted predicted rewards plus the discounted terminal value (of mu's last step)."""
-    horizon = actions.shape[1] - 1
-    features = rollout_features(dynamics or objective.dynamics, start, actions[:, :horizon])
-    total = torch.zeros(start.shape[0], dtype=start.dtype, device=start.device)
-    for k in range(horizon):
-        total = total + objective.gamma ** (k + 1) * objective.reward(features[:, k])
-    terminal = objective.terminal_value(features[:, -1], actions[:, -1])
-    return total + objective.terminal_discount(horizon) * terminal
+    """Eq. 10 for executing ``actions [B, H+1, A]`` from ``start`` under mu (or ``dynamics``)."""
+    features = rollout_features(dynamics or objective.dynamics, start, actions[:, :-1])
+    return path_return(objective, torch.cat([start[:, None], features], 1), actions[:, -1])
 
 
 def sampled_return(objective: Objective, start: Tensor, actions: Tensor, samples: int) -> Tensor:
