@@ -10,9 +10,7 @@ Stream = Literal["train", "test", "eval", "report"]
 # checkpoint; report: the start states of `collodreamer report` and of the run's last report
 OFFSETS: dict[Stream, int] = {"train": 0, "test": 10_000, "eval": 20_000, "report": 30_000}
 SCREEN_SEED = 424_242  # held-fixed screens: the same start states for every variant of every run
-WARMUP_SEED = (
-    525_252  # held-fixed screens: the episodes a variant plays before its test (apart from its starts)
-)
+WARMUP_SEED = 525_252  # held-fixed screens: a variant's episodes before its test, apart from those
 MAX_SEED = 2**32 - 1 - max(OFFSETS.values())  # numpy and dm_control take seeds below 2**32
 
 
