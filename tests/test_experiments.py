@@ -265,6 +265,33 @@ def test_paired_differences_by_hand(tmp_path: Path):
         paired_differences(runs, "onn")
 
 
+def test_paired_differences_of_a_metrics_final_values(tmp_path: Path):
+    from collodreamer.experiments.plots import FINAL_RECORDS, RunData, paired_differences, write_differences
+
+    def run(agent, seed, losses):
+        records = [{"step": 1000 * (i + 1), "model/reward_loss": v} for i, v in enumerate(losses)]
+        records.append({"step": 1000 * len(losses), "test/return": 10.0 * seed})
+        return RunData(f"{agent}-{seed}", agent, "dmc:a", "state", seed, "", records)
+
+    old = [100.0] * 4  # older than the last FINAL_RECORDS records: they do not count
+    runs = [
+        run("latco", 0, old + [2.0] * FINAL_RECORDS),
+        run("collodreamer", 0, old + [3.0] * (FINAL_RECORDS - 1) + [8.0]),  # final value 4.0
+        run("latco", 1, [1.0] * FINAL_RECORDS),
+        run("collodreamer", 1, [1.5] * FINAL_RECORDS),
+        run("dreamer", 1, []),  # never logged the metric: left out of the pairs
+    ]
+    row, pooled = paired_differences(runs, "latco", "model/reward_loss")
+    assert (row["line"], row["seeds"], row["differences"]) == ("collodreamer", [0, 1], [2.0, 0.5])
+    assert row["env_frames"] == [1000 * (len(old) + FINAL_RECORDS), 1000 * FINAL_RECORDS]
+    assert pooled["pairs"] == 2 and pooled["mean"] == pytest.approx(1.25)
+    table, data = write_differences(runs, "latco", tmp_path, "fig", ("model/reward_loss",))
+    late, early = row["env_frames"]
+    assert f"| a | collodreamer | s0: +2 (at {late}), s1: +0.5 (at {early}) | +1.25 [" in table.read_text()
+    final = json.loads(data.read_text())["final_values"]["model/reward_loss"]
+    assert final[0]["differences"] == [2.0, 0.5]
+
+
 def test_metrics_table_gives_each_runs_final_records_over_seeds():
     from collodreamer.experiments.plots import FINAL_RECORDS, RunData, metrics_table
 

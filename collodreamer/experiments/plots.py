@@ -270,11 +270,29 @@ def write_aggregate(runs: list[RunData], out: Path) -> list[Path]:
     return [json_path, png_path]
 
 
-def paired_differences(runs: list[RunData], baseline: str) -> list[dict]:
-    """Each line's test return minus the ``baseline`` line's, paired by task and seed, at the latest
-    test point both runs of a pair reached: per task (the per-seed differences, their mean and 95%
-    bootstrap interval) and over all tasks (the mean of every pair, with a bootstrap interval
-    stratified by task)."""
+def final_value(run: RunData, metric: str) -> tuple[int, float] | None:
+    """(env frames of its last record, mean of its last ``FINAL_RECORDS`` records) of ``metric`` in
+    ``run``; None if the run never logged it."""
+    steps, values = run.curve(metric)
+    return (int(steps[-1]), float(values[-FINAL_RECORDS:].mean())) if len(values) else None
+
+
+def _paired(run: RunData, base: RunData, metric: str) -> tuple[int, float] | None:
+    """(env frames, ``run``'s value minus ``base``'s): test returns at the latest test point both
+    reached, another metric's final values (:func:`final_value`) at the fewer frames of the two."""
+    if metric == "test/return":
+        point = common_test_returns([run, base])
+        return (point[0], float(point[1][0] - point[1][1])) if point else None
+    mine, theirs = final_value(run, metric), final_value(base, metric)
+    if mine is None or theirs is None:
+        return None
+    return min(mine[0], theirs[0]), mine[1] - theirs[1]
+
+
+def paired_differences(runs: list[RunData], baseline: str, metric: str = "test/return") -> list[dict]:
+    """Each line's ``metric`` minus the ``baseline`` line's, paired by task and seed (:func:`_paired`):
+    per task (the per-seed differences, their mean and 95% bootstrap interval) and over all tasks
+    (the mean of every pair, with a bootstrap interval stratified by task)."""
     groups = group(runs)
     labels = sorted({label for lines in groups.values() for label in lines})
     if baseline not in labels:
@@ -287,11 +305,11 @@ def paired_differences(runs: list[RunData], baseline: str) -> list[dict]:
             if label == baseline:
                 continue
             members = sorted((run for run in members if run.seed in base), key=lambda run: run.seed)
-            points = [(run.seed, common_test_returns([run, base[run.seed]])) for run in members]
+            points = [(run.seed, _paired(run, base[run.seed], metric)) for run in members]
             pairs = [(seed, point) for seed, point in points if point]
             if not pairs:
                 continue
-            differences = np.array([returns[0] - returns[1] for _, (_, returns) in pairs])
+            differences = np.array([difference for _, (_, difference) in pairs])
             by_line[label][task] = differences
             rows.append(
                 {
@@ -318,10 +336,12 @@ def paired_differences(runs: list[RunData], baseline: str) -> list[dict]:
     return rows
 
 
-def differences_table(rows: list[dict], baseline: str) -> str:
-    """Markdown of :func:`paired_differences`."""
+def differences_table(rows: list[dict], baseline: str, metric: str = "test/return") -> str:
+    """Markdown of :func:`paired_differences`: returns to one decimal, other metrics to 3 figures."""
+    number = "{:+.1f}" if metric == "test/return" else "{:+.3g}"
     lines = [
-        f"| task | line | test return minus {baseline}'s, per seed | mean [95% CI] |",
+        f"| task | line | {metric.replace('/', ' ').replace('_', ' ')} minus {baseline}'s, per seed "
+        "| mean [95% CI] |",
         "|---|---|---|---|",
     ]
     for row in rows:
@@ -329,23 +349,34 @@ def differences_table(rows: list[dict], baseline: str) -> str:
             per_seed = f"{row['pairs']} pairs (interval stratified by task)"
         else:
             per_seed = ", ".join(
-                f"s{seed}: {d:+.1f} (at {f})"
+                f"s{seed}: {number.format(d)} (at {f})"
                 for seed, d, f in zip(row["seeds"], row["differences"], row["env_frames"], strict=True)
             )
         low, high = row["ci"]
         lines.append(
             f"| {row['task'].split(':', 1)[-1]} | {row['line']} | {per_seed} | "
-            f"{row['mean']:+.1f} [{low:+.1f}, {high:+.1f}] |"
+            f"{number.format(row['mean'])} [{number.format(low)}, {number.format(high)}] |"
         )
     return "\n".join(lines) + "\n"
 
 
-def write_differences(runs: list[RunData], baseline: str, out: Path, name: str) -> list[Path]:
-    """``{name}_differences.md`` and ``.json``: :func:`paired_differences` against ``baseline``."""
+def write_differences(
+    runs: list[RunData], baseline: str, out: Path, name: str, metrics: tuple[str, ...] = ()
+) -> list[Path]:
+    """``{name}_differences.md`` and ``.json``: :func:`paired_differences` against ``baseline`` of the
+    test return, then of each of ``metrics``' final values (in the JSON under ``final_values``)."""
     rows = paired_differences(runs, baseline)
+    others = {metric: paired_differences(runs, baseline, metric) for metric in metrics}
+    text = differences_table(rows, baseline)
+    for metric, metric_rows in others.items():
+        text += (
+            f"\n{metric}, final values (each run's mean of its last {FINAL_RECORDS} records):\n\n"
+            + differences_table(metric_rows, baseline, metric)
+        )
     table, data = out / f"{name}_differences.md", out / f"{name}_differences.json"
-    table.write_text(differences_table(rows, baseline))
-    data.write_text(json.dumps({"baseline": baseline, "rows": rows}, indent=2) + "\n")
+    table.write_text(text)
+    payload = {"baseline": baseline, "rows": rows, "final_values": others}
+    data.write_text(json.dumps(payload, indent=2) + "\n")
     return [table, data]
 
 
@@ -354,7 +385,7 @@ def make_figures(
 ) -> list[Path]:
     """For the runs under ``paths``, written to ``out``: plots of ``metrics``, the results table (with
     the other metrics' final values), across tasks the aggregate, and given a ``baseline`` line the
-    paired differences to it."""
+    paired differences to it (of the test return and of the other metrics' final values)."""
     runs = find_runs(paths)
     out.mkdir(parents=True, exist_ok=True)
     written = [
@@ -366,5 +397,5 @@ def make_figures(
         text += "\nFinal values (each run's mean of its last records):\n\n" + metrics_table(runs, others)
     table = out / f"{name}_table.md"
     table.write_text(text)
-    differences = write_differences(runs, baseline, out, name) if baseline else []
+    differences = write_differences(runs, baseline, out, name, tuple(others)) if baseline else []
     return [*written, table, *write_aggregate(runs, out), *differences]
