@@ -41,6 +41,7 @@ from collodreamer.planning import (
     collocate,
     initial_multipliers,
     policy_rollout,
+    reward_weights,
     rollout_plan,
     shifted_plan,
 )
@@ -223,8 +224,8 @@ class LatCoAgent:
         if not self.config.planner.calibration_rate:
             return 0.0
         objective = self.objective()
-        weights = sum(objective.gamma**k for k in range(1, self.config.planner.horizon + 1))
-        bias = calibration_bias(self.gaps, weights)
+        horizon, float64 = self.config.planner.horizon, torch.empty(0, dtype=torch.float64)
+        bias = calibration_bias(self.gaps, reward_weights(horizon, objective.gamma, float64).sum().item())
         self.log({"plan/calibration_bias": bias})
         return bias
 

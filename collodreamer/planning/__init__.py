@@ -8,7 +8,15 @@ from collodreamer.planning.planner import (
     rollout_plan,
     shifted_plan,
 )
-from collodreamer.planning.problem import DualStep, Objective, Plan, PlanResult, dual_update, policy_rollout
+from collodreamer.planning.problem import (
+    DualStep,
+    Objective,
+    Plan,
+    PlanResult,
+    dual_update,
+    policy_rollout,
+    reward_weights,
+)
 
 __all__ = [
     "DualStep",
@@ -20,6 +28,7 @@ __all__ = [
     "initial_multipliers",
     "policy_rollout",
     "random_plan",
+    "reward_weights",
     "rollout_plan",
     "shifted_plan",
 ]
