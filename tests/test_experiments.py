@@ -303,6 +303,11 @@ def test_metrics_table_gives_each_runs_final_records_over_seeds():
     runs = [run(0, early + [0.1] * FINAL_RECORDS), run(1, early + [0.3] * FINAL_RECORDS)]
     row = metrics_table(runs, ["plan/promise_gap", "model/kl"]).splitlines()[-1]
     assert row.startswith("| reacher_easy | latco | 2 | 0.2 [0.1") and row.endswith("0.3] | - |")
+    for seed, final_test in ((0, 0.5), (1, 0.7)):  # a test metric's final value is the final test's
+        runs[seed].records += [{"step": 1000 * k, "test/plan/promise_gap": 9.0} for k in range(1, 5)]
+        runs[seed].records.append({"step": 5000, "test/plan/promise_gap": final_test})
+    row = metrics_table(runs, ["test/plan/promise_gap"]).splitlines()[-1]
+    assert row.startswith("| reacher_easy | latco | 2 | 0.6 [0.5")
 
 
 def test_probability_of_improvement_by_hand():

@@ -18,6 +18,7 @@ from collodreamer.training.logger import read_metrics
 
 FINAL_TRAIN_EPISODES = 3  # the train return of a run is the mean of its last few episodes
 FINAL_RECORDS = 5  # another metric's final value in a run: the mean of its last few records
+FINAL_VALUE = f"a test metric's at the final test, another's the mean of a run's last {FINAL_RECORDS} records"
 MAX_RETURN = 1000.0  # a DeepMind Control episode's best possible return: the normaliser of scores
 
 
@@ -189,9 +190,8 @@ def results_table(runs: list[RunData]) -> str:
 
 
 def metrics_table(runs: list[RunData], metrics: list[str]) -> str:
-    """Markdown: per task and line, each metric's final value (a run's mean over its last
-    ``FINAL_RECORDS`` records), as the mean over seeds with a 95% bootstrap interval; "-" where no
-    run logged it."""
+    """Markdown: per task and line, each metric's final value (:func:`final_value`) as the mean over
+    seeds with a 95% bootstrap interval; "-" where no run logged it."""
     rows = [
         "| task | line | seeds | " + " | ".join(metrics) + " |",
         "|---|---|---|" + "---|" * len(metrics),
@@ -200,14 +200,24 @@ def metrics_table(runs: list[RunData], metrics: list[str]) -> str:
         for label, members in sorted(lines.items()):
             cells = []
             for metric in metrics:
-                lasts = [run.curve(metric)[1][-FINAL_RECORDS:] for run in members]
-                finals = np.array([values.mean() for values in lasts if len(values)])
+                finals = np.array([final[1] for run in members if (final := final_value(run, metric))])
                 low, high = bootstrap_ci(finals) if len(finals) else (0.0, 0.0)
                 cells.append(f"{finals.mean():.3g} [{low:.3g}, {high:.3g}]" if len(finals) else "-")
             rows.append(
                 f"| {task.split(':', 1)[-1]} | {label} | {len(members)} | " + " | ".join(cells) + " |"
             )
     return "\n".join(rows) + "\n"
+
+
+def final_value(run: RunData, metric: str) -> tuple[int, float] | None:
+    """(env frames of its last record, its final value) of ``metric`` in ``run``: a test metric's
+    (``test/...``) last record, the final test (itself a mean over its episodes); another metric's
+    mean over its last ``FINAL_RECORDS`` records. None if the run never logged it."""
+    steps, values = run.curve(metric)
+    if not len(values):
+        return None
+    last = 1 if metric.startswith("test/") else FINAL_RECORDS
+    return int(steps[-1]), float(values[-last:].mean())
 
 
 def final_scores(runs: list[RunData]) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, int]]]:
@@ -268,13 +278,6 @@ def write_aggregate(runs: list[RunData], out: Path) -> list[Path]:
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
     return [json_path, png_path]
-
-
-def final_value(run: RunData, metric: str) -> tuple[int, float] | None:
-    """(env frames of its last record, mean of its last ``FINAL_RECORDS`` records) of ``metric`` in
-    ``run``; None if the run never logged it."""
-    steps, values = run.curve(metric)
-    return (int(steps[-1]), float(values[-FINAL_RECORDS:].mean())) if len(values) else None
 
 
 def _paired(run: RunData, base: RunData, metric: str) -> tuple[int, float] | None:
@@ -369,9 +372,8 @@ def write_differences(
     others = {metric: paired_differences(runs, baseline, metric) for metric in metrics}
     text = differences_table(rows, baseline)
     for metric, metric_rows in others.items():
-        text += (
-            f"\n{metric}, final values (each run's mean of its last {FINAL_RECORDS} records):\n\n"
-            + differences_table(metric_rows, baseline, metric)
+        text += f"\n{metric}, final values ({FINAL_VALUE}):\n\n" + differences_table(
+            metric_rows, baseline, metric
         )
     table, data = out / f"{name}_differences.md", out / f"{name}_differences.json"
     table.write_text(text)
@@ -394,7 +396,7 @@ def make_figures(
     text = results_table(runs)
     others = [metric for metric in metrics if metric not in ("test/return", "train/return")]
     if others:
-        text += "\nFinal values (each run's mean of its last records):\n\n" + metrics_table(runs, others)
+        text += f"\nFinal values ({FINAL_VALUE}):\n\n" + metrics_table(runs, others)
     table = out / f"{name}_table.md"
     table.write_text(text)
     differences = write_differences(runs, baseline, out, name, tuple(others)) if baseline else []
