@@ -6,8 +6,9 @@ from pathlib import Path
 import imageio.v2 as imageio
 import numpy as np
 import pytest
+import torch
 
-from collodreamer.analysis.prediction import open_loop, trace_plan
+from collodreamer.analysis.prediction import open_loop, open_loop_errors, trace_plan
 from collodreamer.analysis.report import pixel_triptych, write_report
 from collodreamer.config import make_config
 from collodreamer.data import EpisodeStore
@@ -41,6 +42,21 @@ def test_state_report_predicts_open_loop_and_traces_a_plan(tmp_path):
     assert prediction.predicted_obs.shape == episode["obs"].shape
     assert np.array_equal(prediction.real_obs, episode["obs"])
     assert len(prediction.predicted_reward) == len(episode["reward"])
+    # from a start step s, the errors a horizon ahead are open_loop's with s as its last filtered step
+    horizon, stride = 4, 7
+    torch.manual_seed(0)  # the same posterior samples for the steps both filter
+    rewards, observations = open_loop_errors(agent, episode, horizon, stride)
+    starts = range(4, len(episode["reward"]) - horizon, stride)
+    assert rewards.shape == (len(starts), horizon) and observations.shape == (len(starts),)
+    for row, start in enumerate(starts):
+        torch.manual_seed(0)
+        ahead = open_loop(agent, episode, context=start + 1)
+        steps = slice(start + 1, start + 1 + horizon)
+        expected = ahead.predicted_reward[steps] - ahead.real_reward[steps]
+        np.testing.assert_allclose(rewards[row], expected, rtol=1e-4, atol=1e-5)
+        last = start + horizon
+        squared = (ahead.predicted_obs[last] - ahead.real_obs[last]) ** 2
+        assert observations[row] == pytest.approx(squared.mean(), rel=1e-4, abs=1e-6)
     env = make_env(config.env, 123)
     trace = trace_plan(agent, env, warmup=3)
     env.close()

@@ -3,7 +3,7 @@ data (drawn by :mod:`collodreamer.analysis.report`).
 
 - Open-loop prediction: for a real episode, the model filters the first ``context`` steps with the
   real observations, then imagines the rest from the real actions alone (prior means, the planner's
-  dynamics).
+  dynamics); and its errors a planner's horizon ahead from many start steps.
 - Plans (planning agents): from a real start state, the planner's knots beside the real trajectory of
   executing the plan's actions open-loop in the environment, and the multipliers and violations over
   the plan's iterations (Fig. 10-11).
@@ -58,6 +58,28 @@ def open_loop(agent: Any, episode: dict[str, np.ndarray], context: int = CONTEXT
         model.reward_of(features).cpu().numpy(),
         context,
     )
+
+
+@torch.no_grad()
+def open_loop_errors(
+    agent: Any, episode: dict[str, np.ndarray], horizon: int, stride: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """From every ``stride``-th step ``s`` of ``episode`` (after ``CONTEXT`` steps), the world model's
+    prediction of the next ``horizon`` steps from the real actions alone (as :func:`open_loop` with
+    ``s`` as its last filtered step): predicted minus real reward ``[N, horizon]``, and the
+    observation's mean squared error at ``s + horizon`` ``[N]``."""
+    model = agent.world_model
+    data = to_torch({k: v[None] for k, v in episode.items()}, agent.device)
+    post, _ = model.observe(data)
+    features = model.rssm.feature(post)[0]
+    starts = torch.arange(CONTEXT - 1, features.shape[0] - horizon, stride, device=features.device)
+    feature, predicted = features[starts], []
+    for k in range(1, horizon + 1):
+        feature = model.rssm.next_feature_mean(feature, data["action"][0, starts + k])
+        predicted.append(model.reward_of(feature))
+    real = data["reward"][0, starts[:, None] + torch.arange(1, horizon + 1, device=starts.device)]
+    obs_error = (model.decode(feature) - data["obs"][0, starts + horizon].float()).pow(2).flatten(1).mean(1)
+    return (torch.stack(predicted, 1) - real).cpu().numpy(), obs_error.cpu().numpy()
 
 
 @dataclass
