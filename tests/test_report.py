@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from collodreamer.analysis.prediction import open_loop, open_loop_errors, trace_plan
+from collodreamer.analysis.prediction import CONTEXT, open_loop, open_loop_errors, trace_plan
 from collodreamer.analysis.report import pixel_triptych, write_report
 from collodreamer.config import make_config
 from collodreamer.data import EpisodeStore
@@ -46,7 +46,7 @@ def test_state_report_predicts_open_loop_and_traces_a_plan(tmp_path):
     horizon, stride = 4, 7
     torch.manual_seed(0)  # the same posterior samples for the steps both filter
     rewards, observations = open_loop_errors(agent, episode, horizon, stride)
-    starts = range(4, len(episode["reward"]) - horizon, stride)
+    starts = range(CONTEXT - 1, len(episode["reward"]) - horizon, stride)
     assert rewards.shape == (len(starts), horizon) and observations.shape == (len(starts),)
     for row, start in enumerate(starts):
         torch.manual_seed(0)

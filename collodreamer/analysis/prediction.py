@@ -22,7 +22,7 @@ import torch
 from collodreamer.envs import Env
 from collodreamer.models import to_torch
 from collodreamer.planning import Plan, collocate
-from collodreamer.planning.problem import violations
+from collodreamer.planning.problem import rollout_features, violations
 
 CONTEXT = 5  # real steps the model filters before it predicts open-loop
 
@@ -46,11 +46,10 @@ def open_loop(agent: Any, episode: dict[str, np.ndarray], context: int = CONTEXT
     data = to_torch({k: v[None] for k, v in episode.items()}, agent.device)
     post, _ = model.observe({k: v[:, :context] for k, v in data.items()})
     filtered = model.rssm.feature(post)[0]
-    feature, imagined = filtered[-1:], []
-    for t in range(context, data["action"].shape[1]):
-        feature = model.rssm.next_feature_mean(feature, data["action"][:, t])
-        imagined.append(feature[0])
-    features = torch.cat([filtered, torch.stack(imagined)]) if imagined else filtered
+    features = filtered
+    if data["action"].shape[1] > context:
+        imagined = rollout_features(model.rssm.next_feature_mean, filtered[-1:], data["action"][:, context:])
+        features = torch.cat([filtered, imagined[0]])
     return Prediction(
         episode["obs"].astype(np.float32),
         model.decode(features).cpu().numpy(),
@@ -73,13 +72,12 @@ def open_loop_errors(
     post, _ = model.observe(data)
     features = model.rssm.feature(post)[0]
     starts = torch.arange(CONTEXT - 1, features.shape[0] - horizon, stride, device=features.device)
-    feature, predicted = features[starts], []
-    for k in range(1, horizon + 1):
-        feature = model.rssm.next_feature_mean(feature, data["action"][0, starts + k])
-        predicted.append(model.reward_of(feature))
-    real = data["reward"][0, starts[:, None] + torch.arange(1, horizon + 1, device=starts.device)]
-    obs_error = (model.decode(feature) - data["obs"][0, starts + horizon].float()).pow(2).flatten(1).mean(1)
-    return (torch.stack(predicted, 1) - real).cpu().numpy(), obs_error.cpu().numpy()
+    ahead = starts[:, None] + torch.arange(1, horizon + 1, device=starts.device)
+    predicted = rollout_features(model.rssm.next_feature_mean, features[starts], data["action"][0, ahead])
+    reward_error = model.reward_of(predicted) - data["reward"][0, ahead]
+    last_obs = data["obs"][0, ahead[:, -1]].float()
+    obs_error = (model.decode(predicted[:, -1]) - last_obs).pow(2).flatten(1).mean(1)
+    return reward_error.cpu().numpy(), obs_error.cpu().numpy()
 
 
 @dataclass
