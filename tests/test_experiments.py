@@ -263,6 +263,10 @@ def test_paired_differences_by_hand(tmp_path: Path):
     assert json.loads(data.read_text())["baseline"] == "on"
     with pytest.raises(ConfigError, match="baseline 'onn' is none of the lines: off, on"):
         paired_differences(runs, "onn")
+    # any test metric pairs as the return does: at the latest test point both runs reached
+    for r in runs:
+        r.records = [{"step": x["step"], "test/plan/promise_gap": x["test/return"]} for x in r.records]
+    assert paired_differences(runs, "on", "test/plan/promise_gap") == rows
 
 
 def test_paired_differences_of_a_metrics_final_values(tmp_path: Path):

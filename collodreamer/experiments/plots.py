@@ -141,17 +141,19 @@ def final_train_return(run: RunData) -> float | None:
     return float(values[-FINAL_TRAIN_EPISODES:].mean()) if len(values) else None
 
 
-def common_test_points(runs: list[RunData]) -> dict[int, np.ndarray]:
-    """The runs' test returns at each test point (env frames, in order) that every run has reached,
-    so that seeds cut short at different frames are compared at the same points."""
-    curves = [dict(zip(*run.curve("test/return"), strict=True)) for run in runs]
+def common_test_points(runs: list[RunData], metric: str = "test/return") -> dict[int, np.ndarray]:
+    """The runs' test values of ``metric`` (by default the return) at each test point (env frames, in
+    order) that every run has reached, so that seeds cut short at different frames are compared at
+    the same points."""
+    curves = [dict(zip(*run.curve(metric), strict=True)) for run in runs]
     steps = sorted(set.intersection(*(set(curve) for curve in curves)))
     return {int(step): np.array([curve[step] for curve in curves]) for step in steps}
 
 
-def common_test_returns(runs: list[RunData]) -> tuple[int, np.ndarray] | None:
-    """The latest test point that every run has reached and the runs' returns there; None if none."""
-    points = common_test_points(runs)
+def common_test_returns(runs: list[RunData], metric: str = "test/return") -> tuple[int, np.ndarray] | None:
+    """The latest test point that every run has reached and the runs' returns (or other test
+    ``metric``) there; None if none."""
+    points = common_test_points(runs, metric)
     if not points:
         return None
     step = max(points)
@@ -281,10 +283,11 @@ def write_aggregate(runs: list[RunData], out: Path) -> list[Path]:
 
 
 def _paired(run: RunData, base: RunData, metric: str) -> tuple[int, float] | None:
-    """(env frames, ``run``'s value minus ``base``'s): test returns at the latest test point both
-    reached, another metric's final values (:func:`final_value`) at the fewer frames of the two."""
-    if metric == "test/return":
-        point = common_test_returns([run, base])
+    """(env frames, ``run``'s value minus ``base``'s): a test metric's (``test/...``) at the latest test
+    point both reached, another metric's final values (:func:`final_value`) at the fewer frames of
+    the two."""
+    if metric.startswith("test/"):
+        point = common_test_returns([run, base], metric)
         return (point[0], float(point[1][0] - point[1][1])) if point else None
     mine, theirs = final_value(run, metric), final_value(base, metric)
     if mine is None or theirs is None:
