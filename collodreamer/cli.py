@@ -109,7 +109,7 @@ def _sweep(args: argparse.Namespace) -> None:
     spec = load_spec(Path(args.spec))
     sweep = expand(spec)
     root = Path(args.root or Path("runs") / "sweeps" / sweep.name)
-    share_from = None if args.share_from == "none" else Path(args.share_from or root.parent)
+    share_from = [Path(folder) for folder in args.share_from or [root.parent] if folder != "none"]
     if args.dry_run:
         shared = shared_sources(sweep.runs, root, share_from)
         for run in sweep.runs:
@@ -130,11 +130,14 @@ def _sweep(args: argparse.Namespace) -> None:
 
 
 def _plot(args: argparse.Namespace) -> None:
-    from collodreamer.experiments import make_figures
+    from collodreamer.experiments import keep_records, make_figures
 
     paths = [Path(p) for p in args.paths]
     for path in make_figures(paths, args.metric, Path(args.out), args.name, args.baseline):
         print(f"wrote {path}")
+    if args.keep_runs:
+        kept = keep_records(paths, Path(args.out) / "runs")
+        print(f"kept {len(kept)} finished runs in {Path(args.out) / 'runs'}")
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -274,8 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--share-from",
         metavar="DIR",
-        help="reuse finished runs of the sweeps in DIR whose resolved config is a run's own, instead of "
-        "training it again (default: the folder of the sweep's root, e.g. runs/sweeps; none: never)",
+        action="append",
+        help="reuse finished runs and kept records (plot --keep-runs) under DIR whose resolved config is "
+        "a run's own, instead of training it again (repeatable; default: the folder of the sweep's root, "
+        "e.g. runs/sweeps; none: never)",
     )
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and stop")
     sweep.set_defaults(func=_sweep)
@@ -286,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", default="results/plots")
     plot.add_argument("--name", default="runs", help="file name prefix")
     plot.add_argument("--baseline", help="a line (variant or agent): the others' paired differences to it")
+    plot.add_argument(
+        "--keep-runs",
+        action="store_true",
+        help="also copy each finished run's config, metrics and report pictures to OUT/runs: records a "
+        "sweep on another machine reuses with --share-from OUT",
+    )
     plot.set_defaults(func=_plot)
 
     report = commands.add_parser(

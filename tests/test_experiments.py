@@ -17,6 +17,7 @@ from collodreamer.experiments import (
     evaluate_runs,
     expand,
     find_runs,
+    keep_records,
     load_spec,
     make_figures,
     run_sweep,
@@ -377,18 +378,41 @@ def test_runs_of_the_same_resolved_config_are_trained_once(tmp_path: Path):
     sweep = expand(spec)
     a, b = (run.name for run in sweep.runs)
     assert shared_sources(sweep.runs, first) == {b: first / a}
-    outcomes = run_sweep(sweep, first, workers=1, share_from=tmp_path / "sweeps")
+    outcomes = run_sweep(sweep, first, workers=1, share_from=[tmp_path / "sweeps"])
     assert outcomes == {a: "done", b: f"shared: {first / a}"}
     assert (first / b).is_symlink() and (first / b).resolve() == (first / a).resolve()
     # Another sweep of the same configuration trains nothing; a third that differs trains its run.
     again = expand({**spec, "name": "again"})
-    outcomes = run_sweep(again, second, workers=1, share_from=tmp_path / "sweeps")
+    outcomes = run_sweep(again, second, workers=1, share_from=[tmp_path / "sweeps"])
     assert set(outcomes.values()) == {f"shared: {first / a}"}
     assert len(find_runs([second])) == 2
     other = expand({**spec, "variants": {"c": ["run.eval_every=50"]}})
-    assert run_sweep(other, tmp_path / "sweeps" / "third", workers=1, share_from=tmp_path / "sweeps") == {
+    assert run_sweep(other, tmp_path / "sweeps" / "third", workers=1, share_from=[tmp_path / "sweeps"]) == {
         other.runs[0].name: "done"
     }
+
+
+@pytest.mark.slow
+def test_kept_records_stand_in_for_finished_runs_on_a_new_machine(tmp_path: Path):
+    sweep = expand({**TINY_SPEC, "agents": ["random"], "seeds": [0, 1]})
+    first, results = tmp_path / "machine1" / "tiny", tmp_path / "results"
+    run_sweep(sweep, first, workers=1)
+    done, stopped = (first / run.name for run in sweep.runs)
+    # The second run stopped before its final test: no checkpoint at its budget, no test at 200 frames.
+    (stopped / "checkpoint.pt").unlink()
+    records = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
+    early = [r for r in records if not ("test/return" in r and r["step"] >= 200)]
+    (stopped / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in early))
+    assert keep_records([first], results / "runs") == [results / "runs" / done.name]
+    assert sorted(p.name for p in (results / "runs").iterdir()) == [done.name, "sweep.yaml"]
+    kept = sorted(p.name for p in (results / "runs" / done.name).iterdir())
+    assert kept == ["config.yaml", "metrics.jsonl"]  # no checkpoint, no replay
+    # A new machine: the record is linked, not trained again; the stopped run trains from scratch.
+    second = tmp_path / "machine2" / "tiny"
+    outcomes = run_sweep(sweep, second, workers=1, share_from=[results])
+    assert outcomes == {done.name: f"shared: {results / 'runs' / done.name}", stopped.name: "done"}
+    assert (second / done.name).is_symlink() and len(find_runs([second])) == 2
+    assert keep_records([second], results / "runs") == [results / "runs" / stopped.name]
 
 
 def test_eval_of_reference_policies_over_runs_with_intervals(tmp_path: Path):

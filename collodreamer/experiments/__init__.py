@@ -2,7 +2,15 @@
 
 from collodreamer.experiments.evaluation import evaluate_runs
 from collodreamer.experiments.plots import find_runs, make_figures, results_table
-from collodreamer.experiments.sweep import RunSpec, Sweep, expand, load_spec, run_sweep, shared_sources
+from collodreamer.experiments.sweep import (
+    RunSpec,
+    Sweep,
+    expand,
+    keep_records,
+    load_spec,
+    run_sweep,
+    shared_sources,
+)
 
 __all__ = [
     "RunSpec",
@@ -10,6 +18,7 @@ __all__ = [
     "evaluate_runs",
     "expand",
     "find_runs",
+    "keep_records",
     "load_spec",
     "make_figures",
     "results_table",

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,7 +54,7 @@ from collodreamer.config import (
     uses_pixels,
 )
 from collodreamer.envs import check_task
-from collodreamer.rundir import RunDir
+from collodreamer.rundir import RunDir, runs_under
 from collodreamer.schema import Config
 from collodreamer.spec import IMAGE_SIZE
 from collodreamer.training.checkpoint import CheckpointError, load_checkpoint
@@ -211,8 +212,10 @@ def run_state(run: RunSpec, root: Path) -> str:
 
 def _complete(files: RunDir, steps: int) -> bool:
     """Whether a run trained its ``steps`` env frames and logged its final test: a run stopped between
-    its last update and that test has a checkpoint at ``steps`` and is resumed for the test."""
-    frames = _frames(files.checkpoint)
+    its last update and that test has a checkpoint at ``steps`` and is resumed for the test. A run's
+    record (its config and metrics kept without a checkpoint, :func:`keep_records`) is complete when
+    its metrics hold a test at ``steps`` or later."""
+    frames = _frames(files.checkpoint) if files.checkpoint.exists() else steps
     if frames < steps:
         return False
     with contextlib.suppress(OSError):
@@ -235,11 +238,13 @@ def config_hash(config: Config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def finished_runs(folder: Path, wanted: set[str]) -> dict[str, Path]:
-    """Finished runs of the sweeps under ``folder`` (``folder/<sweep>/<run>``) whose resolved
-    configuration hashes to one of ``wanted``, by that hash; links (shared runs) are left out."""
+def finished_runs(folders: list[Path], wanted: set[str]) -> dict[str, Path]:
+    """Finished runs and kept records anywhere under ``folders`` (e.g. ``runs/sweeps`` and
+    ``results/fig13_pixels``) whose resolved configuration hashes to one of ``wanted``, by that hash;
+    links (shared runs) are left out."""
     found: dict[str, Path] = {}
-    for config_path in sorted(folder.glob("*/*/config.yaml")):
+    paths = sorted({path for folder in folders for path in Path(folder).rglob("config.yaml")})
+    for config_path in paths:
         run_dir = config_path.parent
         with contextlib.suppress(ConfigError, OSError, ValueError):
             config = load_config(config_path)
@@ -250,12 +255,13 @@ def finished_runs(folder: Path, wanted: set[str]) -> dict[str, Path]:
     return found
 
 
-def shared_sources(runs: list[RunSpec], root: Path, share_from: Path | None = None) -> dict[str, Path]:
+def shared_sources(runs: list[RunSpec], root: Path, share_from: list[Path] = ()) -> dict[str, Path]:
     """Runs of this sweep that need no training of their own, with the run that trains the same
-    resolved configuration: a finished run of a sweep under ``share_from`` (e.g. ``runs/sweeps``), or
-    an earlier run of this sweep. A run directory of its own (a run already started) is never shared."""
+    resolved configuration: a finished run or kept record under one of ``share_from`` (e.g.
+    ``runs/sweeps``, ``results/``), or an earlier run of this sweep. A run directory of its own (a run
+    already started) is never shared."""
     keys = {run.name: config_hash(run.config()) for run in runs}
-    done = finished_runs(share_from, set(keys.values())) if share_from is not None else {}
+    done = finished_runs(list(share_from), set(keys.values()))
     first: dict[str, Path] = {}
     shared = {}
     for run in runs:
@@ -266,6 +272,32 @@ def shared_sources(runs: list[RunSpec], root: Path, share_from: Path | None = No
         else:
             first.setdefault(key, path)
     return shared
+
+
+def keep_records(paths: list[Path], out: Path) -> list[Path]:
+    """Copy the finished runs under ``paths`` (run directories or sweep roots) to ``out`` as records: each
+    run's config, metrics and report pictures (no checkpoint, no replay), and each sweep's
+    ``sweep.yaml``. A record is a finished run to :func:`shared_sources`: a later sweep on a new machine
+    (``--share-from out``) links it instead of training it again. Returns the records written."""
+    kept = []
+    for path in map(Path, paths):
+        for run_dir in runs_under(path, lambda run: run.is_run()):
+            files, record = RunDir(run_dir), RunDir(out / run_dir.name)
+            if record.path.resolve() == files.path.resolve():
+                continue  # the sweep links this record already
+            with contextlib.suppress(ConfigError, OSError, ValueError):
+                if not _complete(files, load_config(files.config).run.steps):
+                    continue
+                record.path.mkdir(parents=True, exist_ok=True)
+                for source, target in ((files.config, record.config), (files.metrics, record.metrics)):
+                    shutil.copyfile(source, target)
+                if files.report.is_dir():
+                    shutil.copytree(files.report, record.report, dirs_exist_ok=True)
+                kept.append(record.path)
+        if (path / "sweep.yaml").exists():
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path / "sweep.yaml", out / "sweep.yaml")
+    return kept
 
 
 def memory_needed(run: RunSpec) -> int:
@@ -389,7 +421,7 @@ def run_sweep(
     workers: int | None = None,
     address: str | None = None,
     gpus_per_run: float = 0.0,
-    share_from: Path | None = None,
+    share_from: list[Path] = (),
 ) -> dict[str, str]:
     """Run every unfinished run of ``sweep`` under ``root``; returns each run's outcome
     (``done``, ``skipped``, ``shared: <run dir>`` or ``failed: <error>``). A run whose resolved
