@@ -36,7 +36,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,7 +255,7 @@ def finished_runs(folders: list[Path], wanted: set[str]) -> dict[str, Path]:
     return found
 
 
-def shared_sources(runs: list[RunSpec], root: Path, share_from: list[Path] = ()) -> dict[str, Path]:
+def shared_sources(runs: list[RunSpec], root: Path, share_from: Sequence[Path] = ()) -> dict[str, Path]:
     """Runs of this sweep that need no training of their own, with the run that trains the same
     resolved configuration: a finished run or kept record under one of ``share_from`` (e.g.
     ``runs/sweeps``, ``results/``), or an earlier run of this sweep. A run directory of its own (a run
@@ -421,7 +421,7 @@ def run_sweep(
     workers: int | None = None,
     address: str | None = None,
     gpus_per_run: float = 0.0,
-    share_from: list[Path] = (),
+    share_from: Sequence[Path] = (),
 ) -> dict[str, str]:
     """Run every unfinished run of ``sweep`` under ``root``; returns each run's outcome
     (``done``, ``skipped``, ``shared: <run dir>`` or ``failed: <error>``). A run whose resolved
