@@ -118,6 +118,9 @@ def main() -> None:
                 if hit and hit["elapsed_s"] is not None
                 else f"{threshold:g}: not reached"
             )
+        rates = row["env_frames_per_s"]
+        if rates["overall"]:
+            cells.append(f"{rates['overall']:.2f} env frames/s ({rates['without_tests']:.2f} without tests)")
         print(f"{row['run']}: " + "; ".join(cells))
     for threshold in args.thresholds:
         stats = summary[str(threshold)]
