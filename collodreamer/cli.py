@@ -104,7 +104,14 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from collodreamer.experiments import expand, load_spec, make_figures, run_sweep, shared_sources
+    from collodreamer.experiments import (
+        expand,
+        load_spec,
+        make_figures,
+        run_sweep,
+        runs_to_train,
+        shared_sources,
+    )
 
     spec = load_spec(Path(args.spec))
     sweep = expand(spec)
@@ -116,7 +123,8 @@ def _sweep(args: argparse.Namespace) -> None:
             extra = " ".join(run.overrides)
             line = f"{run.name}: {run.steps} env frames, presets {' '.join(run.presets)}, overrides {extra}"
             print(line + (f"; the same configuration as {shared[run.name]}" if run.name in shared else ""))
-        print(f"{len(sweep.runs)} runs under {root}")
+        todo = runs_to_train(sweep.runs, root, shared)
+        print(f"{len(sweep.runs)} runs under {root}, {len(todo)} to train (the rest shared or finished)")
         return
     outcomes = run_sweep(sweep, root, args.backend, args.workers, args.address, args.gpus_per_run, share_from)
     for name, outcome in outcomes.items():

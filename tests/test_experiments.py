@@ -21,6 +21,7 @@ from collodreamer.experiments import (
     load_spec,
     make_figures,
     run_sweep,
+    runs_to_train,
     shared_sources,
 )
 from collodreamer.experiments.stats import aggregate, bootstrap_ci, iqm, probability_of_improvement
@@ -383,10 +384,13 @@ def test_runs_of_the_same_resolved_config_are_trained_once(tmp_path: Path):
     assert (first / b).is_symlink() and (first / b).resolve() == (first / a).resolve()
     # Another sweep of the same configuration trains nothing; a third that differs trains its run.
     again = expand({**spec, "name": "again"})
+    shared = shared_sources(again.runs, second, [tmp_path / "sweeps"])
+    assert runs_to_train(again.runs, second, shared) == []
     outcomes = run_sweep(again, second, workers=1, share_from=[tmp_path / "sweeps"])
     assert set(outcomes.values()) == {f"shared: {first / a}"}
     assert len(find_runs([second])) == 2
     other = expand({**spec, "variants": {"c": ["run.eval_every=50"]}})
+    assert runs_to_train(other.runs, tmp_path / "sweeps" / "third", {}) == other.runs
     assert run_sweep(other, tmp_path / "sweeps" / "third", workers=1, share_from=[tmp_path / "sweeps"]) == {
         other.runs[0].name: "done"
     }

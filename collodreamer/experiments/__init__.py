@@ -9,6 +9,7 @@ from collodreamer.experiments.sweep import (
     keep_records,
     load_spec,
     run_sweep,
+    runs_to_train,
     shared_sources,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "make_figures",
     "results_table",
     "run_sweep",
+    "runs_to_train",
     "shared_sources",
 ]

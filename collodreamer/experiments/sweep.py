@@ -274,6 +274,11 @@ def shared_sources(runs: list[RunSpec], root: Path, share_from: Sequence[Path] =
     return shared
 
 
+def runs_to_train(runs: list[RunSpec], root: Path, shared: dict[str, Path]) -> list[RunSpec]:
+    """The runs under ``root`` that still need training: neither shared nor finished."""
+    return [run for run in runs if run.name not in shared and run_state(run, root) != "done"]
+
+
 def keep_records(paths: list[Path], out: Path) -> list[Path]:
     """Copy the finished runs under ``paths`` (run directories or sweep roots) to ``out`` as records: each
     run's config, metrics and report pictures (no checkpoint, no replay), and each sweep's
@@ -427,7 +432,7 @@ def run_sweep(
     (``done``, ``skipped``, ``shared: <run dir>`` or ``failed: <error>``). A run whose resolved
     configuration another run trains (:func:`shared_sources`) is not trained again."""
     shared = shared_sources(sweep.runs, root, share_from)
-    todo = [run for run in sweep.runs if run.name not in shared and run_state(run, root) != "done"]
+    todo = runs_to_train(sweep.runs, root, shared)
     workers = workers or os.cpu_count() or 1
     if backend == "local":
         check_memory(todo, workers, available_memory())
