@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import numpy as np
 
@@ -168,16 +169,27 @@ def _screen(args: argparse.Namespace) -> None:
 
 def _diagnose(args: argparse.Namespace) -> None:
     from collodreamer.analysis.actor import diagnose_actor
+    from collodreamer.analysis.posture import diagnose_posture
     from collodreamer.analysis.value import diagnose_value
     from collodreamer.files import write_json
     from collodreamer.timing import machine
 
     run_dir = Path(args.run_dir)
-    result = diagnose_value(run_dir) if args.what == "value" else diagnose_actor(run_dir)
+    if args.what == "posture":
+        result = diagnose_posture(run_dir, args.episodes)
+    else:
+        result = diagnose_value(run_dir) if args.what == "value" else diagnose_actor(run_dir)
     out = Path(args.out or run_dir / f"{args.what}_diagnostics.json")
     write_json(out, {"machine": machine(), **result})
-    print(json.dumps({k: v for k, v in result.items() if k != "episodes"}, indent=2))
+    print(json.dumps(without_episodes(result), indent=2))
     print(f"wrote {out}")
+
+
+def without_episodes(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` without its per-episode rows, at any depth: what a terminal shows."""
+    return {
+        k: without_episodes(v) if isinstance(v, dict) else v for k, v in result.items() if k != "episodes"
+    }
 
 
 def _config(args: argparse.Namespace) -> None:
@@ -334,11 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
     screening.set_defaults(func=_screen)
 
     diagnose = commands.add_parser(
-        "diagnose", help="how a trained run's value (collodreamer) or actor (dreamer) does on its replay"
+        "diagnose",
+        help="how a trained run's value (collodreamer) or actor (dreamer) does on its replay, or how "
+        "its agent holds the body (posture: quadruped, walker, humanoid) beside random actions",
     )
-    diagnose.add_argument("what", choices=["value", "actor"])
+    diagnose.add_argument("what", choices=["value", "actor", "posture"])
     diagnose.add_argument("run_dir", metavar="RUN_DIR")
     diagnose.add_argument("--out", metavar="FILE.json", help="default RUN_DIR/<what>_diagnostics.json")
+    diagnose.add_argument("--episodes", type=int, default=10, help="posture: fresh test episodes per policy")
     diagnose.set_defaults(func=_diagnose)
 
     settings = commands.add_parser(

@@ -1,12 +1,15 @@
-"""The analysis of trained runs: screen specs, the screen's table, the value diagnostics' math."""
+"""The analysis of trained runs: screen specs, the screen's table, the value diagnostics' math, the
+posture diagnostics."""
 
 import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from collodreamer.analysis.posture import diagnose_posture, posture_summary
 from collodreamer.analysis.screen import load_screen, screen, screen_report
 from collodreamer.analysis.value import reward_to_go
 from collodreamer.config import ConfigError, make_config, preset_dir
@@ -81,3 +84,31 @@ def test_a_warm_up_leaves_a_stateless_agents_test_as_it_was(tmp_path: Path):
     cold, warm = (json.loads((tmp_path / "screen" / f"{name}.json").read_text()) for name in ("cold", "warm"))
     assert cold["warmup_returns"] == [] and len(warm["warmup_returns"]) == 2
     assert warm["returns"] == cold["returns"]
+
+
+def test_posture_summary_by_hand():
+    # Upright at the start, over at step 2, righted at step 4, over again at step 5.
+    summary = posture_summary(np.array([0.9, 0.5, -0.2, -1.0, 0.3, -0.1]), 12.0)
+    assert summary == {
+        "return": 12.0,
+        "upright_start": 0.9,
+        "upright_mean": pytest.approx((0.5 - 0.2 - 1.0 + 0.3 - 0.1) / 5),
+        "upright_share": 2 / 5,
+        "turned_over_at": 2,
+        "righted_at": 4,
+    }
+    assert posture_summary(np.array([-0.5, -0.6]), 0.0)["turned_over_at"] is None
+
+
+def test_posture_of_agent_and_random_actions_from_the_same_starts(tmp_path: Path, dreamer_run: Path):
+    run = tmp_path / "quadruped"
+    overrides = ["agent=dreamer", "env.task=dmc:quadruped_walk", "env.obs=state", "env.time_limit=40"]
+    Trainer(make_config(["tiny"], [*overrides, "run.steps=80", "run.prefill=40"]), run).run()
+    result = diagnose_posture(run, episodes=3)
+    agent, random = result["agent"], result["random"]
+    starts = [row["upright_start"] for row in agent["episodes"]]
+    assert starts == [row["upright_start"] for row in random["episodes"]]  # the same start states
+    assert len(set(starts)) == 3 and all(-1 <= s <= 1 for s in starts)  # fresh random orientations
+    assert agent["started_upright"] + agent["started_not_upright"] == 3
+    with pytest.raises(ConfigError, match="dmc:reacher_easy has no torso uprightness"):
+        diagnose_posture(dreamer_run, episodes=1)

@@ -121,6 +121,14 @@ class DMCEnv(Env):
         truncated = not terminated and (time_step.last() or self._frames >= self.config.time_limit)
         return self._observe(time_step), reward, terminated, truncated, {}
 
+    def has_torso(self) -> bool:
+        """Whether the task's physics reports the torso's uprightness (:meth:`upright`)."""
+        return hasattr(self._env.physics, "torso_upright")
+
+    def upright(self) -> float:
+        """The torso's uprightness now: the z component of its z axis, 1 standing, -1 on its back."""
+        return float(self._env.physics.torso_upright())
+
     def state_dict(self) -> dict[str, Any]:
         """The task's random state, so a resumed run draws new initial states, not repeats."""
         return {"random": self._env.task.random.get_state()}
