@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from collodreamer.analysis.posture import diagnose_posture, posture_summary
+from collodreamer.analysis.posture import diagnose_posture, overview, posture_summary
 from collodreamer.analysis.screen import load_screen, screen, screen_report
 from collodreamer.analysis.value import reward_to_go
 from collodreamer.config import ConfigError, make_config, preset_dir
@@ -92,12 +92,26 @@ def test_posture_summary_by_hand():
     assert summary == {
         "return": 12.0,
         "upright_start": 0.9,
+        "upright_end": -0.1,
         "upright_mean": pytest.approx((0.5 - 0.2 - 1.0 + 0.3 - 0.1) / 5),
         "upright_share": 2 / 5,
         "turned_over_at": 2,
         "righted_at": 4,
     }
     assert posture_summary(np.array([-0.5, -0.6]), 0.0)["turned_over_at"] is None
+    # Standing starts are those above 0.5: the first turned over; of the others one ends upright.
+    rows = [
+        posture_summary(np.array(upright), 1.0)
+        for upright in ([0.9, -0.5], [0.8, 0.9], [0.3, -0.2], [-0.4, 0.2, 0.6])
+    ]
+    assert overview(rows) == {
+        "mean_return": 1.0,
+        "upright_share": pytest.approx((0 + 1 + 0 + 1) / 4),
+        "standing_starts": 2,
+        "of_those_turned_over": 1,
+        "other_starts": 2,
+        "of_those_ending_upright": 1,
+    }
 
 
 def test_posture_of_agent_and_random_actions_from_the_same_starts(tmp_path: Path, dreamer_run: Path):
@@ -109,6 +123,6 @@ def test_posture_of_agent_and_random_actions_from_the_same_starts(tmp_path: Path
     starts = [row["upright_start"] for row in agent["episodes"]]
     assert starts == [row["upright_start"] for row in random["episodes"]]  # the same start states
     assert len(set(starts)) == 3 and all(-1 <= s <= 1 for s in starts)  # fresh random orientations
-    assert agent["started_upright"] + agent["started_not_upright"] == 3
+    assert agent["standing_starts"] + agent["other_starts"] == 3
     with pytest.raises(ConfigError, match="dmc:reacher_easy has no torso uprightness"):
         diagnose_posture(dreamer_run, episodes=1)

@@ -6,8 +6,10 @@ z axis, 1 standing, -1 on its back. Quadruped episodes start at a uniformly rand
 its walk and run rewards are scaled by uprightness, so a body on its back earns almost nothing. For
 each of ``episodes`` fresh test episodes (the eval stream of :mod:`collodreamer.seeds`), played once
 by the agent and once by uniform random actions from the same start, this records the return, the
-uprightness at the start and on average, the share of agent steps upright (> 0), and the first agent
-step at which the body turned over (from > 0 to <= 0) or was righted (from <= 0 to > 0).
+uprightness at the start, at the end and on average, the share of agent steps upright (> 0), and the
+first agent step at which the body turned over (from > 0 to <= 0) or was righted (from <= 0 to > 0).
+Over the episodes it counts the standing starts (uprightness above :data:`STANDING`) that were turned
+over, and the other starts that ended upright.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from collodreamer.training import load_agent
 from collodreamer.training.checkpoint import seed_everything
 from collodreamer.training.evaluation import check_action
 
+STANDING = 0.5  # a start this upright stays on its feet under random actions; a less upright one may fall
+
 
 def posture_summary(upright: np.ndarray, total: float) -> dict[str, Any]:
     """An episode's posture from its uprightness at the start and after each agent step
@@ -37,6 +41,7 @@ def posture_summary(upright: np.ndarray, total: float) -> dict[str, Any]:
     return {
         "return": float(total),
         "upright_start": float(upright[0]),
+        "upright_end": float(upright[-1]),
         "upright_mean": float(upright[1:].mean()),
         "upright_share": float(up[1:].mean()),
         "turned_over_at": int(turned[0]) + 1 if turned.size else None,
@@ -57,16 +62,16 @@ def posture_episode(policy: Agent, env: DMCEnv) -> dict[str, Any]:
 
 
 def overview(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean return and how episodes that started upright (or not) ended up, over ``rows``."""
-    started_up = [row for row in rows if row["upright_start"] > 0]
-    started_down = [row for row in rows if row["upright_start"] <= 0]
+    """Mean return and how episodes that started standing (or not) ended up, over ``rows``."""
+    standing = [row for row in rows if row["upright_start"] > STANDING]
+    others = [row for row in rows if row["upright_start"] <= STANDING]
     return {
         "mean_return": float(np.mean([row["return"] for row in rows])),
         "upright_share": float(np.mean([row["upright_share"] for row in rows])),
-        "started_upright": len(started_up),
-        "of_those_turned_over": sum(row["turned_over_at"] is not None for row in started_up),
-        "started_not_upright": len(started_down),
-        "of_those_righted": sum(row["righted_at"] is not None for row in started_down),
+        "standing_starts": len(standing),
+        "of_those_turned_over": sum(row["turned_over_at"] is not None for row in standing),
+        "other_starts": len(others),
+        "of_those_ending_upright": sum(row["upright_end"] > 0 for row in others),
     }
 
 
