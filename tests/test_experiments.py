@@ -417,6 +417,13 @@ def test_kept_records_stand_in_for_finished_runs_on_a_new_machine(tmp_path: Path
     assert outcomes == {done.name: f"shared: {results / 'runs' / done.name}", stopped.name: "done"}
     assert (second / done.name).is_symlink() and len(find_runs([second])) == 2
     assert keep_records([second], results / "runs") == [results / "runs" / stopped.name]
+    # The sweep run again there: the link to the record is finished, not trained into.
+    record = sorted(p.name for p in (results / "runs" / done.name).iterdir())
+    metrics = (results / "runs" / done.name / "metrics.jsonl").read_text()
+    again = run_sweep(sweep, second, workers=1, share_from=[results])
+    assert again == {done.name: "skipped", stopped.name: "skipped"}
+    assert sorted(p.name for p in (results / "runs" / done.name).iterdir()) == record
+    assert (results / "runs" / done.name / "metrics.jsonl").read_text() == metrics
 
 
 def test_eval_of_reference_policies_over_runs_with_intervals(tmp_path: Path):

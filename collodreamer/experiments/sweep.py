@@ -203,10 +203,11 @@ def _task(entry: Any) -> tuple[str, int | None]:
 
 
 def run_state(run: RunSpec, root: Path) -> str:
-    """``done``, ``resume`` or ``new`` for a run directory."""
+    """``done``, ``resume`` or ``new`` for a run directory. A finished run's record without a checkpoint
+    (:func:`keep_records`), or a sweep's link to one, is done: never trained into."""
     files = RunDir(root / run.name)
     if not files.checkpoint.exists():
-        return "new"
+        return "done" if _complete(files, run.steps) else "new"
     return "done" if _complete(files, run.steps) else "resume"  # resuming reports a damaged checkpoint
 
 
