@@ -206,9 +206,9 @@ def run_state(run: RunSpec, root: Path) -> str:
     """``done``, ``resume`` or ``new`` for a run directory. A finished run's record without a checkpoint
     (:func:`keep_records`), or a sweep's link to one, is done: never trained into."""
     files = RunDir(root / run.name)
-    if not files.checkpoint.exists():
-        return "done" if _complete(files, run.steps) else "new"
-    return "done" if _complete(files, run.steps) else "resume"  # resuming reports a damaged checkpoint
+    if _complete(files, run.steps):
+        return "done"
+    return "resume" if files.checkpoint.exists() else "new"  # resuming reports a damaged checkpoint
 
 
 def _complete(files: RunDir, steps: int) -> bool:
