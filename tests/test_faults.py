@@ -167,7 +167,7 @@ def test_nonfinite_plans_never_train_the_value():
     with torch.no_grad():
         next(agent.world_model.reward.parameters())[0, 0] = float("nan")
     nonfinite.clear()
-    agent.plan(torch.randn(1, agent.world_model.feature_dim), None, training=True)
+    agent.plan(torch.randn(1, agent.world_model.feature_dim, device=agent.device), None, training=True)
     assert all(torch.equal(before[k], v) for k, v in critic.value.state_dict().items())
     assert not agent.value.recent  # the zeroed plan is no target for later value batches either
     skipped, _ = nonfinite.take()

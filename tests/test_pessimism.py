@@ -80,7 +80,7 @@ def replay_batch() -> dict[str, np.ndarray]:
 
 def test_planning_reward_subtracts_the_reward_heads_std():
     agent = tiny("latco", "pessimism.reward_heads=3", "pessimism.reward_kappa=2.0")
-    z = torch.randn(7, agent.world_model.feature_dim)
+    z = torch.randn(7, agent.world_model.feature_dim, device=agent.device)
     heads = torch.stack([head(z).squeeze(-1) for head in agent.reward_heads.heads])
     expected = agent.world_model.reward_of(z) - 2.0 * heads.std(0, unbiased=False)
     assert torch.allclose(agent.planning_reward(z), expected)
@@ -108,7 +108,7 @@ def test_excess_disagreement_by_hand():
 
 def test_state_heads_learn_the_embedding_and_penalise_where_they_disagree():
     agent = tiny("latco", "pessimism.state_heads=3", "pessimism.state_kappa=2.0")
-    z = torch.randn(7, agent.world_model.feature_dim)
+    z = torch.randn(7, agent.world_model.feature_dim, device=agent.device)
     assert torch.equal(agent.planning_reward(z), agent.world_model.reward_of(z))  # no level yet
     batch = replay_batch()
     first = agent.train_step(batch)
@@ -249,7 +249,7 @@ def test_agents_plan_with_candidates(candidates):
     agent = tiny(
         "collodreamer", "value.style=imagination", f"planner.candidates={candidates}", "planner.init=shift"
     )
-    feature = torch.randn(1, agent.world_model.feature_dim)
+    feature = torch.randn(1, agent.world_model.feature_dim, device=agent.device)
     first = agent.plan(feature, None, training=False)
     second = agent.plan(feature, first, training=False)
     expected = 0 if candidates == "[previous]" else 1  # no previous plan before the first
@@ -263,7 +263,7 @@ def test_agents_plan_with_candidates(candidates):
 
 def test_policy_anchor_is_the_actors_rollout():
     agent = tiny("collodreamer", "value.style=imagination", "planner.init=policy", "planner.trust_weight=10")
-    feature = torch.randn(1, agent.world_model.feature_dim)
+    feature = torch.randn(1, agent.world_model.feature_dim, device=agent.device)
     init = agent.initial_plan(feature, None)
     assert torch.equal(init.anchor, init.actions)
     assert torch.allclose(init.actions[:, 0], agent.value.behaviour.actor.mode(feature))
@@ -271,8 +271,8 @@ def test_policy_anchor_is_the_actors_rollout():
 
 def test_value_targets_use_the_pessimistic_reward():
     agent = tiny("collodreamer", "value.style=inner", "pessimism.reward_heads=2", "pessimism.reward_kappa=3")
-    features = torch.randn(2, 4, agent.world_model.feature_dim)
-    actions = torch.rand(2, 4, 2) * 2 - 1
+    features = torch.randn(2, 4, agent.world_model.feature_dim, device=agent.device)
+    actions = torch.rand(2, 4, 2, device=agent.device) * 2 - 1
     with torch.no_grad():
         for p in agent.critic.target.parameters():
             p.zero_()
@@ -321,7 +321,7 @@ def test_feedback_executes_the_policys_plan_as_the_policy_on_real_states():
     action, state = agent.act(second, state, training=False)
     feature = agent.world_model.rssm.feature(state.latent)
     actor = agent.value.behaviour.actor.mode(feature)
-    assert torch.allclose(torch.as_tensor(action), actor[0], atol=1e-6)
+    assert torch.allclose(torch.as_tensor(action, device=actor.device), actor[0], atol=1e-6)
     assert not torch.allclose(actor, rollout.actions[:, 1], atol=1e-3)  # not the open-loop action
 
 
