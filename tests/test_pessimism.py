@@ -112,7 +112,7 @@ def test_state_heads_learn_the_embedding_and_penalise_where_they_disagree():
     assert torch.equal(agent.planning_reward(z), agent.world_model.reward_of(z))  # no level yet
     batch = replay_batch()
     first = agent.train_step(batch)
-    for _ in range(100):
+    for _ in range(200):  # after 100 steps the loss is 0.46-0.50 of the first (6 seeds), after 200 0.12-0.14
         last = agent.train_step(batch)
     assert last["pessimism/state_loss"] < 0.5 * first["pessimism/state_loss"]
     level = agent.state_level
