@@ -350,11 +350,13 @@ def test_a_full_disk_under_tensorboard_is_one_line_naming_it(tmp_path: Path):
     assert "Traceback" not in result.stderr
 
 
-def test_a_video_that_cannot_be_written_is_one_line_and_no_truncated_file(tmp_path: Path):
+@pytest.mark.parametrize("cause", ["full disk", "no imageio-ffmpeg"])
+def test_a_video_that_cannot_be_written_is_one_line_and_no_truncated_file(tmp_path: Path, cause):
     path = tmp_path / "test.mp4"
     script = (
         "import sys, numpy as np\n"
-        "from pathlib import Path\n"
+        + ("sys.modules['imageio_ffmpeg'] = None\n" if cause == "no imageio-ffmpeg" else "")
+        + "from pathlib import Path\n"
         "from collodreamer.training.evaluation import save_video\n"
         "frames = list(np.random.default_rng(0).integers(0, 255, (60, 128, 128, 3), dtype=np.uint8))\n"
         "try:\n"
@@ -366,7 +368,7 @@ def test_a_video_that_cannot_be_written_is_one_line_and_no_truncated_file(tmp_pa
         [sys.executable, "-c", script],
         capture_output=True,
         text=True,
-        preexec_fn=limited_to(20_000),
+        preexec_fn=limited_to(20_000) if cause == "full disk" else None,
         timeout=300,
     )
     lines = result.stderr.strip().splitlines()

@@ -92,6 +92,11 @@ def test_record(
 def save_video(path: Path, frames: list[np.ndarray]) -> None:
     """``frames`` as an mp4 at ``path``, written atomically (never a truncated file); a failure is a
     one-line OSError naming ``path``."""
+    try:  # without it imageio falls back to Pillow, which warns, fails and fails again on exit
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        reason = "no MP4 writer: imageio-ffmpeg is not installed"
+        raise OSError(errno.ENOSYS, f"cannot encode the video ({reason})", str(path)) from None
     try:  # quiet: ffmpeg's own messages would break the one-line errors
         data = imageio.mimwrite(
             "<bytes>", frames, format="mp4", fps=30, macro_block_size=1, ffmpeg_log_level="quiet"
