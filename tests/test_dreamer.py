@@ -22,7 +22,7 @@ def stacked(episodes) -> dict[str, np.ndarray]:
     return {k: np.stack([e[k] for e in episodes]) for k in episodes[0]}
 
 
-def held_out_batch(config, episodes: int = 2) -> dict[str, np.ndarray]:
+def held_out_batch(config, episodes: int) -> dict[str, np.ndarray]:
     """Random-action episodes from a differently seeded env, as one batch of sequences."""
     env = make_env(config.env, seed=12345)
     rng = np.random.default_rng(0)
@@ -66,11 +66,11 @@ def test_dreamer_world_model_learns_on_reacher(tmp_path: Path, obs):
     untrained = copy.deepcopy(trainer.agent)
     trainer.run()
     assert trainer.counters.updates == 150
-    batches = [stacked(trainer.store.episodes)] + ([held_out_batch(config, 8)] if obs == "pixels" else [])
-    for batch in batches:
+    seen = stacked(trainer.store.episodes)
+    for batch in [seen] + ([held_out_batch(config, 8)] if obs == "pixels" else []):
         before, after = model_loss(untrained, batch), model_loss(trainer.agent, batch)
         assert after < 0.8 * before, (before, after)
-    action, state = trainer.agent.act(batch["obs"][0, 0], None, training=True)
+    action, state = trainer.agent.act(seen["obs"][0, 0], None, training=True)
     assert action.shape == (2,) and np.all(np.abs(action) <= 1)
-    action2, _ = trainer.agent.act(batch["obs"][0, 1], state, training=False)
+    action2, _ = trainer.agent.act(seen["obs"][0, 1], state, training=False)
     assert np.all(np.abs(action2) <= 1)
