@@ -170,13 +170,19 @@ def _screen(args: argparse.Namespace) -> None:
 def _diagnose(args: argparse.Namespace) -> None:
     from collodreamer.analysis.actor import diagnose_actor
     from collodreamer.analysis.posture import diagnose_posture
+    from collodreamer.analysis.probe import diagnose_latent
     from collodreamer.analysis.value import diagnose_value
     from collodreamer.files import write_json
     from collodreamer.timing import machine
 
     run_dir = Path(args.run_dir)
+    if args.checkpoint and args.what != "latent":
+        raise ConfigError("--checkpoint: only diagnose latent reads a kept checkpoint")
     if args.what == "posture":
         result = diagnose_posture(run_dir, args.episodes)
+    elif args.what == "latent":
+        checkpoint = Path(args.checkpoint) if args.checkpoint else None
+        result = diagnose_latent(run_dir, args.episodes, checkpoint=checkpoint)
     else:
         result = diagnose_value(run_dir) if args.what == "value" else diagnose_actor(run_dir)
     out = Path(args.out or run_dir / f"{args.what}_diagnostics.json")
@@ -347,13 +353,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     diagnose = commands.add_parser(
         "diagnose",
-        help="how a trained run's value (collodreamer) or actor (dreamer) does on its replay, or how "
-        "its agent holds the body (posture: quadruped, walker, humanoid) beside random actions",
+        help="how a trained run's value (collodreamer) or actor (dreamer) does on its replay, how "
+        "its agent holds the body (posture: quadruped, walker, humanoid) beside random actions, or what "
+        "its latent knows of the true state, filtered and imagined (latent: a linear probe's R^2)",
     )
-    diagnose.add_argument("what", choices=["value", "actor", "posture"])
+    diagnose.add_argument("what", choices=["value", "actor", "posture", "latent"])
     diagnose.add_argument("run_dir", metavar="RUN_DIR")
     diagnose.add_argument("--out", metavar="FILE.json", help="default RUN_DIR/<what>_diagnostics.json")
-    diagnose.add_argument("--episodes", type=int, default=10, help="posture: fresh test episodes per policy")
+    diagnose.add_argument(
+        "--episodes", type=int, default=10, help="posture: fresh test episodes per policy; latent: in all"
+    )
+    diagnose.add_argument("--checkpoint", metavar="PATH", help=f"latent: {CHECKPOINT_HELP}")
     diagnose.set_defaults(func=_diagnose)
 
     settings = commands.add_parser(

@@ -1,5 +1,5 @@
 """The analysis of trained runs: screen specs, the screen's table, the value diagnostics' math, the
-posture diagnostics."""
+posture diagnostics, the latent probe."""
 
 import json
 import re
@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from collodreamer.analysis.posture import diagnose_posture, overview, posture_summary
+from collodreamer.analysis.probe import diagnose_latent, fit_probe, predict, r_squared
 from collodreamer.analysis.screen import load_screen, screen, screen_report
 from collodreamer.analysis.value import reward_to_go
 from collodreamer.config import ConfigError, make_config, preset_dir
@@ -126,3 +127,40 @@ def test_posture_of_agent_and_random_actions_from_the_same_starts(tmp_path: Path
     assert agent["standing_starts"] + agent["other_starts"] == 3
     with pytest.raises(ConfigError, match="dmc:reacher_easy has no torso uprightness"):
         diagnose_posture(dreamer_run, episodes=1)
+
+
+def test_r_squared_by_hand():
+    y = np.array([[1.0], [2.0], [3.0]])
+    assert r_squared(y, np.array([[1.0], [2.0], [4.0]])) == 0.5  # 1 - 1 / 2
+    assert r_squared(y, np.full_like(y, 2.0)) == 0.0  # the mean
+    assert r_squared(y, np.array([[3.0], [2.0], [1.0]])) == -3.0  # 1 - 8 / 2
+    assert r_squared(np.ones((3, 1)), y) is None  # nothing to explain
+
+
+def test_probe_recovers_a_linear_map_and_shrinks_to_the_mean_under_a_large_penalty():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 4)) * [1.0, 10.0, 0.1, 3.0] + 5.0
+    y = x @ rng.normal(size=(4, 2)) + [1.0, -2.0]
+    np.testing.assert_allclose(predict(fit_probe(x, y, l2=1e-9), x), y, atol=1e-6)
+    assert r_squared(y, predict(fit_probe(x, y), x)) > 0.99  # the default penalty barely shrinks
+    flat = fit_probe(x, y, l2=1e12)  # only the unpenalised bias is left: the mean
+    np.testing.assert_allclose(predict(flat, x), np.broadcast_to(y.mean(0), y.shape), atol=1e-3)
+
+
+def test_latent_probe_of_a_trained_run(dreamer_run: Path, cli, tmp_path: Path):
+    result = diagnose_latent(dreamer_run, episodes=2, horizon=4, stride=5)
+    assert result["fit_episodes"] == 1 and result["env_frames"] == 200
+    # reacher's state observation, then the bodies that move (the arm's base is fixed)
+    assert list(result["parts"]) == ["position", "to_target", "velocity", "body:hand", "body:finger"]
+    assert list(result["filtered"]) == [*result["parts"], "reward"]
+    assert all(len(values) == 4 for values in result["open_loop"].values())
+    ahead = [v for values in result["open_loop"].values() for v in values]
+    scored = [v for v in [*result["filtered"].values(), *ahead] if v is not None]
+    assert scored and all(np.isfinite(v) and v <= 1 for v in scored)
+    with pytest.raises(ConfigError, match="at least 2"):
+        diagnose_latent(dreamer_run, episodes=1)
+    out = tmp_path / "latent.json"
+    cli("diagnose", "latent", str(dreamer_run), "--episodes", "2", "--out", str(out))
+    assert json.loads(out.read_text())["parts"] == result["parts"]
+    refused = cli("diagnose", "value", str(dreamer_run), "--checkpoint", "x.pt", check=False)
+    assert refused.returncode != 0 and "only diagnose latent reads a kept checkpoint" in refused.stderr

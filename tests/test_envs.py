@@ -52,6 +52,22 @@ def test_action_repeat_sums_rewards():
     np.testing.assert_allclose(paired, np.add(rewards[0::2], rewards[1::2]), atol=1e-12)
 
 
+def test_true_state_is_the_state_observation_then_the_bodies_positions_from_pixels_too():
+    pixels = DMCEnv(EnvConfig(task="dmc:reacher_easy", obs="pixels"), seed=3)
+    states = DMCEnv(EnvConfig(task="dmc:reacher_easy", obs="state"), seed=3)
+    pixels.reset()
+    states.reset()
+    action = np.full(pixels.action_space.shape, 0.5)
+    pixels.step(action)
+    observed = states.step(action)[0]
+    parts = pixels.state_parts()
+    assert list(parts) == ["position", "to_target", "velocity", "body:arm", "body:hand", "body:finger"]
+    state = pixels.state()
+    assert state.shape == (15,) and parts["body:finger"] == slice(12, 15)
+    np.testing.assert_allclose(state[:6], observed, atol=1e-6)  # what a state agent sees, same start
+    np.testing.assert_allclose(state[parts["body:finger"]], pixels._env.physics.named.data.xpos["finger"])
+
+
 def test_seeding_is_deterministic_and_seeds_differ():
     config = EnvConfig(task="dmc:cheetah_run", obs="state")
     (a, _), (b, _), (c, _) = DMCEnv(config, 4).reset(), DMCEnv(config, 4).reset(), DMCEnv(config, 5).reset()

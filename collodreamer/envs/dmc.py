@@ -121,6 +121,23 @@ class DMCEnv(Env):
         truncated = not terminated and (time_step.last() or self._frames >= self.config.time_limit)
         return self._observe(time_step), reward, terminated, truncated, {}
 
+    def state(self) -> np.ndarray:
+        """The true state now, whatever the agent observes: the task's state observation, then each
+        body's world position (see :meth:`state_parts`)."""
+        physics = self._env.physics
+        observation = self._env.task.get_observation(physics)
+        parts = [np.asarray(v, np.float64).reshape(-1) for v in observation.values()]
+        return np.concatenate([*parts, physics.data.xpos[1:].reshape(-1)])
+
+    def state_parts(self) -> dict[str, slice]:
+        """Where each part of :meth:`state` lies: the task's observation keys, then ``body:<name>``
+        (x, y, z in metres) for every body but the world."""
+        physics = self._env.physics
+        sizes = [(k, int(np.prod(v.shape))) for k, v in self._env.observation_spec().items()]
+        sizes += [(f"body:{physics.model.id2name(i, 'body')}", 3) for i in range(1, physics.model.nbody)]
+        starts = np.cumsum([0] + [size for _, size in sizes])[:-1]
+        return {name: slice(int(at), int(at) + size) for (name, size), at in zip(sizes, starts, strict=True)}
+
     def has_torso(self) -> bool:
         """Whether the task's physics reports the torso's uprightness (:meth:`upright`)."""
         return hasattr(self._env.physics, "torso_upright")

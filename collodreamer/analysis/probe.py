@@ -1,0 +1,185 @@
+"""What a trained world model's latent knows of the true state, filtered and imagined
+(``collodreamer diagnose latent RUN_DIR``).
+
+The agent plays ``episodes`` fresh test episodes (the eval stream of :mod:`collodreamer.seeds`)
+while the task's own state observation is recorded beside what the agent sees (from pixels too): for
+reacher the arm's joint angles (``position``), the target relative to the fingertip
+(``to_target``) and the joint velocities. The model filters each episode from its real observations;
+a linear probe, ridge regression from the filtered features to the state, is fitted on the first
+half of the episodes and scored on the other half by R^2 per part of the state. The same probe then
+reads the features the model imagines ``k = 1..horizon`` steps ahead from the real actions alone
+(the prior mean, the planner's dynamics), from every ``stride``-th step: how fast the model loses
+what it knew. The model's own reward head is scored the same way (no probe), filtered and imagined.
+
+An R^2 near 1 means the part can be read linearly from the features; near 0 or below, the features
+do not place it (or not linearly).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from collodreamer.analysis.prediction import CONTEXT
+from collodreamer.config import ConfigError
+from collodreamer.data.episode import add_step, finish_episode, start_episode
+from collodreamer.envs import make_env
+from collodreamer.envs.dmc import DMCEnv
+from collodreamer.models import to_torch
+from collodreamer.planning.problem import rollout_features
+from collodreamer.seeds import env_seed
+from collodreamer.training import load_agent
+from collodreamer.training.checkpoint import seed_everything
+from collodreamer.training.evaluation import check_action
+
+L2 = 1.0  # ridge penalty on standardised features: small beside thousands of samples
+MOVES = 1e-6  # a part of the state whose spread is below this never moved (a fixed body): not probed
+
+
+@dataclass
+class Probe:
+    """A fitted linear probe: y = [(x - mean) / std, 1] @ weights."""
+
+    mean: np.ndarray  # [F]
+    std: np.ndarray  # [F]
+    weights: np.ndarray  # [F + 1, D]
+
+
+def with_bias(x: np.ndarray) -> np.ndarray:
+    """``[N, F]`` -> ``[N, F + 1]`` with a last column of ones."""
+    return np.concatenate([x, np.ones((len(x), 1), x.dtype)], 1)
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, l2: float = L2) -> Probe:
+    """Ridge regression of ``y [N, D]`` on standardised ``x [N, F]``:
+    W = (X^T X + l2 diag(1, .., 1, 0))^-1 X^T Y with X the standardised features and a bias column
+    (the bias unpenalised)."""
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    design = with_bias((x - mean) / std).astype(np.float64)
+    penalty = l2 * np.eye(design.shape[1])
+    penalty[-1, -1] = 0.0
+    weights = np.linalg.solve(design.T @ design + penalty, design.T @ y.astype(np.float64))
+    return Probe(mean, std, weights)
+
+
+def predict(probe: Probe, x: np.ndarray) -> np.ndarray:
+    """The probe's ``y [..., D]`` for features ``x [..., F]``."""
+    return with_bias(((x - probe.mean) / probe.std).reshape(-1, x.shape[-1])) @ probe.weights
+
+
+def r_squared(y: np.ndarray, predicted: np.ndarray) -> float | None:
+    """R^2 = 1 - sum (y - y_hat)^2 / sum (y - mean(y))^2, pooled over the dimensions of ``y [N, D]``
+    (each dimension about its own mean), rounded to 3 decimals: 1 exact, 0 no better than the mean,
+    below 0 worse; None where ``y`` does not vary."""
+    y, predicted = y.reshape(len(y), -1), predicted.reshape(len(y), -1)
+    total = ((y - y.mean(0)) ** 2).sum()
+    return round(float(1.0 - ((y - predicted) ** 2).sum() / total), 3) if total > 0 else None
+
+
+def play(agent: Any, env: DMCEnv) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One test episode of ``agent`` in the replay layout, and the task's state ``[T, S]`` at each
+    step (the state the observation at that step shows)."""
+    obs, _ = env.reset()
+    steps, states = start_episode(obs, env.spec.action_dim), [env.state()]
+    agent_state, done, reward = None, False, 0.0
+    while not done:
+        action, agent_state = agent.act(obs, agent_state, training=False, reward=reward)
+        action = check_action(action)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        done = terminated or truncated
+        add_step(steps, obs, action, reward, terminated)
+        states.append(env.state())
+    return finish_episode(steps), np.stack(states)
+
+
+@torch.no_grad()
+def features_and_imagined(
+    agent: Any, episode: dict[str, np.ndarray], horizon: int, stride: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The filtered features ``[T, F]`` of ``episode``; from every ``stride``-th step ``s`` (after
+    ``CONTEXT`` filtered steps) the features imagined for ``s + 1..s + horizon`` from the real actions
+    ``[N, horizon, F]``; and the steps they stand for ``[N, horizon]``."""
+    model = agent.world_model
+    data = to_torch({k: v[None] for k, v in episode.items()}, agent.device)
+    post, _ = model.observe(data)
+    features = model.rssm.feature(post)[0]
+    starts = torch.arange(CONTEXT - 1, features.shape[0] - horizon, stride, device=features.device)
+    ahead = starts[:, None] + torch.arange(1, horizon + 1, device=starts.device)
+    imagined = rollout_features(model.rssm.next_feature_mean, features[starts], data["action"][0, ahead])
+    return features.cpu().numpy(), imagined.cpu().numpy(), ahead.cpu().numpy()
+
+
+def reward_of(agent: Any, features: np.ndarray) -> np.ndarray:
+    """The model's predicted reward for features ``[..., F]``."""
+    with torch.no_grad():
+        return agent.world_model.reward_of(torch.as_tensor(features, device=agent.device)).cpu().numpy()
+
+
+def scores(
+    agent: Any,
+    probe: Probe,
+    parts: dict[str, slice],
+    features: np.ndarray,
+    states: np.ndarray,
+    rewards: np.ndarray,
+) -> dict[str, float | None]:
+    """R^2 per part of the state (the probe's reading of ``features [N, F]``) and of the model's reward
+    head against the real ``rewards [N]``."""
+    predicted = predict(probe, features)
+    result = {name: r_squared(states[:, part], predicted[:, part]) for name, part in parts.items()}
+    return {**result, "reward": r_squared(rewards, reward_of(agent, features))}
+
+
+def diagnose_latent(
+    run_dir: Path, episodes: int = 10, horizon: int = 15, stride: int = 5, checkpoint: Path | None = None
+) -> dict[str, Any]:
+    """R^2 of a linear probe from the run's filtered features to the task's state on held-out test
+    episodes, and of the same probe on features imagined 1..``horizon`` steps ahead."""
+    if episodes < 2:
+        raise ConfigError(f"--episodes must be at least 2 (half fit the probe, half score), got {episodes}")
+    config, agent, counters = load_agent(run_dir, checkpoint)
+    seed_everything(config.seed, config.run.threads)
+    env = make_env(config.env, env_seed(config.seed, "eval"))
+    try:
+        if not isinstance(env, DMCEnv):
+            raise ConfigError(f"{config.env.task}: the latent probe reads a dm_control task's state")
+        played = [play(agent, env) for _ in range(episodes)]
+        parts = env.state_parts()
+    finally:
+        env.close()
+    every_state = np.concatenate([states for _, states in played])
+    parts = {name: part for name, part in parts.items() if every_state[:, part].std(0).max() > MOVES}
+    filtered, imagined = [], []
+    for episode, states in played:
+        features, ahead_features, ahead = features_and_imagined(agent, episode, horizon, stride)
+        filtered.append((features, states, episode["reward"]))
+        imagined.append((ahead_features, states[ahead], episode["reward"][ahead]))
+    fit = episodes // 2
+    features, states, _ = (np.concatenate(column) for column in zip(*filtered[:fit], strict=True))
+    probe = fit_probe(features, states)
+    held_out = [np.concatenate(column) for column in zip(*filtered[fit:], strict=True)]
+    ahead_features, ahead_states, ahead_rewards = (
+        np.concatenate(column) for column in zip(*imagined[fit:], strict=True)
+    )
+    open_loop: dict[str, list[float | None]] = {}
+    for k in range(horizon):
+        ahead = scores(agent, probe, parts, ahead_features[:, k], ahead_states[:, k], ahead_rewards[:, k])
+        for name, value in ahead.items():
+            open_loop.setdefault(name, []).append(value)
+    return {
+        "benchmark": "latent_probe",
+        "run_dir": str(run_dir),
+        "env_frames": counters["env_frames"],
+        "episodes": episodes,
+        "fit_episodes": fit,
+        "mean_return": float(np.mean([episode["reward"].sum() for episode, _ in played])),
+        "parts": {name: part.stop - part.start for name, part in parts.items()},
+        "filtered": scores(agent, probe, parts, *held_out),
+        "horizon": horizon,
+        "stride": stride,
+        "open_loop": open_loop,
+    }
