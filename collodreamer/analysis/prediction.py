@@ -60,20 +60,33 @@ def open_loop(agent: Any, episode: dict[str, np.ndarray], context: int = CONTEXT
 
 
 @torch.no_grad()
-def open_loop_errors(
+def filtered_and_ahead(
     agent: Any, episode: dict[str, np.ndarray], horizon: int, stride: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """From every ``stride``-th step ``s`` of ``episode`` (after ``CONTEXT`` steps), the world model's
-    prediction of the next ``horizon`` steps from the real actions alone (as :func:`open_loop` with
-    ``s`` as its last filtered step): predicted minus real reward ``[N, horizon]``, and the
-    observation's mean squared error at ``s + horizon`` ``[N]``."""
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``episode`` as tensors ``[1, T, ...]``, its features filtered from the real observations
+    ``[T, F]``, and from every ``stride``-th step ``s`` (after ``CONTEXT`` filtered steps) the features
+    the model imagines for ``s + 1..s + horizon`` from the real actions alone ``[N, horizon, F]`` (as
+    :func:`open_loop` with ``s`` as its last filtered step), with the steps they stand for
+    ``[N, horizon]``."""
     model = agent.world_model
     data = to_torch({k: v[None] for k, v in episode.items()}, agent.device)
     post, _ = model.observe(data)
     features = model.rssm.feature(post)[0]
     starts = torch.arange(CONTEXT - 1, features.shape[0] - horizon, stride, device=features.device)
     ahead = starts[:, None] + torch.arange(1, horizon + 1, device=starts.device)
-    predicted = rollout_features(model.rssm.next_feature_mean, features[starts], data["action"][0, ahead])
+    imagined = rollout_features(model.rssm.next_feature_mean, features[starts], data["action"][0, ahead])
+    return data, features, imagined, ahead
+
+
+@torch.no_grad()
+def open_loop_errors(
+    agent: Any, episode: dict[str, np.ndarray], horizon: int, stride: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """From every ``stride``-th step ``s`` of ``episode`` (see :func:`filtered_and_ahead`), the
+    predicted minus real reward ``[N, horizon]`` of the next ``horizon`` steps, and the observation's
+    mean squared error at ``s + horizon`` ``[N]``."""
+    model = agent.world_model
+    data, _, predicted, ahead = filtered_and_ahead(agent, episode, horizon, stride)
     reward_error = model.reward_of(predicted) - data["reward"][0, ahead]
     last_obs = data["obs"][0, ahead[:, -1]].float()
     obs_error = (model.decode(predicted[:, -1]) - last_obs).pow(2).flatten(1).mean(1)

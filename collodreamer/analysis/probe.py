@@ -24,13 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from collodreamer.analysis.prediction import CONTEXT
+from collodreamer.analysis.prediction import filtered_and_ahead
 from collodreamer.config import ConfigError
 from collodreamer.data.episode import add_step, finish_episode, start_episode
 from collodreamer.envs import make_env
 from collodreamer.envs.dmc import DMCEnv
-from collodreamer.models import to_torch
-from collodreamer.planning.problem import rollout_features
 from collodreamer.seeds import env_seed
 from collodreamer.training import load_agent
 from collodreamer.training.checkpoint import seed_everything
@@ -96,23 +94,6 @@ def play(agent: Any, env: DMCEnv) -> tuple[dict[str, np.ndarray], np.ndarray]:
     return finish_episode(steps), np.stack(states)
 
 
-@torch.no_grad()
-def features_and_imagined(
-    agent: Any, episode: dict[str, np.ndarray], horizon: int, stride: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The filtered features ``[T, F]`` of ``episode``; from every ``stride``-th step ``s`` (after
-    ``CONTEXT`` filtered steps) the features imagined for ``s + 1..s + horizon`` from the real actions
-    ``[N, horizon, F]``; and the steps they stand for ``[N, horizon]``."""
-    model = agent.world_model
-    data = to_torch({k: v[None] for k, v in episode.items()}, agent.device)
-    post, _ = model.observe(data)
-    features = model.rssm.feature(post)[0]
-    starts = torch.arange(CONTEXT - 1, features.shape[0] - horizon, stride, device=features.device)
-    ahead = starts[:, None] + torch.arange(1, horizon + 1, device=starts.device)
-    imagined = rollout_features(model.rssm.next_feature_mean, features[starts], data["action"][0, ahead])
-    return features.cpu().numpy(), imagined.cpu().numpy(), ahead.cpu().numpy()
-
-
 def reward_of(agent: Any, features: np.ndarray) -> np.ndarray:
     """The model's predicted reward for features ``[..., F]``."""
     with torch.no_grad():
@@ -155,7 +136,8 @@ def diagnose_latent(
     parts = {name: part for name, part in parts.items() if every_state[:, part].std(0).max() > MOVES}
     filtered, imagined = [], []
     for episode, states in played:
-        features, ahead_features, ahead = features_and_imagined(agent, episode, horizon, stride)
+        _, *tensors = filtered_and_ahead(agent, episode, horizon, stride)
+        features, ahead_features, ahead = (tensor.cpu().numpy() for tensor in tensors)
         filtered.append((features, states, episode["reward"]))
         imagined.append((ahead_features, states[ahead], episode["reward"][ahead]))
     fit = episodes // 2
