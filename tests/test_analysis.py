@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from collodreamer.analysis.posture import diagnose_posture, overview, posture_summary
-from collodreamer.analysis.probe import diagnose_latent, fit_probe, predict, r_squared
+from collodreamer.analysis.probe import diagnose_latent, fit_probe, predict, r_squared, trained_on
 from collodreamer.analysis.screen import load_screen, screen, screen_report
 from collodreamer.analysis.value import reward_to_go
 from collodreamer.config import ConfigError, make_config, preset_dir
@@ -157,8 +157,15 @@ def test_latent_probe_of_a_trained_run(dreamer_run: Path, cli, tmp_path: Path):
     ahead = [v for values in result["open_loop"].values() for v in values]
     scored = [v for v in [*result["filtered"].values(), *ahead] if v is not None]
     assert scored and all(np.isfinite(v) and v <= 1 for v in scored)
+    replay = result["reward_on_replay"]
+    assert replay["episodes"] == 1 and len(replay["open_loop"]) == 4
     with pytest.raises(ConfigError, match="at least 2"):
         diagnose_latent(dreamer_run, episodes=1)
+    # the run's two episodes of 100 env frames: what a checkpoint at 100 and at 200 frames had seen
+    first, second = (np.load(path)["reward"] for path in sorted((dreamer_run / "episodes").glob("*.npz")))
+    assert [len(e["reward"]) for e in trained_on(dreamer_run, 100, 2, 5)] == [len(first)]
+    newest = trained_on(dreamer_run, 200, 2, 5)
+    assert len(newest) == 2 and np.array_equal(newest[0]["reward"], second)  # newest first
     out = tmp_path / "latent.json"
     cli("diagnose", "latent", str(dreamer_run), "--episodes", "2", "--out", str(out))
     assert json.loads(out.read_text())["parts"] == result["parts"]

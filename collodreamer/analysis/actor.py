@@ -19,6 +19,7 @@ import torch
 
 from collodreamer.agents.dreamer import DreamerAgent
 from collodreamer.config import ConfigError
+from collodreamer.data.replay import read_episode
 from collodreamer.models import to_torch
 from collodreamer.rundir import RunDir
 from collodreamer.training import load_agent
@@ -51,8 +52,7 @@ def diagnose_actor(run_dir: Path, every: int = 4) -> dict[str, Any]:
     rows = {}
     for path in sorted(RunDir(run_dir).episodes.glob("*.npz"))[::every]:
         try:
-            with np.load(path, allow_pickle=False) as data:
-                episode = dict(data)
+            episode = read_episode(path)
         except Exception as error:  # a damaged file makes zipfile, zlib or numpy raise anything
             log.warning("skipping damaged episode file %s: %s: %s", path, type(error).__name__, error)
             continue

@@ -9,7 +9,9 @@ a linear probe, ridge regression from the filtered features to the state, is fit
 half of the episodes and scored on the other half by R^2 per part of the state. The same probe then
 reads the features the model imagines ``k = 1..horizon`` steps ahead from the real actions alone
 (the prior mean, the planner's dynamics), from every ``stride``-th step: how fast the model loses
-what it knew. The model's own reward head is scored the same way (no probe), filtered and imagined.
+what it knew. The model's own reward head is scored the same way (no probe), filtered and imagined,
+on the held-out test episodes and on as many of the newest episodes the checkpoint was trained on:
+a head right on its replay and wrong on fresh episodes has learnt its data, not the task.
 
 An R^2 near 1 means the part can be read linearly from the features; near 0 or below, the features
 do not place it (or not linearly).
@@ -17,6 +19,7 @@ do not place it (or not linearly).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,14 +29,17 @@ import torch
 
 from collodreamer.analysis.prediction import filtered_and_ahead
 from collodreamer.config import ConfigError
-from collodreamer.data.episode import add_step, finish_episode, start_episode
+from collodreamer.data.episode import Episode, add_step, finish_episode, start_episode
+from collodreamer.data.replay import episode_files, read_episode
 from collodreamer.envs import make_env
 from collodreamer.envs.dmc import DMCEnv
+from collodreamer.rundir import RunDir
 from collodreamer.seeds import env_seed
 from collodreamer.training import load_agent
 from collodreamer.training.checkpoint import seed_everything
 from collodreamer.training.evaluation import check_action
 
+log = logging.getLogger("collodreamer")
 L2 = 1.0  # ridge penalty on standardised features: small beside thousands of samples
 MOVES = 1e-6  # a part of the state whose spread is below this never moved (a fixed body): not probed
 
@@ -78,7 +84,7 @@ def r_squared(y: np.ndarray, predicted: np.ndarray) -> float | None:
     return round(float(1.0 - ((y - predicted) ** 2).sum() / total), 3) if total > 0 else None
 
 
-def play(agent: Any, env: DMCEnv) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def play(agent: Any, env: DMCEnv) -> tuple[Episode, np.ndarray]:
     """One test episode of ``agent`` in the replay layout, and the task's state ``[T, S]`` at each
     step (the state the observation at that step shows)."""
     obs, _ = env.reset()
@@ -100,6 +106,18 @@ def reward_of(agent: Any, features: np.ndarray) -> np.ndarray:
         return agent.world_model.reward_of(torch.as_tensor(features, device=agent.device)).cpu().numpy()
 
 
+def features_of(agent: Any, episode: Episode, horizon: int, stride: int) -> tuple[np.ndarray, ...]:
+    """:func:`collodreamer.analysis.prediction.filtered_and_ahead` as arrays: the filtered features
+    ``[T, F]``, the imagined ones ``[N, horizon, F]`` and the steps they stand for ``[N, horizon]``."""
+    _, *tensors = filtered_and_ahead(agent, episode, horizon, stride)
+    return tuple(tensor.cpu().numpy() for tensor in tensors)
+
+
+def joined(rows: list[tuple[np.ndarray, ...]]) -> list[np.ndarray]:
+    """Rows of equally many arrays -> each column concatenated along its first axis."""
+    return [np.concatenate(column) for column in zip(*rows, strict=True)]
+
+
 def scores(
     agent: Any,
     probe: Probe,
@@ -115,11 +133,47 @@ def scores(
     return {**result, "reward": r_squared(rewards, reward_of(agent, features))}
 
 
+def trained_on(run_dir: Path, env_frames: int, action_repeat: int, count: int) -> list[Episode]:
+    """The last ``count`` readable episodes the run had collected by ``env_frames`` (the data a
+    checkpoint saved then was trained on), newest first."""
+    collected, frames = [], 0
+    for _, steps, path in episode_files(RunDir(run_dir).episodes):
+        frames += (steps - 1) * action_repeat
+        if frames > env_frames:
+            break
+        collected.append(path)
+    episodes: list[Episode] = []
+    for path in reversed(collected):
+        if len(episodes) == count:
+            break
+        try:
+            episodes.append(read_episode(path))
+        except Exception as error:  # a damaged file makes zipfile, zlib or numpy raise anything
+            log.warning("skipping damaged episode file %s: %s: %s", path, type(error).__name__, error)
+    return episodes
+
+
+def reward_scores(agent: Any, episodes: list[Episode], horizon: int, stride: int) -> dict[str, Any]:
+    """R^2 of the model's reward head on ``episodes``, filtered and imagined 1..``horizon`` ahead."""
+    rows = []
+    for episode in episodes:
+        features, imagined, ahead = features_of(agent, episode, horizon, stride)
+        rows.append((features, episode["reward"], imagined, episode["reward"][ahead]))
+    features, rewards, imagined, imagined_rewards = joined(rows)
+    ahead = [r_squared(imagined_rewards[:, k], reward_of(agent, imagined[:, k])) for k in range(horizon)]
+    return {
+        "episodes": len(episodes),
+        "filtered": r_squared(rewards, reward_of(agent, features)),
+        "open_loop": ahead,
+    }
+
+
 def diagnose_latent(
     run_dir: Path, episodes: int = 10, horizon: int = 15, stride: int = 5, checkpoint: Path | None = None
 ) -> dict[str, Any]:
     """R^2 of a linear probe from the run's filtered features to the task's state on held-out test
-    episodes, and of the same probe on features imagined 1..``horizon`` steps ahead."""
+    episodes, and of the same probe on features imagined 1..``horizon`` steps ahead; the reward
+    head's R^2 on those episodes and on as many of the newest it was trained on."""
     if episodes < 2:
         raise ConfigError(f"--episodes must be at least 2 (half fit the probe, half score), got {episodes}")
     config, agent, counters = load_agent(run_dir, checkpoint)
@@ -134,24 +188,20 @@ def diagnose_latent(
         env.close()
     every_state = np.concatenate([states for _, states in played])
     parts = {name: part for name, part in parts.items() if every_state[:, part].std(0).max() > MOVES}
-    filtered, imagined = [], []
+    rows = []
     for episode, states in played:
-        _, *tensors = filtered_and_ahead(agent, episode, horizon, stride)
-        features, ahead_features, ahead = (tensor.cpu().numpy() for tensor in tensors)
-        filtered.append((features, states, episode["reward"]))
-        imagined.append((ahead_features, states[ahead], episode["reward"][ahead]))
+        features, imagined, ahead = features_of(agent, episode, horizon, stride)
+        rows.append((features, states, episode["reward"], imagined, states[ahead], episode["reward"][ahead]))
     fit = episodes // 2
-    features, states, _ = (np.concatenate(column) for column in zip(*filtered[:fit], strict=True))
+    features, states, *_ = joined(rows[:fit])
     probe = fit_probe(features, states)
-    held_out = [np.concatenate(column) for column in zip(*filtered[fit:], strict=True)]
-    ahead_features, ahead_states, ahead_rewards = (
-        np.concatenate(column) for column in zip(*imagined[fit:], strict=True)
-    )
+    *held_out, imagined, imagined_states, imagined_rewards = joined(rows[fit:])
     open_loop: dict[str, list[float | None]] = {}
     for k in range(horizon):
-        ahead = scores(agent, probe, parts, ahead_features[:, k], ahead_states[:, k], ahead_rewards[:, k])
+        ahead = scores(agent, probe, parts, imagined[:, k], imagined_states[:, k], imagined_rewards[:, k])
         for name, value in ahead.items():
             open_loop.setdefault(name, []).append(value)
+    replayed = trained_on(run_dir, counters["env_frames"], config.env.action_repeat, episodes - fit)
     return {
         "benchmark": "latent_probe",
         "run_dir": str(run_dir),
@@ -164,4 +214,5 @@ def diagnose_latent(
         "horizon": horizon,
         "stride": stride,
         "open_loop": open_loop,
+        "reward_on_replay": reward_scores(agent, replayed, horizon, stride) if replayed else None,
     }

@@ -35,6 +35,18 @@ class ReplayError(RuntimeError):
     """The store cannot serve the request (e.g. fewer steps stored than one sequence needs)."""
 
 
+def episode_files(directory: Path) -> list[tuple[int, int, Path]]:
+    """The episode files in ``directory`` as (index, steps, path), in the order they were written."""
+    matches = ((_NAME.match(path.name), path) for path in Path(directory).iterdir())
+    return sorted((int(match.group(1)), int(match.group(2)), path) for match, path in matches if match)
+
+
+def read_episode(path: Path) -> Episode:
+    """An episode file's arrays (a damaged file makes zipfile, zlib or numpy raise anything)."""
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
 class CompressedFrames:
     """An image sequence ``[T, H, W, C]`` (uint8) held as zlib-compressed chunks of :data:`CHUNK`
     frames; a slice decompresses only the chunks it touches."""
@@ -117,18 +129,11 @@ class EpisodeStore:
         """Load the episodes already on disk (newest within capacity); return the env frames and the
         episodes they hold in total. A corrupt or truncated file, or one whose arrays have other shapes
         or types than the first good one, is reported by name and skipped, not removed."""
-        files = []
-        for path in self.directory.iterdir():
-            match = _NAME.match(path.name)
-            if match:
-                files.append((int(match.group(1)), path))
-        files.sort()
         total_frames = total_episodes = 0
-        for index, path in files:
+        for index, _, path in episode_files(self.directory):
             self._next_index = max(self._next_index, index + 1)
             try:
-                with np.load(path, allow_pickle=False) as data:
-                    episode = {k: data[k] for k in data.files}
+                episode = read_episode(path)
             except Exception as error:  # a damaged file makes zipfile, zlib or numpy raise anything
                 log.warning("skipping corrupt episode file %s: %s: %s", path, type(error).__name__, error)
                 self.damaged.append(path)
