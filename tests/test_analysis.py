@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from collodreamer.analysis.posture import diagnose_posture, overview, posture_summary
-from collodreamer.analysis.probe import diagnose_latent, fit_probe, predict, r_squared, trained_on
+from collodreamer.analysis.probe import diagnose_latent, fit_probe, predict, r_squared, rmse, trained_on
 from collodreamer.analysis.screen import load_screen, screen, screen_report
 from collodreamer.analysis.value import reward_to_go
 from collodreamer.config import ConfigError, make_config, preset_dir
@@ -135,6 +135,7 @@ def test_r_squared_by_hand():
     assert r_squared(y, np.full_like(y, 2.0)) == 0.0  # the mean
     assert r_squared(y, np.array([[3.0], [2.0], [1.0]])) == -3.0  # 1 - 8 / 2
     assert r_squared(np.ones((3, 1)), y) is None  # nothing to explain
+    assert rmse(np.zeros((2, 2)), np.array([[3.0, 0.0], [0.0, -1.0]])) == 1.5811  # sqrt(10 / 4), 4 decimals
 
 
 def test_probe_recovers_a_linear_map_and_shrinks_to_the_mean_under_a_large_penalty():
@@ -149,16 +150,19 @@ def test_probe_recovers_a_linear_map_and_shrinks_to_the_mean_under_a_large_penal
 
 def test_latent_probe_of_a_trained_run(dreamer_run: Path, cli, tmp_path: Path):
     result = diagnose_latent(dreamer_run, episodes=2, horizon=4, stride=5)
-    assert result["fit_episodes"] == 1 and result["env_frames"] == 200
+    assert result["env_frames"] == 200
     # reacher's state observation, then the bodies that move (the arm's base is fixed)
     assert list(result["parts"]) == ["position", "to_target", "velocity", "body:hand", "body:finger"]
     assert list(result["filtered"]) == [*result["parts"], "reward"]
-    assert all(len(values) == 4 for values in result["open_loop"].values())
-    ahead = [v for values in result["open_loop"].values() for v in values]
-    scored = [v for v in [*result["filtered"].values(), *ahead] if v is not None]
+    assert list(result["open_loop"]) == list(result["filtered"])
+    assert all(len(row["r2"]) == len(row["rmse"]) == 4 for row in result["open_loop"].values())
+    ahead = [v for row in result["open_loop"].values() for v in row["r2"]]
+    scored = [v for v in [*(row["r2"] for row in result["filtered"].values()), *ahead] if v is not None]
     assert scored and all(np.isfinite(v) and v <= 1 for v in scored)
+    assert all(row["rmse"] >= 0 for row in result["filtered"].values())
     replay = result["reward_on_replay"]
-    assert replay["episodes"] == 1 and len(replay["open_loop"]) == 4
+    assert replay["episodes"] == 2 and len(replay["open_loop"]["rmse"]) == 4
+    assert all(result["spread"][name] > 0 for name in result["parts"])
     with pytest.raises(ConfigError, match="at least 2"):
         diagnose_latent(dreamer_run, episodes=1)
     # the run's two episodes of 100 env frames: what a checkpoint at 100 and at 200 frames had seen

@@ -2,19 +2,22 @@
 (``collodreamer diagnose latent RUN_DIR``).
 
 The agent plays ``episodes`` fresh test episodes (the eval stream of :mod:`collodreamer.seeds`)
-while the task's own state observation is recorded beside what the agent sees (from pixels too): for
-reacher the arm's joint angles (``position``), the target relative to the fingertip
-(``to_target``) and the joint velocities. The model filters each episode from its real observations;
-a linear probe, ridge regression from the filtered features to the state, is fitted on the first
-half of the episodes and scored on the other half by R^2 per part of the state. The same probe then
-reads the features the model imagines ``k = 1..horizon`` steps ahead from the real actions alone
-(the prior mean, the planner's dynamics), from every ``stride``-th step: how fast the model loses
-what it knew. The model's own reward head is scored the same way (no probe), filtered and imagined,
-on the held-out test episodes and on as many of the newest episodes the checkpoint was trained on:
-a head right on its replay and wrong on fresh episodes has learnt its data, not the task.
+while the true state is recorded beside what the agent sees (from pixels too): the task's state
+observation (for reacher the joint angles ``position``, unbounded for its free shoulder, the target
+relative to the fingertip ``to_target`` and the joint velocities) and the world position of every
+body that moves. The model filters each episode from its real observations. A linear probe, ridge
+regression from the filtered features to the state, reads each episode after being fitted on the
+other episodes (leave one episode out: reacher's target moves only between episodes); each part of
+the state is scored over all episodes by R^2 and by the RMSE in its own units. The same probes read
+the features the model imagines ``k = 1..horizon`` steps ahead from the real actions alone (the
+prior mean, the planner's dynamics), from every ``stride``-th step: how fast the model loses what
+it knew. The model's own reward head is scored the same way (no probe), on the test episodes and on
+as many of the newest episodes the checkpoint was trained on: a head right on its replay and wrong
+on fresh episodes has learnt its data, not the task.
 
-An R^2 near 1 means the part can be read linearly from the features; near 0 or below, the features
-do not place it (or not linearly).
+R^2 is relative to the part's spread over the test states (``spread``, its standard deviation): near
+1 the part can be read linearly from the features; near 0 or below, the features do not place it
+(or not linearly), or the agent hardly moved it.
 """
 
 from __future__ import annotations
@@ -84,6 +87,27 @@ def r_squared(y: np.ndarray, predicted: np.ndarray) -> float | None:
     return round(float(1.0 - ((y - predicted) ** 2).sum() / total), 3) if total > 0 else None
 
 
+def rmse(y: np.ndarray, predicted: np.ndarray) -> float:
+    """The root mean squared error over the samples and dimensions of ``y [N, D]``, in ``y``'s units,
+    rounded to 4 decimals."""
+    return round(float(np.sqrt(((y.reshape(len(y), -1) - predicted.reshape(len(y), -1)) ** 2).mean())), 4)
+
+
+def quality(y: np.ndarray, predicted: np.ndarray) -> dict[str, float | None]:
+    """:func:`r_squared` and :func:`rmse` of ``predicted`` against ``y``."""
+    return {"r2": r_squared(y, predicted), "rmse": rmse(y, predicted)}
+
+
+def along(rows: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, list[Any]]]:
+    """Per-step ``{name: {measure: value}}`` rows -> ``{name: {measure: [value per step]}}``."""
+    result: dict[str, dict[str, list[Any]]] = {}
+    for row in rows:
+        for name, measures in row.items():
+            for measure, value in measures.items():
+                result.setdefault(name, {}).setdefault(measure, []).append(value)
+    return result
+
+
 def play(agent: Any, env: DMCEnv) -> tuple[Episode, np.ndarray]:
     """One test episode of ``agent`` in the replay layout, and the task's state ``[T, S]`` at each
     step (the state the observation at that step shows)."""
@@ -120,17 +144,16 @@ def joined(rows: list[tuple[np.ndarray, ...]]) -> list[np.ndarray]:
 
 def scores(
     agent: Any,
-    probe: Probe,
     parts: dict[str, slice],
-    features: np.ndarray,
     states: np.ndarray,
+    predicted: np.ndarray,
+    features: np.ndarray,
     rewards: np.ndarray,
-) -> dict[str, float | None]:
-    """R^2 per part of the state (the probe's reading of ``features [N, F]``) and of the model's reward
-    head against the real ``rewards [N]``."""
-    predicted = predict(probe, features)
-    result = {name: r_squared(states[:, part], predicted[:, part]) for name, part in parts.items()}
-    return {**result, "reward": r_squared(rewards, reward_of(agent, features))}
+) -> dict[str, dict[str, float | None]]:
+    """:func:`quality` per part of the true ``states [N, S]`` of the probe's ``predicted`` ones, and
+    of the model's reward head on ``features [N, F]`` against the real ``rewards [N]``."""
+    result = {name: quality(states[:, part], predicted[:, part]) for name, part in parts.items()}
+    return {**result, "reward": quality(rewards, reward_of(agent, features))}
 
 
 def trained_on(run_dir: Path, env_frames: int, action_repeat: int, count: int) -> list[Episode]:
@@ -154,28 +177,32 @@ def trained_on(run_dir: Path, env_frames: int, action_repeat: int, count: int) -
 
 
 def reward_scores(agent: Any, episodes: list[Episode], horizon: int, stride: int) -> dict[str, Any]:
-    """R^2 of the model's reward head on ``episodes``, filtered and imagined 1..``horizon`` ahead."""
+    """:func:`quality` of the model's reward head on ``episodes``, filtered and imagined 1..``horizon``
+    ahead."""
     rows = []
     for episode in episodes:
         features, imagined, ahead = features_of(agent, episode, horizon, stride)
         rows.append((features, episode["reward"], imagined, episode["reward"][ahead]))
     features, rewards, imagined, imagined_rewards = joined(rows)
-    ahead = [r_squared(imagined_rewards[:, k], reward_of(agent, imagined[:, k])) for k in range(horizon)]
+    ahead = [quality(imagined_rewards[:, k], reward_of(agent, imagined[:, k])) for k in range(horizon)]
     return {
         "episodes": len(episodes),
-        "filtered": r_squared(rewards, reward_of(agent, features)),
-        "open_loop": ahead,
+        "filtered": quality(rewards, reward_of(agent, features)),
+        "open_loop": along([{"reward": row} for row in ahead])["reward"],
     }
 
 
 def diagnose_latent(
     run_dir: Path, episodes: int = 10, horizon: int = 15, stride: int = 5, checkpoint: Path | None = None
 ) -> dict[str, Any]:
-    """R^2 of a linear probe from the run's filtered features to the task's state on held-out test
-    episodes, and of the same probe on features imagined 1..``horizon`` steps ahead; the reward
-    head's R^2 on those episodes and on as many of the newest it was trained on."""
+    """R^2 and RMSE of linear probes from the run's filtered features to the task's state on fresh
+    test episodes (each episode read by a probe fit on the others), and of the same probes on
+    features imagined 1..``horizon`` steps ahead; the reward head's on those episodes and on as many
+    of the newest it was trained on."""
     if episodes < 2:
-        raise ConfigError(f"--episodes must be at least 2 (half fit the probe, half score), got {episodes}")
+        raise ConfigError(
+            f"--episodes must be at least 2 (each is scored by a probe fit on the others), got {episodes}"
+        )
     config, agent, counters = load_agent(run_dir, checkpoint)
     seed_everything(config.seed, config.run.threads)
     env = make_env(config.env, env_seed(config.seed, "eval"))
@@ -192,25 +219,26 @@ def diagnose_latent(
     for episode, states in played:
         features, imagined, ahead = features_of(agent, episode, horizon, stride)
         rows.append((features, states, episode["reward"], imagined, states[ahead], episode["reward"][ahead]))
-    fit = episodes // 2
-    features, states, *_ = joined(rows[:fit])
-    probe = fit_probe(features, states)
-    *held_out, imagined, imagined_states, imagined_rewards = joined(rows[fit:])
-    open_loop: dict[str, list[float | None]] = {}
-    for k in range(horizon):
-        ahead = scores(agent, probe, parts, imagined[:, k], imagined_states[:, k], imagined_rewards[:, k])
-        for name, value in ahead.items():
-            open_loop.setdefault(name, []).append(value)
-    replayed = trained_on(run_dir, counters["env_frames"], config.env.action_repeat, episodes - fit)
+    predicted = []
+    for held_out, (features, _, _, imagined, _, _) in enumerate(rows):
+        probe = fit_probe(*joined([row[:2] for index, row in enumerate(rows) if index != held_out]))
+        predicted.append(
+            (predict(probe, features), predict(probe, imagined).reshape(*imagined.shape[:2], -1))
+        )
+    features, states, rewards, imagined, imagined_states, imagined_rewards = joined(rows)
+    filtered_states, imagined_predicted = joined(predicted)
+    columns = (imagined_states, imagined_predicted, imagined, imagined_rewards)
+    open_loop = along([scores(agent, parts, *(column[:, k] for column in columns)) for k in range(horizon)])
+    replayed = trained_on(run_dir, counters["env_frames"], config.env.action_repeat, episodes)
     return {
         "benchmark": "latent_probe",
         "run_dir": str(run_dir),
         "env_frames": counters["env_frames"],
         "episodes": episodes,
-        "fit_episodes": fit,
         "mean_return": float(np.mean([episode["reward"].sum() for episode, _ in played])),
         "parts": {name: part.stop - part.start for name, part in parts.items()},
-        "filtered": scores(agent, probe, parts, *held_out),
+        "spread": {name: round(float(states[:, part].std(0).mean()), 4) for name, part in parts.items()},
+        "filtered": scores(agent, parts, states, filtered_states, features, rewards),
         "horizon": horizon,
         "stride": stride,
         "open_loop": open_loop,
