@@ -15,9 +15,9 @@ it knew. The model's own reward head is scored the same way (no probe), on the t
 as many of the newest episodes the checkpoint was trained on: a head right on its replay and wrong
 on fresh episodes has learnt its data, not the task.
 
-R^2 is relative to the part's spread over the test states (``spread``, its standard deviation): near
-1 the part can be read linearly from the features; near 0 or below, the features do not place it
-(or not linearly), or the agent hardly moved it.
+R^2 is relative to the part's spread over the test states (``spread``: its RMS deviation from its
+mean, so that R^2 = 1 - (RMSE / spread)^2): near 1 the part can be read linearly from the features;
+near 0 or below, the features do not place it (or not linearly), or the agent hardly moved it.
 """
 
 from __future__ import annotations
@@ -237,7 +237,7 @@ def diagnose_latent(
         "episodes": episodes,
         "mean_return": float(np.mean([episode["reward"].sum() for episode, _ in played])),
         "parts": {name: part.stop - part.start for name, part in parts.items()},
-        "spread": {name: round(float(states[:, part].std(0).mean()), 4) for name, part in parts.items()},
+        "spread": {name: rmse(states[:, part], states[:, part].mean(0)) for name, part in parts.items()},
         "filtered": scores(agent, parts, states, filtered_states, features, rewards),
         "horizon": horizon,
         "stride": stride,
