@@ -162,7 +162,13 @@ def test_latent_probe_of_a_trained_run(dreamer_run: Path, cli, tmp_path: Path):
     assert all(row["rmse"] >= 0 for row in result["filtered"].values())
     replay = result["reward_on_replay"]
     assert replay["episodes"] == 2 and len(replay["open_loop"]["rmse"]) == 4
-    assert all(result["spread"][name] > 0 for name in result["parts"])
+    for name in result["parts"]:  # R^2 = 1 - (RMSE / spread)^2
+        r2, error, spread = (
+            result["filtered"][name]["r2"],
+            result["filtered"][name]["rmse"],
+            result["spread"][name],
+        )
+        assert spread > 0 and r2 == pytest.approx(1 - (error / spread) ** 2, rel=0.05, abs=0.01)
     with pytest.raises(ConfigError, match="at least 2"):
         diagnose_latent(dreamer_run, episodes=1)
     # the run's two episodes of 100 env frames: what a checkpoint at 100 and at 200 frames had seen

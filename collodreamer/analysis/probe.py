@@ -88,9 +88,11 @@ def r_squared(y: np.ndarray, predicted: np.ndarray) -> float | None:
 
 
 def rmse(y: np.ndarray, predicted: np.ndarray) -> float:
-    """The root mean squared error over the samples and dimensions of ``y [N, D]``, in ``y``'s units,
-    rounded to 4 decimals."""
-    return round(float(np.sqrt(((y.reshape(len(y), -1) - predicted.reshape(len(y), -1)) ** 2).mean())), 4)
+    """The root mean squared error over the samples and dimensions of ``y [N, D]`` (``predicted``
+    ``[N, D]``, or ``[1, D]`` for one prediction of every sample), in ``y``'s units, to 4 decimals."""
+    return round(
+        float(np.sqrt(((y.reshape(len(y), -1) - predicted.reshape(len(predicted), -1)) ** 2).mean())), 4
+    )
 
 
 def quality(y: np.ndarray, predicted: np.ndarray) -> dict[str, float | None]:
@@ -237,7 +239,10 @@ def diagnose_latent(
         "episodes": episodes,
         "mean_return": float(np.mean([episode["reward"].sum() for episode, _ in played])),
         "parts": {name: part.stop - part.start for name, part in parts.items()},
-        "spread": {name: rmse(states[:, part], states[:, part].mean(0)) for name, part in parts.items()},
+        "spread": {
+            name: rmse(states[:, part], states[:, part].mean(0, keepdims=True))
+            for name, part in parts.items()
+        },
         "filtered": scores(agent, parts, states, filtered_states, features, rewards),
         "horizon": horizon,
         "stride": stride,
