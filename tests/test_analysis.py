@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from collodreamer.analysis.posture import diagnose_posture, overview, posture_summary
-from collodreamer.analysis.probe import diagnose_latent, fit_probe, predict, r_squared, rmse, trained_on
+from collodreamer.analysis.probe import (
+    design,
+    diagnose_latent,
+    leave_one_out,
+    r_squared,
+    ridge,
+    rmse,
+    trained_on,
+)
 from collodreamer.analysis.screen import load_screen, screen, screen_report
 from collodreamer.analysis.value import reward_to_go
 from collodreamer.config import ConfigError, make_config, preset_dir
@@ -138,18 +146,35 @@ def test_r_squared_by_hand():
     assert rmse(np.zeros((2, 2)), np.array([[3.0, 0.0], [0.0, -1.0]])) == 1.5811  # sqrt(10 / 4), 4 decimals
 
 
-def test_probe_recovers_a_linear_map_and_shrinks_to_the_mean_under_a_large_penalty():
+def test_ridge_is_the_penalised_normal_equations_with_the_bias_free():
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(500, 4)) * [1.0, 10.0, 0.1, 3.0] + 5.0
-    y = x @ rng.normal(size=(4, 2)) + [1.0, -2.0]
-    np.testing.assert_allclose(predict(fit_probe(x, y, l2=1e-9), x), y, atol=1e-6)
-    assert r_squared(y, predict(fit_probe(x, y), x)) > 0.99  # the default penalty barely shrinks
-    flat = fit_probe(x, y, l2=1e12)  # only the unpenalised bias is left: the mean
-    np.testing.assert_allclose(predict(flat, x), np.broadcast_to(y.mean(0), y.shape), atol=1e-3)
+    x = design(rng.normal(size=(50, 3)), np.zeros(3), np.ones(3))
+    y = rng.normal(size=(50, 2))
+    weights = ridge(x.T @ x, x.T @ y, 2.0)
+    # the gradient of |x W - y|^2 + 2 |W without its bias row|^2 vanishes
+    gradient = 2 * x.T @ (x @ weights - y) + 2 * 2.0 * np.vstack([weights[:-1], np.zeros((1, 2))])
+    np.testing.assert_allclose(gradient, 0.0, atol=1e-9)
+    flat = ridge(x.T @ x, x.T @ y, 1e12)  # only the bias is left: the mean
+    np.testing.assert_allclose(x @ flat, np.broadcast_to(y.mean(0), y.shape), atol=1e-6)
+
+
+def test_leave_one_out_reads_a_linear_map_and_falls_back_to_the_mean_on_noise():
+    rng = np.random.default_rng(0)
+    raw = [rng.normal(size=(200, 4)) * [1.0, 10.0, 0.1, 3.0] + 5.0 for _ in range(5)]
+    every = np.concatenate(raw)
+    designs = [design(x, every.mean(0), every.std(0)) for x in raw]
+    mapping = rng.normal(size=(4, 2))
+    exact = [x @ mapping + [1.0, -2.0] for x in raw]
+    predicted = leave_one_out(designs, exact, designs)
+    for y, (filtered, extra) in zip(exact, predicted, strict=True):
+        assert r_squared(y, filtered) > 0.999 and np.array_equal(filtered, extra)
+    noise = [rng.normal(size=(200, 1)) for _ in raw]  # nothing to read: the penalty goes to the top
+    predicted = leave_one_out(designs, noise, designs)
+    assert r_squared(np.concatenate(noise), np.concatenate([p for p, _ in predicted])) > -0.05
 
 
 def test_latent_probe_of_a_trained_run(dreamer_run: Path, cli, tmp_path: Path):
-    result = diagnose_latent(dreamer_run, episodes=2, horizon=4, stride=5)
+    result = diagnose_latent(dreamer_run, episodes=3, horizon=4, stride=5)
     assert result["env_frames"] == 200
     # reacher's state observation, then the bodies that move (the arm's base is fixed)
     assert list(result["parts"]) == ["position", "to_target", "velocity", "body:hand", "body:finger"]
@@ -161,7 +186,7 @@ def test_latent_probe_of_a_trained_run(dreamer_run: Path, cli, tmp_path: Path):
     assert scored and all(np.isfinite(v) and v <= 1 for v in scored)
     assert all(row["rmse"] >= 0 for row in result["filtered"].values())
     replay = result["reward_on_replay"]
-    assert replay["episodes"] == 2 and len(replay["open_loop"]["rmse"]) == 4
+    assert replay["episodes"] == 2 and len(replay["open_loop"]["rmse"]) == 4  # the run has only two
     for name in result["parts"]:  # R^2 = 1 - (RMSE / spread)^2
         r2, error, spread = (
             result["filtered"][name]["r2"],
@@ -169,15 +194,15 @@ def test_latent_probe_of_a_trained_run(dreamer_run: Path, cli, tmp_path: Path):
             result["spread"][name],
         )
         assert spread > 0 and r2 == pytest.approx(1 - (error / spread) ** 2, rel=0.05, abs=0.01)
-    with pytest.raises(ConfigError, match="at least 2"):
-        diagnose_latent(dreamer_run, episodes=1)
+    with pytest.raises(ConfigError, match="at least 3"):
+        diagnose_latent(dreamer_run, episodes=2)
     # the run's two episodes of 100 env frames: what a checkpoint at 100 and at 200 frames had seen
     first, second = (np.load(path)["reward"] for path in sorted((dreamer_run / "episodes").glob("*.npz")))
     assert [len(e["reward"]) for e in trained_on(dreamer_run, 100, 2, 5)] == [len(first)]
     newest = trained_on(dreamer_run, 200, 2, 5)
     assert len(newest) == 2 and np.array_equal(newest[0]["reward"], second)  # newest first
     out = tmp_path / "latent.json"
-    cli("diagnose", "latent", str(dreamer_run), "--episodes", "2", "--out", str(out))
+    cli("diagnose", "latent", str(dreamer_run), "--episodes", "3", "--out", str(out))
     assert json.loads(out.read_text())["parts"] == result["parts"]
     refused = cli("diagnose", "value", str(dreamer_run), "--checkpoint", "x.pt", check=False)
     assert refused.returncode != 0 and "only diagnose latent reads a kept checkpoint" in refused.stderr

@@ -7,13 +7,14 @@ observation (for reacher the joint angles ``position``, unbounded for its free s
 relative to the fingertip ``to_target`` and the joint velocities) and the world position of every
 body that moves. The model filters each episode from its real observations. A linear probe, ridge
 regression from the filtered features to the state, reads each episode after being fitted on the
-other episodes (leave one episode out: reacher's target moves only between episodes); each part of
-the state is scored over all episodes by R^2 and by the RMSE in its own units. The same probes read
-the features the model imagines ``k = 1..horizon`` steps ahead from the real actions alone (the
-prior mean, the planner's dynamics), from every ``stride``-th step: how fast the model loses what
-it knew. The model's own reward head is scored the same way (no probe), on the test episodes and on
-as many of the newest episodes the checkpoint was trained on: a head right on its replay and wrong
-on fresh episodes has learnt its data, not the task.
+other episodes (leave one episode out: reacher's target moves only between episodes), with its
+penalty chosen per state dimension the same way among those others; each part of the state is
+scored over all episodes by R^2 and by the RMSE in its own units. The same probes read the features
+the model imagines ``k = 1..horizon`` steps ahead from the real actions alone (the prior mean, the
+planner's dynamics), from every ``stride``-th step: how fast the model loses what it knew. The
+model's own reward head is scored the same way (no probe), on the test episodes and on as many of
+the newest episodes the checkpoint was trained on: a head right on its replay and wrong on fresh
+episodes has learnt its data, not the task.
 
 R^2 is relative to the part's spread over the test states (``spread``: its RMS deviation from its
 mean, so that R^2 = 1 - (RMSE / spread)^2): near 1 the part can be read linearly from the features;
@@ -23,7 +24,6 @@ near 0 or below, the features do not place it (or not linearly), or the agent ha
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,39 +43,49 @@ from collodreamer.training.checkpoint import seed_everything
 from collodreamer.training.evaluation import check_action
 
 log = logging.getLogger("collodreamer")
-L2 = 1.0  # ridge penalty on standardised features: small beside thousands of samples
+L2_GRID = (0.1, 1.0, 10.0, 100.0, 1e3, 1e4)  # ridge penalties tried on standardised features
 MOVES = 1e-6  # a part of the state whose spread is below this never moved (a fixed body): not probed
 
 
-@dataclass
-class Probe:
-    """A fitted linear probe: y = [(x - mean) / std, 1] @ weights."""
-
-    mean: np.ndarray  # [F]
-    std: np.ndarray  # [F]
-    weights: np.ndarray  # [F + 1, D]
+def design(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Features ``[N, F]`` standardised, with a last column of ones: ``[N, F + 1]`` (float64)."""
+    standard = ((x - mean) / std).astype(np.float64)
+    return np.concatenate([standard, np.ones((len(x), 1))], 1)
 
 
-def with_bias(x: np.ndarray) -> np.ndarray:
-    """``[N, F]`` -> ``[N, F + 1]`` with a last column of ones."""
-    return np.concatenate([x, np.ones((len(x), 1), x.dtype)], 1)
-
-
-def fit_probe(x: np.ndarray, y: np.ndarray, l2: float = L2) -> Probe:
-    """Ridge regression of ``y [N, D]`` on standardised ``x [N, F]``:
-    W = (X^T X + l2 diag(1, .., 1, 0))^-1 X^T Y with X the standardised features and a bias column
-    (the bias unpenalised)."""
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    design = with_bias((x - mean) / std).astype(np.float64)
-    penalty = l2 * np.eye(design.shape[1])
+def ridge(gram: np.ndarray, cross: np.ndarray, l2: float) -> np.ndarray:
+    """Ridge weights W = (X^T X + l2 diag(1, .., 1, 0))^-1 X^T Y from ``gram`` = X^T X and ``cross``
+    = X^T Y, the bias (last column of X) unpenalised."""
+    penalty = l2 * np.eye(len(gram))
     penalty[-1, -1] = 0.0
-    weights = np.linalg.solve(design.T @ design + penalty, design.T @ y.astype(np.float64))
-    return Probe(mean, std, weights)
+    return np.linalg.solve(gram + penalty, cross)
 
 
-def predict(probe: Probe, x: np.ndarray) -> np.ndarray:
-    """The probe's ``y [..., D]`` for features ``x [..., F]``."""
-    return with_bias(((x - probe.mean) / probe.std).reshape(-1, x.shape[-1])) @ probe.weights
+def leave_one_out(
+    designs: list[np.ndarray], targets: list[np.ndarray], extra: list[np.ndarray]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per group ``i`` (an episode): the ridge probe fitted on the other groups' ``designs [N_j, F+1]``
+    and ``targets [N_j, D]``, its penalty chosen per target dimension from :data:`L2_GRID` by the
+    squared error of the same procedure one level down (each other group predicted from the rest),
+    applied to group ``i``'s design and to ``extra[i] [M_i, F+1]``: the predictions ``[N_i, D]`` and
+    ``[M_i, D]``."""
+    grams = [x.T @ x for x in designs]
+    crosses = [x.T @ y for x, y in zip(designs, targets, strict=True)]
+    gram, cross = sum(grams), sum(crosses)
+    dims = np.arange(targets[0].shape[1])
+    result = []
+    for i in range(len(designs)):
+        errors = np.zeros((len(L2_GRID), len(dims)))
+        for j in set(range(len(designs))) - {i}:
+            inner_gram, inner_cross = gram - grams[i] - grams[j], cross - crosses[i] - crosses[j]
+            for g, l2 in enumerate(L2_GRID):
+                errors[g] += ((designs[j] @ ridge(inner_gram, inner_cross, l2) - targets[j]) ** 2).sum(0)
+        best = errors.argmin(0)
+        weights = np.stack([ridge(gram - grams[i], cross - crosses[i], l2) for l2 in L2_GRID])[
+            best, :, dims
+        ].T
+        result.append((designs[i] @ weights, extra[i] @ weights))
+    return result
 
 
 def r_squared(y: np.ndarray, predicted: np.ndarray) -> float | None:
@@ -201,9 +211,9 @@ def diagnose_latent(
     test episodes (each episode read by a probe fit on the others), and of the same probes on
     features imagined 1..``horizon`` steps ahead; the reward head's on those episodes and on as many
     of the newest it was trained on."""
-    if episodes < 2:
+    if episodes < 3:
         raise ConfigError(
-            f"--episodes must be at least 2 (each is scored by a probe fit on the others), got {episodes}"
+            f"--episodes must be at least 3 (each is read by a probe fit on the others), got {episodes}"
         )
     config, agent, counters = load_agent(run_dir, checkpoint)
     seed_everything(config.seed, config.run.threads)
@@ -221,14 +231,16 @@ def diagnose_latent(
     for episode, states in played:
         features, imagined, ahead = features_of(agent, episode, horizon, stride)
         rows.append((features, states, episode["reward"], imagined, states[ahead], episode["reward"][ahead]))
-    predicted = []
-    for held_out, (features, _, _, imagined, _, _) in enumerate(rows):
-        probe = fit_probe(*joined([row[:2] for index, row in enumerate(rows) if index != held_out]))
-        predicted.append(
-            (predict(probe, features), predict(probe, imagined).reshape(*imagined.shape[:2], -1))
-        )
+    every_feature = np.concatenate([row[0] for row in rows])
+    mean, std = every_feature.mean(0), every_feature.std(0) + 1e-6  # no labels: shared by every fold
+    predicted = leave_one_out(
+        [design(row[0], mean, std) for row in rows],
+        [row[1] for row in rows],
+        [design(row[3].reshape(-1, row[3].shape[-1]), mean, std) for row in rows],
+    )
     features, states, rewards, imagined, imagined_states, imagined_rewards = joined(rows)
     filtered_states, imagined_predicted = joined(predicted)
+    imagined_predicted = imagined_predicted.reshape(*imagined.shape[:2], -1)
     columns = (imagined_states, imagined_predicted, imagined, imagined_rewards)
     open_loop = along([scores(agent, parts, *(column[:, k] for column in columns)) for k in range(horizon)])
     replayed = trained_on(run_dir, counters["env_frames"], config.env.action_repeat, episodes)
