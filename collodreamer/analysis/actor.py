@@ -10,7 +10,6 @@ reward against the sum the reward head predicts. A collapsed actor shows a pre-t
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,10 @@ import torch
 
 from collodreamer.agents.dreamer import DreamerAgent
 from collodreamer.config import ConfigError
-from collodreamer.data.replay import read_episode
+from collodreamer.data.replay import episode_files, readable_episodes
 from collodreamer.models import to_torch
 from collodreamer.rundir import RunDir
 from collodreamer.training import load_agent
-
-log = logging.getLogger("collodreamer")
 
 
 @torch.no_grad()
@@ -49,14 +46,8 @@ def diagnose_actor(run_dir: Path, every: int = 4) -> dict[str, Any]:
     config, agent, counters = load_agent(run_dir)
     if config.agent != "dreamer":
         raise ConfigError(f"{run_dir} is a {config.agent} run; the diagnostics need a dreamer run")
-    rows = {}
-    for path in sorted(RunDir(run_dir).episodes.glob("*.npz"))[::every]:
-        try:
-            episode = read_episode(path)
-        except Exception as error:  # a damaged file makes zipfile, zlib or numpy raise anything
-            log.warning("skipping damaged episode file %s: %s: %s", path, type(error).__name__, error)
-            continue
-        rows[path.name] = diagnose(agent, episode)
+    paths = [path for _, _, path in episode_files(RunDir(run_dir).episodes)][::every]
+    rows = {path.name: diagnose(agent, episode) for path, episode in readable_episodes(paths)}
     return {
         "benchmark": "actor_diagnostics",
         "run_dir": str(run_dir),

@@ -23,7 +23,7 @@ near 0 or below, the features do not place it (or not linearly), or the agent ha
 
 from __future__ import annotations
 
-import logging
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ import torch
 from collodreamer.analysis.prediction import filtered_and_ahead
 from collodreamer.config import ConfigError
 from collodreamer.data.episode import Episode, add_step, finish_episode, start_episode
-from collodreamer.data.replay import episode_files, read_episode
+from collodreamer.data.replay import episode_files, readable_episodes
 from collodreamer.envs import make_env
 from collodreamer.envs.dmc import DMCEnv
 from collodreamer.rundir import RunDir
@@ -42,7 +42,6 @@ from collodreamer.training import load_agent
 from collodreamer.training.checkpoint import seed_everything
 from collodreamer.training.evaluation import check_action
 
-log = logging.getLogger("collodreamer")
 L2_GRID = (0.1, 1.0, 10.0, 100.0, 1e3, 1e4)  # ridge penalties tried on standardised features
 MOVES = 1e-6  # a part of the state whose spread is below this never moved (a fixed body): not probed
 
@@ -177,15 +176,8 @@ def trained_on(run_dir: Path, env_frames: int, action_repeat: int, count: int) -
         if frames > env_frames:
             break
         collected.append(path)
-    episodes: list[Episode] = []
-    for path in reversed(collected):
-        if len(episodes) == count:
-            break
-        try:
-            episodes.append(read_episode(path))
-        except Exception as error:  # a damaged file makes zipfile, zlib or numpy raise anything
-            log.warning("skipping damaged episode file %s: %s: %s", path, type(error).__name__, error)
-    return episodes
+    newest_first = readable_episodes(reversed(collected))
+    return [episode for _, episode in itertools.islice(newest_first, count)]
 
 
 def reward_scores(agent: Any, episodes: list[Episode], horizon: int, stride: int) -> dict[str, Any]:

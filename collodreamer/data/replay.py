@@ -14,6 +14,7 @@ import math
 import os
 import re
 import zlib
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,17 @@ def read_episode(path: Path) -> Episode:
     """An episode file's arrays (a damaged file makes zipfile, zlib or numpy raise anything)."""
     with np.load(path, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
+
+
+def readable_episodes(paths: Iterable[Path]) -> Iterator[tuple[Path, Episode]]:
+    """The episodes of ``paths`` that can be read, in order; a damaged file is reported and skipped."""
+    for path in paths:
+        try:
+            episode = read_episode(path)
+        except Exception as error:  # a damaged file makes zipfile, zlib or numpy raise anything
+            log.warning("skipping damaged episode file %s: %s: %s", path, type(error).__name__, error)
+            continue
+        yield path, episode
 
 
 class CompressedFrames:

@@ -58,6 +58,11 @@ def parse_task(name: str) -> tuple[str, str]:
     raise ConfigError(f"unknown task '{name}'; valid tasks: {', '.join(list_tasks())}")
 
 
+def flat(observation: dict[str, Any]) -> np.ndarray:
+    """A dm_control observation dict as one float64 vector, its parts in the dict's order."""
+    return np.concatenate([np.asarray(v, np.float64).reshape(-1) for v in observation.values()])
+
+
 class DMCEnv(Env):
     """One dm_control task with action repeat, an episode limit in env frames and seeding."""
 
@@ -90,8 +95,7 @@ class DMCEnv(Env):
     def _observe(self, time_step: Any) -> np.ndarray:
         if uses_pixels(self.config):
             return self.render(IMAGE_SIZE)
-        parts = [np.asarray(v, dtype=np.float32).reshape(-1) for v in time_step.observation.values()]
-        return np.concatenate(parts)
+        return flat(time_step.observation).astype(np.float32)
 
     def render(self, size: int) -> np.ndarray:
         """An RGB frame (uint8, HWC) from the task's camera."""
@@ -125,9 +129,8 @@ class DMCEnv(Env):
         """The true state now, whatever the agent observes: the task's state observation, then each
         body's world position (see :meth:`state_parts`)."""
         physics = self._env.physics
-        observation = self._env.task.get_observation(physics)
-        parts = [np.asarray(v, np.float64).reshape(-1) for v in observation.values()]
-        return np.concatenate([*parts, physics.data.xpos[1:].reshape(-1)])
+        observation = flat(self._env.task.get_observation(physics))
+        return np.concatenate([observation, physics.data.xpos[1:].reshape(-1)])
 
     def state_parts(self) -> dict[str, slice]:
         """Where each part of :meth:`state` lies: the task's observation keys, then ``body:<name>``
