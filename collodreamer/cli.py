@@ -178,11 +178,13 @@ def _diagnose(args: argparse.Namespace) -> None:
     run_dir = Path(args.run_dir)
     if args.checkpoint and args.what != "latent":
         raise ConfigError("--checkpoint: only diagnose latent reads a kept checkpoint")
+    if args.probe != "linear" and args.what != "latent":
+        raise ConfigError("--probe: only diagnose latent probes the latent")
     if args.what == "posture":
         result = diagnose_posture(run_dir, args.episodes)
     elif args.what == "latent":
         checkpoint = Path(args.checkpoint) if args.checkpoint else None
-        result = diagnose_latent(run_dir, args.episodes, checkpoint=checkpoint)
+        result = diagnose_latent(run_dir, args.episodes, checkpoint=checkpoint, probe=args.probe)
     else:
         result = diagnose_value(run_dir) if args.what == "value" else diagnose_actor(run_dir)
     out = Path(args.out or run_dir / f"{args.what}_diagnostics.json")
@@ -355,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
         "diagnose",
         help="how a trained run's value (collodreamer) or actor (dreamer) does on its replay, how "
         "its agent holds the body (posture: quadruped, walker, humanoid) beside random actions, or what "
-        "its latent knows of the true state, filtered and imagined (latent: a linear probe's R^2)",
+        "its latent knows of the true state, filtered and imagined (latent: a linear or MLP probe's R^2)",
     )
     diagnose.add_argument("what", choices=["value", "actor", "posture", "latent"])
     diagnose.add_argument("run_dir", metavar="RUN_DIR")
@@ -364,6 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--episodes", type=int, default=10, help="posture: fresh test episodes per policy; latent: in all"
     )
     diagnose.add_argument("--checkpoint", metavar="PATH", help=f"latent: {CHECKPOINT_HELP}")
+    diagnose.add_argument(
+        "--probe",
+        default="linear",
+        help="latent: linear (ridge) or mlp (two hidden layers, for what the features hold nonlinearly)",
+    )
     diagnose.set_defaults(func=_diagnose)
 
     settings = commands.add_parser(

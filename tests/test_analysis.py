@@ -14,6 +14,7 @@ from collodreamer.analysis.probe import (
     design,
     diagnose_latent,
     leave_one_out,
+    mlp_leave_one_out,
     r_squared,
     ridge,
     rmse,
@@ -173,6 +174,24 @@ def test_leave_one_out_reads_a_linear_map_and_falls_back_to_the_mean_on_noise():
     assert r_squared(np.concatenate(noise), np.concatenate([p for p, _ in predicted])) > -0.05
 
 
+def test_mlp_probe_reads_an_angle_drawn_as_a_position_where_the_linear_one_cannot():
+    # features hold an angle as a point on a circle (as an image holds the arm's angle); the target is
+    # the square of its cosine, nonlinear in the features (a linear probe reads it no better than the mean)
+    rng = np.random.default_rng(0)
+    angles = [rng.uniform(-np.pi, np.pi, size=(200, 1)) for _ in range(5)]
+    raw = [np.concatenate([np.cos(a), np.sin(a), rng.normal(size=(200, 2))], 1) for a in angles]
+    every = np.concatenate(raw)
+    designs = [design(x, every.mean(0), every.std(0)) for x in raw]
+    targets = [np.cos(a) ** 2 for a in angles]
+    truth = np.concatenate(targets)
+    linear = np.concatenate([p for p, _ in leave_one_out(designs, targets, designs)])
+    mlp = mlp_leave_one_out(designs, targets, [x[:7] for x in designs], max_steps=800)
+    assert r_squared(truth, linear) < 0.05
+    assert r_squared(truth, np.concatenate([p for p, _ in mlp])) > 0.9
+    for filtered, extra in mlp:  # the extra rows go through the same fit
+        assert filtered.shape == (200, 1) and np.allclose(extra, filtered[:7], atol=1e-5)
+
+
 def test_latent_probe_of_a_trained_run(dreamer_run: Path, cli, tmp_path: Path):
     result = diagnose_latent(dreamer_run, episodes=3, horizon=4, stride=5)
     assert result["env_frames"] == 200
@@ -196,6 +215,12 @@ def test_latent_probe_of_a_trained_run(dreamer_run: Path, cli, tmp_path: Path):
         assert spread > 0 and r2 == pytest.approx(1 - (error / spread) ** 2, rel=0.05, abs=0.01)
     with pytest.raises(ConfigError, match="at least 3"):
         diagnose_latent(dreamer_run, episodes=2)
+    with pytest.raises(ConfigError, match="--probe must be one of linear, mlp"):
+        diagnose_latent(dreamer_run, probe="quadratic")
+    nonlinear = diagnose_latent(dreamer_run, episodes=3, horizon=4, stride=5, probe="mlp")
+    assert nonlinear["probe"] == "mlp" and result["probe"] == "linear"
+    assert list(nonlinear["filtered"]) == list(result["filtered"])
+    assert nonlinear["filtered"]["reward"] == result["filtered"]["reward"]  # the same episodes, no probe
     # the run's two episodes of 100 env frames: what a checkpoint at 100 and at 200 frames had seen
     first, second = (np.load(path)["reward"] for path in sorted((dreamer_run / "episodes").glob("*.npz")))
     assert [len(e["reward"]) for e in trained_on(dreamer_run, 100, 2, 5)] == [len(first)]
@@ -206,3 +231,5 @@ def test_latent_probe_of_a_trained_run(dreamer_run: Path, cli, tmp_path: Path):
     assert json.loads(out.read_text())["parts"] == result["parts"]
     refused = cli("diagnose", "value", str(dreamer_run), "--checkpoint", "x.pt", check=False)
     assert refused.returncode != 0 and "only diagnose latent reads a kept checkpoint" in refused.stderr
+    refused = cli("diagnose", "actor", str(dreamer_run), "--probe", "mlp", check=False)
+    assert refused.returncode != 0 and "only diagnose latent probes the latent" in refused.stderr

@@ -9,9 +9,12 @@ body that moves. The model filters each episode from its real observations. A li
 regression from the filtered features to the state, reads each episode after being fitted on the
 other episodes (leave one episode out: reacher's target moves only between episodes), with its
 penalty chosen per state dimension the same way among those others; each part of the state is
-scored over all episodes by R^2 and by the RMSE in its own units. The same probes read the features
-the model imagines ``k = 1..horizon`` steps ahead from the real actions alone (the prior mean, the
-planner's dynamics), from every ``stride``-th step: how fast the model loses what it knew. The
+scored over all episodes by R^2 and by the RMSE in its own units. ``probe="mlp"`` reads with a small
+MLP instead (two hidden layers, stopped early on a fifth of the other episodes): positions drawn in
+an image may lie in the features nonlinearly, where a linear probe cannot read them. The same
+probes read the features the model imagines ``k = 1..horizon`` steps ahead from the real actions
+alone (the prior mean, the planner's dynamics), from every ``stride``-th step: how fast the model
+loses what it knew. The
 model's own reward head is scored the same way (no probe), on the test episodes and on as many of
 the newest episodes the checkpoint was trained on: a head right on its replay and wrong on fresh
 episodes has learnt its data, not the task.
@@ -24,6 +27,7 @@ near 0 or below, the features do not place it (or not linearly), or the agent ha
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,7 @@ from collodreamer.data.episode import Episode, add_step, finish_episode, start_e
 from collodreamer.data.replay import episode_files, readable_episodes
 from collodreamer.envs import make_env
 from collodreamer.envs.dmc import DMCEnv
+from collodreamer.models.networks import MLP
 from collodreamer.rundir import RunDir
 from collodreamer.seeds import env_seed
 from collodreamer.training import load_agent
@@ -44,6 +49,13 @@ from collodreamer.training.evaluation import check_action
 
 L2_GRID = (0.1, 1.0, 10.0, 100.0, 1e3, 1e4)  # ridge penalties tried on standardised features
 MOVES = 1e-6  # a part of the state whose spread is below this never moved (a fixed body): not probed
+PROBES = ("linear", "mlp")
+MLP_UNITS = 256  # in each of the MLP probe's two hidden layers (ELU)
+MLP_BATCH = 256  # states per Adam step (learning rate MLP_LR)
+MLP_LR = 1e-3
+MLP_CHECK_STEPS = 100  # Adam steps between checks of the held-out loss
+MLP_PATIENCE = 10  # checks without a better held-out loss before the fit stops
+MLP_MAX_STEPS = 5000
 
 
 def design(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -84,6 +96,72 @@ def leave_one_out(
             best, :, dims
         ].T
         result.append((designs[i] @ weights, extra[i] @ weights))
+    return result
+
+
+def fit_mlp(
+    x: np.ndarray, y: np.ndarray, held_x: np.ndarray, held_y: np.ndarray, seed: int, max_steps: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """An :class:`~collodreamer.models.networks.MLP` from ``x [N, F]`` to ``y [N, D]``, each target
+    dimension standardised by its mean and spread over ``y`` (so the squared error weighs them
+    alike), fitted by Adam on minibatches, and kept at its lowest squared error on the held-out
+    ``held_x``, ``held_y`` (early stopping, within ``max_steps``): its prediction in ``y``'s units,
+    ``[M, F] -> [M, D]``."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    mean, std = y.mean(0), y.std(0) + 1e-6
+    inputs, held_inputs = (torch.as_tensor(a, dtype=torch.float32) for a in (x, held_x))
+    labels, held_labels = (torch.as_tensor((a - mean) / std, dtype=torch.float32) for a in (y, held_y))
+    net = MLP(x.shape[1], y.shape[1], MLP_UNITS, 2)
+    optimiser = torch.optim.Adam(net.parameters(), lr=MLP_LR)
+    best, best_state, waited = float("inf"), net.state_dict(), 0
+    for step in range(1, max_steps + 1):
+        batch = torch.randint(len(inputs), (MLP_BATCH,), generator=generator)
+        loss = ((net(inputs[batch]) - labels[batch]) ** 2).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        if step % MLP_CHECK_STEPS:
+            continue
+        with torch.no_grad():
+            held = float(((net(held_inputs) - held_labels) ** 2).mean())
+        if held < best:
+            best, best_state, waited = held, {k: v.clone() for k, v in net.state_dict().items()}, 0
+        elif (waited := waited + 1) >= MLP_PATIENCE:
+            break
+    net.load_state_dict(best_state)
+
+    def predict(features: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            standard = net(torch.as_tensor(features, dtype=torch.float32)).numpy()
+        return standard.astype(np.float64) * std + mean
+
+    return predict
+
+
+def mlp_leave_one_out(
+    designs: list[np.ndarray],
+    targets: list[np.ndarray],
+    extra: list[np.ndarray],
+    seed: int = 0,
+    max_steps: int = MLP_MAX_STEPS,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`leave_one_out` with :func:`fit_mlp` for the ridge probe: per group ``i``, an MLP fitted
+    on the other groups but the fifth of them that follow ``i`` (at least one, cyclically), which
+    stop its fit early; its predictions for group ``i``'s design and ``extra[i]``."""
+    result = []
+    for i in range(len(designs)):
+        others = [(i + k) % len(designs) for k in range(1, len(designs))]
+        held, fitted = others[: max(1, len(others) // 5)], others[max(1, len(others) // 5) :]
+        predict = fit_mlp(
+            np.concatenate([designs[j] for j in fitted]),
+            np.concatenate([targets[j] for j in fitted]),
+            np.concatenate([designs[j] for j in held]),
+            np.concatenate([targets[j] for j in held]),
+            seed + i,
+            max_steps,
+        )
+        result.append((predict(designs[i]), predict(extra[i])))
     return result
 
 
@@ -197,16 +275,23 @@ def reward_scores(agent: Any, episodes: list[Episode], horizon: int, stride: int
 
 
 def diagnose_latent(
-    run_dir: Path, episodes: int = 10, horizon: int = 15, stride: int = 5, checkpoint: Path | None = None
+    run_dir: Path,
+    episodes: int = 10,
+    horizon: int = 15,
+    stride: int = 5,
+    checkpoint: Path | None = None,
+    probe: str = "linear",
 ) -> dict[str, Any]:
-    """R^2 and RMSE of linear probes from the run's filtered features to the task's state on fresh
-    test episodes (each episode read by a probe fit on the others), and of the same probes on
-    features imagined 1..``horizon`` steps ahead; the reward head's on those episodes and on as many
-    of the newest it was trained on."""
+    """R^2 and RMSE of ``probe`` probes (linear or mlp) from the run's filtered features to the task's
+    state on fresh test episodes (each episode read by a probe fit on the others), and of the same
+    probes on features imagined 1..``horizon`` steps ahead; the reward head's on those episodes and
+    on as many of the newest it was trained on."""
     if episodes < 3:
         raise ConfigError(
             f"--episodes must be at least 3 (each is read by a probe fit on the others), got {episodes}"
         )
+    if probe not in PROBES:
+        raise ConfigError(f"--probe must be one of {', '.join(PROBES)}, got {probe!r}")
     config, agent, counters = load_agent(run_dir, checkpoint)
     seed_everything(config.seed, config.run.threads)
     env = make_env(config.env, env_seed(config.seed, "eval"))
@@ -225,7 +310,7 @@ def diagnose_latent(
         rows.append((features, states, episode["reward"], imagined, states[ahead], episode["reward"][ahead]))
     every_feature = np.concatenate([row[0] for row in rows])
     mean, std = every_feature.mean(0), every_feature.std(0) + 1e-6  # no labels: shared by every fold
-    predicted = leave_one_out(
+    predicted = (leave_one_out if probe == "linear" else mlp_leave_one_out)(
         [design(row[0], mean, std) for row in rows],
         [row[1] for row in rows],
         [design(row[3].reshape(-1, row[3].shape[-1]), mean, std) for row in rows],
@@ -238,6 +323,7 @@ def diagnose_latent(
     replayed = trained_on(run_dir, counters["env_frames"], config.env.action_repeat, episodes)
     return {
         "benchmark": "latent_probe",
+        "probe": probe,
         "run_dir": str(run_dir),
         "env_frames": counters["env_frames"],
         "episodes": episodes,
