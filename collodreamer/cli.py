@@ -363,7 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("run_dir", metavar="RUN_DIR")
     diagnose.add_argument("--out", metavar="FILE.json", help="default RUN_DIR/<what>_diagnostics.json")
     diagnose.add_argument(
-        "--episodes", type=int, default=10, help="posture: fresh test episodes per policy; latent: in all"
+        "--episodes",
+        type=int,
+        default=10,
+        help="posture: fresh test episodes per policy; latent: in all (30 or more from pixels)",
     )
     diagnose.add_argument("--checkpoint", metavar="PATH", help=f"latent: {CHECKPOINT_HELP}")
     diagnose.add_argument(
