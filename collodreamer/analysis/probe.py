@@ -154,7 +154,8 @@ def mlp_leave_one_out(
     result = []
     for i in range(len(designs)):
         others = [(i + k) % len(designs) for k in range(1, len(designs))]
-        held, fitted = others[: max(1, len(others) // 5)], others[max(1, len(others) // 5) :]
+        split = max(1, len(others) // 5)
+        held, fitted = others[:split], others[split:]
         predict = fit_mlp(
             np.concatenate([designs[j] for j in fitted]),
             np.concatenate([targets[j] for j in fitted]),
